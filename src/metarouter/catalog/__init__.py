@@ -1,0 +1,188 @@
+"""The model catalog: ids, prices, limits and capabilities of every routable model.
+
+The 20 seed models ship as ``models.csv`` (figures from OpenRouter's listing of mid-January 2025, see
+NOTICE in that folder); a config file may add, override or remove models.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from importlib import resources
+from typing import Any, Iterable
+
+#: Money is kept as integer picodollars (1e-12 USD): every catalog price per token is an integer there,
+#: so costs are exact and sums never drift.
+PICO_PER_USD = 10**12
+PICO_PER_USD_PER_MTOK = 10**6  # a price of 1 USD per 1M tokens is 1e6 picodollars per token
+
+WIRE_BY_PROVIDER = {
+    "openai": "openai",
+    "deepseek": "openai",
+    "mistral": "openai",
+    "together": "openai",
+    "fireworks": "openai",
+    "deepinfra": "openai",
+    "anthropic": "anthropic",
+    "google": "gemini",
+    "cohere": "cohere",
+}
+
+
+def usd_per_mtok_to_pico(value: str | float | Decimal) -> int:
+    """Convert a price in USD per 1M tokens to integer picodollars per token, exactly."""
+    d = Decimal(str(value)) * PICO_PER_USD_PER_MTOK
+    if d != d.to_integral_value():
+        raise ValueError(f"price {value} USD/1M tokens is finer than a picodollar per token")
+    return int(d)
+
+
+def pico_to_usd(pico: int) -> float:
+    return float(Decimal(pico) / PICO_PER_USD)
+
+
+def usd_to_pico(usd: float | str | Decimal) -> int:
+    return int((Decimal(str(usd)) * PICO_PER_USD).to_integral_value())
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    id: str
+    name: str
+    provider: str
+    native_model: str
+    context_length: int
+    max_output_tokens: int | None
+    input_pico: int  # price per input token, picodollars
+    output_pico: int  # price per output token, picodollars
+    tools: bool = False
+    vision: bool = False
+    json_output: bool = False
+    reasoning: bool = False
+    hidden_reasoning_tokens: int = 0
+    tokenizer: str = ""
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def input_usd_per_mtok(self) -> Decimal:
+        return Decimal(self.input_pico) / PICO_PER_USD_PER_MTOK
+
+    @property
+    def output_usd_per_mtok(self) -> Decimal:
+        return Decimal(self.output_pico) / PICO_PER_USD_PER_MTOK
+
+    def cost_pico(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Exact cost of one request in picodollars (completion tokens include reasoning tokens)."""
+        return prompt_tokens * self.input_pico + completion_tokens * self.output_pico
+
+    def max_output(self) -> int:
+        """The most output tokens one request may ask for."""
+        return self.max_output_tokens or self.context_length
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    return str(v).strip().lower() in ("1", "true", "yes", "y")
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or str(v).strip() == "":
+        return None
+    return int(v)
+
+
+def model_from_mapping(row: dict[str, Any], base: Model | None = None) -> Model:
+    """Build a model from a CSV row or config mapping; fields missing from ``row`` come from ``base``."""
+    kw: dict[str, Any] = {}
+    if base is not None:
+        kw = {f: getattr(base, f) for f in Model.__dataclass_fields__}
+    simple = {
+        "id": str, "name": str, "provider": str, "native_model": str, "tokenizer": str, "created": str,
+        "context_length": int, "hidden_reasoning_tokens": int,
+    }
+    for key, conv in simple.items():
+        if key in row and row[key] not in (None, ""):
+            kw[key] = conv(row[key])
+    if "max_output_tokens" in row:
+        kw["max_output_tokens"] = _int_or_none(row["max_output_tokens"])
+    for key in ("tools", "vision", "json_output", "reasoning"):
+        if key in row and row[key] not in (None, ""):
+            kw[key] = _bool(row[key])
+    if row.get("input_usd_per_1m") not in (None, ""):
+        kw["input_pico"] = usd_per_mtok_to_pico(row["input_usd_per_1m"])
+    if row.get("output_usd_per_1m") not in (None, ""):
+        kw["output_pico"] = usd_per_mtok_to_pico(row["output_usd_per_1m"])
+    kw.setdefault("name", kw.get("id", ""))
+    kw.setdefault("native_model", str(kw.get("id", "")).split("/", 1)[-1])
+    kw.setdefault("max_output_tokens", None)
+    missing = [f for f in ("id", "provider", "context_length", "input_pico", "output_pico") if f not in kw]
+    if missing:
+        raise ValueError(f"model {row.get('id', '?')!r} lacks {', '.join(missing)}")
+    return Model(**kw)
+
+
+def load_seed_models() -> list[Model]:
+    text = resources.files(__package__).joinpath("models.csv").read_text(encoding="utf-8")
+    return [model_from_mapping(r) for r in csv.DictReader(text.splitlines())]
+
+
+def matches(model_id: str, patterns: Iterable[str]) -> bool:
+    """Whether ``model_id`` matches any pattern; ``*`` is a wildcard (``anthropic/*``, ``*/claude-*``)."""
+    mid = model_id.lower()
+    return any(fnmatch.fnmatchcase(mid, p.lower()) for p in patterns)
+
+
+class Catalog:
+    """An immutable lookup of models by id (case-insensitive)."""
+
+    def __init__(self, models: Iterable[Model]):
+        self._models: dict[str, Model] = {}
+        for m in models:
+            self._models[m.id.lower()] = m
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id.lower() in self._models
+
+    def get(self, model_id: str) -> Model | None:
+        return self._models.get(model_id.lower())
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self._models.values()]
+
+    def select(self, allowed: Iterable[str] | None = None, excluded: Iterable[str] | None = None) -> list[Model]:
+        allowed = list(allowed or [])
+        excluded = list(excluded or [])
+        return [
+            m for m in self._models.values()
+            if (not allowed or matches(m.id, allowed)) and not (excluded and matches(m.id, excluded))
+        ]
+
+    def with_overrides(self, overrides: dict[str, Any] | None, remove: Iterable[str] = ()) -> "Catalog":
+        """A new catalog with config overrides applied: ``{id: {field: value}}`` adds or changes models."""
+        models = {k: v for k, v in self._models.items() if not matches(v.id, remove)}
+        for mid, fields in (overrides or {}).items():
+            fields = dict(fields or {})
+            fields.setdefault("id", mid)
+            base = models.get(mid.lower())
+            models[mid.lower()] = model_from_mapping(fields, base)
+        return Catalog(models.values())
+
+
+def default_catalog() -> Catalog:
+    return Catalog(load_seed_models())
+
+
+__all__ = [
+    "Catalog", "Model", "PICO_PER_USD", "WIRE_BY_PROVIDER", "default_catalog", "load_seed_models", "matches",
+    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_to_pico", "replace",
+]

@@ -1,0 +1,56 @@
+"""Errors a client can see: each carries its HTTP status and renders as OpenRouter's error body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status and an OpenRouter-style body ``{"error": {"code", "message", "metadata"}}``.
+
+    ``retryable`` says whether another candidate model (or a retry) may succeed where this one failed.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        retryable: bool | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.metadata = metadata or {}
+        self.retryable = status in (408, 429, 500, 502, 503, 504) if retryable is None else retryable
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.status, "message": self.message}
+        if self.metadata:
+            err["metadata"] = self.metadata
+        return {"error": err}
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status}, {self.message!r})"
+
+
+def bad_request(message: str, **metadata: Any) -> GatewayError:
+    return GatewayError(400, message, metadata=metadata or None)
+
+
+def upstream_status_to_gateway(status: int) -> int:
+    """Map an upstream HTTP status to the status the gateway answers with (OpenRouter's set)."""
+    if status in (400, 401, 402, 403, 404, 408, 413, 422, 429):
+        # A provider rejecting *our* credentials is a gateway problem, not the caller's: OpenRouter
+        # reports it as 401 all the same, with the provider named in metadata.
+        return 400 if status in (413, 422) else status
+    if status in (500, 502, 504):
+        return 502
+    if status in (503, 529):  # 529: Anthropic's "overloaded"
+        return 503
+    if status >= 500:
+        return 502
+    return 502
