@@ -1,0 +1,198 @@
+"""OpenAI-compatible upstreams: OpenAI itself and the OpenAI-shaped APIs of DeepSeek, Mistral and Llama hosts.
+
+The request is forwarded nearly as is: the model name becomes the provider's native name, OpenRouter-only fields
+are removed, parameters the upstream does not take are dropped, and streams ask for usage in their last chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..catalog import Model
+from ..errors import GatewayError, upstream_status_to_gateway
+from .base import ProviderConfig, SSEEvent, UpstreamRequest
+
+#: OpenAI chat-completions parameters forwarded to OpenAI-compatible upstreams. ``messages``, ``model`` and
+#: ``stream`` are handled separately; everything not listed (OpenRouter's ``models``, ``provider``, ``plugins``,
+#: ``transforms``, ``route``, ``session_id``…) stays in the gateway.
+OPENAI_PARAMETERS: tuple[str, ...] = (
+    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "presence_penalty",
+    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
+    "response_format", "user", "stream_options", "reasoning_effort", "metadata", "store", "service_tier",
+    "prediction", "modalities", "audio",
+)
+
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "insufficient_system_resource": "error",  # DeepSeek
+    "model_length": "length",  # Mistral
+    "error": "error",
+    "eos": "stop",
+    "end_turn": "stop",
+}
+
+
+def normalize_finish_reason(native: str | None) -> str | None:
+    if native is None:
+        return None
+    return FINISH_REASONS.get(native, "stop")
+
+
+def normalize_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keep OpenAI's usage fields, with total_tokens always present."""
+    if not usage:
+        return None
+    pt = int(usage.get("prompt_tokens") or 0)
+    ct = int(usage.get("completion_tokens") or 0)
+    out: dict[str, Any] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    ptd = usage.get("prompt_tokens_details") or {}
+    cached = ptd.get("cached_tokens")
+    if cached is None:
+        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's name for it
+    if cached:
+        out["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    ctd = usage.get("completion_tokens_details") or {}
+    if ctd.get("reasoning_tokens"):
+        out["completion_tokens_details"] = {"reasoning_tokens": int(ctd["reasoning_tokens"])}
+    return out
+
+
+class OpenAICompatAdapter:
+    """Adapter for upstreams that speak OpenAI's chat-completions wire format."""
+
+    wire = "openai"
+
+    #: parameters this upstream family takes; subclasses narrow it for their quirks
+    parameters: tuple[str, ...] = OPENAI_PARAMETERS
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        params = [p for p in self.parameters if p != "stream_options"]
+        if not model.tools:
+            params = [p for p in params if p not in ("tools", "tool_choice", "parallel_tool_calls")]
+        if not model.json_output:
+            params = [p for p in params if p != "response_format"]
+        return params
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        allowed = set(self.supported_parameters(model))
+        out: dict[str, Any] = {"model": model.native_model, "messages": body["messages"]}
+        for key, value in body.items():
+            if key in allowed and value is not None:
+                out[key] = value
+        if stream:
+            out["stream"] = True
+            out["stream_options"] = {"include_usage": True}
+        return out
+
+    def build_request(
+        self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool
+    ) -> UpstreamRequest:
+        headers = {"Content-Type": "application/json", **provider.headers}
+        if provider.api_key:
+            headers["Authorization"] = f"Bearer {provider.api_key}"
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        url = provider.base_url.rstrip("/") + "/chat/completions"
+        return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, stream=stream)))
+
+    def parse_response(self, data: bytes) -> dict[str, Any]:
+        try:
+            resp = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(502, f"upstream returned invalid JSON: {exc}") from None
+        if not isinstance(resp, dict) or not isinstance(resp.get("choices"), list):
+            raise GatewayError(502, "upstream response has no choices")
+        for choice in resp["choices"]:
+            native = choice.get("finish_reason")
+            choice["native_finish_reason"] = native
+            choice["finish_reason"] = normalize_finish_reason(native)
+            self._fix_message(choice.get("message") or {})
+        resp["usage"] = normalize_usage(resp.get("usage"))
+        return resp
+
+    def _fix_message(self, message: dict[str, Any]) -> None:
+        """Hook for families that put extra fields on the message (DeepSeek's ``reasoning_content``)."""
+
+    def stream_translator(self, model: Model) -> "OpenAIStreamTranslator":
+        return OpenAIStreamTranslator(self)
+
+    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
+        message = None
+        meta: dict[str, Any] = {"provider_name": provider.name}
+        try:
+            body = orjson.loads(data)
+            err = body.get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                message = err.get("message")
+                for k in ("type", "code", "param"):
+                    if err.get(k) is not None:
+                        meta[k] = err[k]
+            elif isinstance(err, str):
+                message = err
+            elif isinstance(body, dict) and isinstance(body.get("message"), str):  # Mistral, Together
+                message = body["message"]
+            elif isinstance(body, dict) and isinstance(body.get("detail"), str):
+                message = body["detail"]
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        if not message:
+            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
+        meta["raw_status"] = status
+        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+
+
+class OpenAIStreamTranslator:
+    """OpenAI chunks in, OpenAI chunks out: only finish reasons and usage are normalized."""
+
+    def __init__(self, adapter: OpenAICompatAdapter):
+        self._adapter = adapter
+        self.usage: dict[str, Any] | None = None
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        data = event.data
+        if data == "[DONE]":
+            self._done = True
+            return []
+        if not data:
+            return []
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise GatewayError(502, "upstream sent an invalid stream chunk") from None
+        if not isinstance(chunk, dict):
+            return []
+        if "error" in chunk and not chunk.get("choices"):
+            err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+            raise GatewayError(502, str(err.get("message") or "upstream stream error"), metadata={"upstream": err})
+        usage = chunk.get("usage")
+        if usage:
+            self.usage = normalize_usage(usage)
+        choices = chunk.get("choices") or []
+        out_choices = []
+        for choice in choices:
+            native = choice.get("finish_reason")
+            c = {"index": choice.get("index", 0), "delta": choice.get("delta") or {}, "finish_reason": None}
+            if native is not None:
+                c["finish_reason"] = normalize_finish_reason(native)
+                c["native_finish_reason"] = native
+            if choice.get("logprobs") is not None:
+                c["logprobs"] = choice["logprobs"]
+            self._adapter._fix_message(c["delta"])
+            out_choices.append(c)
+        if not out_choices:
+            return []
+        return [{"choices": out_choices}]
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []
