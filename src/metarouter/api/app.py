@@ -1,0 +1,366 @@
+"""The HTTP surface: OpenRouter's paths under ``/api/v1`` and the same under ``/v1`` for OpenAI clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from decimal import Decimal
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..catalog import PICO_PER_USD, Model, pico_to_usd
+from ..config import Settings
+from ..errors import GatewayError
+from ..gateway.pipeline import Gateway, RequestContext
+from ..providers import get_adapter
+from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
+from ..store import KeyRecord, Store, open_store, parse_key, verify_key
+from .validation import json_depth_ok, validate_chat_body
+
+log = logging.getLogger("metarouter.api")
+
+JSON = "application/json"
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(err: GatewayError) -> Response:
+    return json_response(err.body(), err.status, err.headers or None)
+
+
+def usd_string(pico: int) -> str:
+    """A per-token price as OpenRouter writes it: a plain decimal string, no exponent."""
+    d = (Decimal(pico) / PICO_PER_USD).normalize()
+    return format(d, "f")
+
+
+class KeyAuth:
+    """Resolves ``Authorization: Bearer sk-mr-…`` to a key record; records are cached briefly by public id."""
+
+    TTL = 5.0
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+
+    def invalidate(self, public_id: str) -> None:
+        self._cache.pop(public_id, None)
+
+    async def authenticate(self, request: Request) -> KeyRecord:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise GatewayError(401, "Missing API key: send `Authorization: Bearer sk-mr-…`", retryable=False)
+        public_id = parse_key(token)
+        if public_id is None:
+            raise GatewayError(401, "Invalid API key", retryable=False)
+        now = time.monotonic()
+        hit = self._cache.get(public_id)
+        if hit is None or now - hit[0] > self.TTL:
+            rec = await self.store.get_key(public_id)
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            self._cache[public_id] = (now, rec)
+        else:
+            rec = hit[1]
+        if rec is None or not verify_key(token, rec):
+            raise GatewayError(401, "Invalid API key", retryable=False)
+        if rec.disabled:
+            raise GatewayError(403, "This API key is disabled", retryable=False)
+        return rec
+
+
+def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
+    provider = gateway.settings.providers.get(m.provider)
+    params: list[str] = []
+    if provider is not None:
+        with contextlib.suppress(KeyError):
+            params = list(get_adapter(provider).supported_parameters(m))
+    inputs = ["text", "image"] if m.vision else ["text"]
+    created = 0
+    with contextlib.suppress(ValueError):
+        created = int(time.mktime(time.strptime(m.created, "%Y-%m-%d"))) if m.created else 0
+    return {
+        "id": m.id,
+        "canonical_slug": m.id,
+        "name": m.name,
+        "created": created,
+        "description": f"{m.name}, served by {m.provider}.",
+        "context_length": m.context_length,
+        "architecture": {
+            "modality": "+".join(inputs) + "->text",
+            "input_modalities": inputs,
+            "output_modalities": ["text"],
+            "tokenizer": m.tokenizer or "Other",
+            "instruct_type": None,
+        },
+        "pricing": {
+            "prompt": usd_string(m.input_pico),
+            "completion": usd_string(m.output_pico),
+            "request": "0",
+            "image": "0",
+            "web_search": "0",
+            "internal_reasoning": usd_string(m.output_pico) if m.reasoning else "0",
+        },
+        "top_provider": {
+            "context_length": m.context_length,
+            "max_completion_tokens": m.max_output_tokens,
+            "is_moderated": False,
+        },
+        "per_request_limits": None,
+        "supported_parameters": params,
+        "available": gateway.settings.provider_available(m.provider),
+    }
+
+
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The ASGI app. ``store`` may be given (tests); otherwise it is opened from ``settings.db_url``."""
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        st = store or open_store(settings.db_url)
+        await st.open()
+        gw = Gateway(settings, st)
+        await gw.start()
+        app.state.store = st
+        app.state.gateway = gw
+        app.state.auth = KeyAuth(st)
+        state.update(store=st, gateway=gw, auth=app.state.auth)
+        for hook in app.state.startup_hooks:
+            await hook(app)
+        try:
+            yield
+        finally:
+            await gw.close()
+            await st.close()
+
+    async def read_json(request: Request) -> Any:
+        limit = settings.limits.max_body_bytes
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                if int(cl) > limit:
+                    raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
+            except ValueError:
+                raise GatewayError(400, "Invalid Content-Length header") from None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw:
+            raise GatewayError(400, "The request body is empty: send a JSON object")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
+        if not json_depth_ok(body, settings.limits.max_json_depth):
+            raise GatewayError(400, f"JSON nested deeper than {settings.limits.max_json_depth} levels")
+        return body
+
+    def context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
+        h = request.headers
+        return RequestContext(
+            key=key,
+            app_referer=(h.get("http-referer") or h.get("referer") or None),
+            app_title=(h.get("x-openrouter-title") or h.get("x-title") or None),
+            want_metadata=h.get("x-openrouter-metadata", "").lower() in ("enabled", "true", "1"),
+            session_id=body.get("session_id") or h.get("x-session-id") or None,
+        )
+
+    async def chat_completions(request: Request) -> Response:
+        key = await state["auth"].authenticate(request)
+        body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
+        ctx = context(request, key, body)
+        gw: Gateway = state["gateway"]
+        if not body.get("stream"):
+            return json_response(await gw.complete(body, ctx))
+        frames = gw.stream(body, ctx)
+        first_task = asyncio.ensure_future(frames.__anext__())
+        done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
+        if done:
+            try:
+                first = first_task.result()
+            except GatewayError as err:
+                return error_response(err)
+            except StopAsyncIteration:
+                return error_response(GatewayError(502, "The upstream stream ended without an answer"))
+            return _sse_response(_relay(frames, first=first))
+        return _sse_response(_relay(frames, pending=first_task))
+
+    async def _relay(
+        frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            if pending is not None:
+                yield SSE_PROCESSING
+                while True:
+                    done, _ = await asyncio.wait({pending}, timeout=settings.keepalive_interval)
+                    if done:
+                        break
+                    yield SSE_PROCESSING
+                try:
+                    first = pending.result()
+                except GatewayError as err:
+                    yield sse_data({
+                        "id": None, "object": "chat.completion.chunk", "created": int(time.time()), "model": None,
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                        "error": {"code": err.status, "message": err.message, "metadata": err.metadata or None},
+                    })
+                    yield SSE_DONE
+                    return
+                except StopAsyncIteration:
+                    return
+            assert first is not None
+            yield first
+            async for frame in frames:
+                yield frame
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+            with contextlib.suppress(BaseException):
+                await frames.aclose()  # type: ignore[attr-defined]
+
+    def _sse_response(it: AsyncIterator[bytes]) -> StreamingResponse:
+        return StreamingResponse(
+            it, media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def list_models(request: Request) -> Response:
+        gw: Gateway = state["gateway"]
+        data = [model_schema(m, gw) for m in gw.catalog]
+        for hook in request.app.state.models_hooks:
+            data = hook(data)
+        return json_response({"data": data})
+
+    async def get_generation(request: Request) -> Response:
+        key = await state["auth"].authenticate(request)
+        gen_id = request.query_params.get("id")
+        if not gen_id:
+            raise GatewayError(400, "Query parameter `id` is required")
+        st: Store = state["store"]
+        await st.flush()
+        rec = await st.get_generation(gen_id)
+        if rec is None or rec.get("key_id") != key.public_id:
+            raise GatewayError(404, f"Generation {gen_id} not found")
+        return json_response({"data": generation_view(rec)})
+
+    async def get_key(request: Request) -> Response:
+        key = await state["auth"].authenticate(request)
+        st: Store = state["store"]
+        await st.flush()
+        fresh = await st.get_key(key.public_id) or key
+        return json_response({"data": {
+            "label": fresh.label,
+            "usage": pico_to_usd(fresh.usage_pico),
+            "limit": pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None,
+            "limit_remaining": pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None,
+            "is_free_tier": False,
+            "is_provisioning_key": False,
+            "rate_limit": {"requests": fresh.rpm or -1, "interval": "1m"},
+            "tokens_per_minute": fresh.tpm,
+        }})
+
+    async def get_credits(request: Request) -> Response:
+        await state["auth"].authenticate(request)
+        credits, usage = await state["store"].get_credits()
+        return json_response({"data": {
+            "total_credits": pico_to_usd(credits) if credits is not None else None,
+            "total_usage": pico_to_usd(usage),
+        }})
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if "gateway" not in state:
+            return json_response({"status": "starting"}, 503)
+        return json_response({"status": "ready"})
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return error_response(GatewayError(exc.status_code, str(exc.detail)))
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(GatewayError(500, "Internal server error"))
+
+    routes = [Route("/health", health), Route("/ready", ready)]
+    for prefix in ("/api/v1", "/v1"):
+        routes += [
+            Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
+            Route(f"{prefix}/models", list_models, methods=["GET"]),
+            Route(f"{prefix}/generation", get_generation, methods=["GET"]),
+            Route(f"{prefix}/key", get_key, methods=["GET"]),
+            Route(f"{prefix}/auth/key", get_key, methods=["GET"]),
+            Route(f"{prefix}/credits", get_credits, methods=["GET"]),
+        ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.models_hooks = []
+    return app
+
+
+def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
+    """A stored record in the shape of OpenRouter's ``GET /generation`` (plus metarouter's routing fields)."""
+    return {
+        "id": rec["id"],
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec["created_at"])),
+        "model": rec["model"],
+        "requested_model": rec["requested_model"],
+        "provider_name": rec["provider"],
+        "router": rec.get("router"),
+        "total_cost": pico_to_usd(rec["cost_pico"] or 0),
+        "usage": pico_to_usd(rec["cost_pico"] or 0),
+        "tokens_prompt": rec["prompt_tokens"],
+        "tokens_completion": rec["completion_tokens"],
+        "native_tokens_prompt": rec["prompt_tokens"],
+        "native_tokens_completion": rec["completion_tokens"],
+        "native_tokens_reasoning": rec["reasoning_tokens"],
+        "native_tokens_cached": rec["cached_tokens"],
+        "usage_estimated": rec["usage_estimated"],
+        "latency": rec["latency_ms"],
+        "generation_time": (rec["latency_ms"] or 0) - (rec["ttft_ms"] or 0),
+        "time_to_first_token": rec["ttft_ms"],
+        "finish_reason": rec["finish_reason"],
+        "native_finish_reason": rec["native_finish_reason"],
+        "streamed": rec["streamed"],
+        "cancelled": rec["status"] == "cancelled",
+        "status": rec["status"],
+        "error": rec.get("error"),
+        "app_id": rec.get("app_title") or rec.get("app_referer"),
+        "app": {"title": rec.get("app_title"), "referer": rec.get("app_referer")},
+        "upstream_id": rec.get("upstream_id"),
+        "session_id": rec.get("session_id"),
+        "user": rec.get("user_tag"),
+        "is_byok": False,
+        "attempts": rec.get("attempts") or [],
+        "routing": rec.get("routing"),
+    }

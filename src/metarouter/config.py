@@ -1,0 +1,137 @@
+"""Settings: defaults, then a YAML/TOML config file, then environment variables.
+
+Provider base URLs and keys come only from here, never from a request.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .catalog import WIRE_BY_PROVIDER, Catalog, default_catalog
+from .providers.base import ProviderConfig
+
+DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+    "anthropic": {"base_url": "https://api.anthropic.com", "api_key_env": "ANTHROPIC_API_KEY"},
+    "google": {"base_url": "https://generativelanguage.googleapis.com/v1beta", "api_key_env": "GEMINI_API_KEY"},
+    "mistral": {"base_url": "https://api.mistral.ai/v1", "api_key_env": "MISTRAL_API_KEY"},
+    "deepseek": {"base_url": "https://api.deepseek.com", "api_key_env": "DEEPSEEK_API_KEY"},
+    "cohere": {"base_url": "https://api.cohere.com", "api_key_env": "COHERE_API_KEY"},
+    "together": {"base_url": "https://api.together.xyz/v1", "api_key_env": "TOGETHER_API_KEY"},
+}
+
+
+@dataclass
+class Timeouts:
+    connect: float = 10.0
+    first_byte: float = 120.0  # until the upstream's response headers (and, streaming, its first event)
+    total: float = 600.0
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_messages: int = 2000
+    max_json_depth: int = 64
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path(os.environ.get("METAROUTER_HOME", "~/.metarouter")).expanduser())
+    database_url: str | None = None
+    redis_url: str | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    providers: dict[str, ProviderConfig] = field(default_factory=dict)
+    catalog: Catalog = field(default_factory=default_catalog)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    #: seconds to wait for the first upstream event before a stream commits to HTTP 200 and starts sending
+    #: ``: OPENROUTER PROCESSING`` comments (errors before then still get their real status code)
+    stream_commit_after: float = 0.5
+    keepalive_interval: float = 5.0
+    router: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'metarouter.db'}"
+
+    def provider_available(self, name: str) -> bool:
+        p = self.providers.get(name)
+        return p is not None and (p.api_key is not None or not p.api_key_env)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    data = yaml.safe_load(text)
+    return data or {}
+
+
+def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderConfig:
+    base = DEFAULT_PROVIDERS.get(name, {})
+    merged = {**base, **(spec or {})}
+    if "base_url" not in merged:
+        raise ValueError(f"provider {name!r} needs a base_url")
+    key_env = merged.get("api_key_env")
+    api_key = env.get(key_env) if key_env else None
+    return ProviderConfig(
+        name=name,
+        base_url=str(merged["base_url"]).rstrip("/"),
+        api_key_env=key_env,
+        api_key=api_key,
+        wire=merged.get("wire") or WIRE_BY_PROVIDER.get(name, "openai"),
+        headers=dict(merged.get("headers") or {}),
+        extra={k: v for k, v in merged.items() if k not in ("base_url", "api_key_env", "wire", "headers")},
+    )
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Build settings from defaults, the config file at ``path`` (YAML or TOML), the environment and ``overrides``."""
+    env = dict(os.environ if env is None else env)
+    raw: dict[str, Any] = _read_file(Path(path)) if path else {}
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    s = Settings(raw=raw)
+    if "METAROUTER_HOME" in env:
+        s.data_dir = Path(env["METAROUTER_HOME"]).expanduser()
+    for key in ("host", "port", "database_url", "redis_url", "stream_commit_after", "keepalive_interval"):
+        if key in raw:
+            setattr(s, key, type(getattr(s, key) or "")(raw[key]) if key == "port" else raw[key])
+    if raw.get("data_dir"):
+        s.data_dir = Path(str(raw["data_dir"])).expanduser()
+    s.database_url = env.get("METAROUTER_DATABASE_URL") or s.database_url
+    s.redis_url = env.get("METAROUTER_REDIS_URL") or s.redis_url
+    s.admin_key = env.get("METAROUTER_ADMIN_KEY") or None
+    for key, cls in (("timeouts", Timeouts), ("limits", Limits)):
+        if isinstance(raw.get(key), dict):
+            setattr(s, key, cls(**{**getattr(s, key).__dict__, **raw[key]}))
+    specs: dict[str, Any] = {name: {} for name in DEFAULT_PROVIDERS}
+    specs.update(raw.get("providers") or {})
+    s.providers = {name: _provider(name, spec or {}, env) for name, spec in specs.items() if spec is not False}
+    disabled = [name for name, spec in specs.items() if spec is False]
+    models = raw.get("models") or {}
+    if isinstance(models, dict):
+        overrides_m = {k: v for k, v in models.items() if k not in ("remove", "add")}
+        overrides_m.update(models.get("add") or {})
+        s.catalog = s.catalog.with_overrides(overrides_m, remove=models.get("remove") or ())
+    if disabled:
+        s.catalog = Catalog(m for m in s.catalog if m.provider not in disabled)
+    unknown = sorted({m.provider for m in s.catalog} - set(s.providers))
+    if unknown:
+        raise ValueError(f"models refer to providers without configuration: {', '.join(unknown)}")
+    s.router = dict(raw.get("router") or {})
+    return s

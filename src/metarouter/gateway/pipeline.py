@@ -1,0 +1,491 @@
+"""The request pipeline: resolve candidates, send to each in turn until one answers, account, record.
+
+Failures before the first byte of an answer move on to the next candidate; after it, a stream ends with a
+terminal error chunk. Every answered request (a partial stream included) is recorded and charged exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+from ..catalog import Model
+from ..config import Settings
+from ..errors import GatewayError
+from ..providers import get_adapter
+from ..providers.base import ProviderConfig
+from ..providers.sse import SSE_DONE, SSEParser, sse_data
+from ..store import KeyRecord, Store, new_generation_id
+from .accounting import estimate_prompt_tokens, estimate_text_tokens, requested_max_tokens, usage_with_cost
+
+log = logging.getLogger("metarouter.gateway")
+
+PROVIDER_DISPLAY = {
+    "openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "mistral": "Mistral", "deepseek": "DeepSeek",
+    "cohere": "Cohere", "together": "Together", "fireworks": "Fireworks", "deepinfra": "DeepInfra",
+}
+
+
+def provider_display(name: str) -> str:
+    return PROVIDER_DISPLAY.get(name, name)
+
+
+@dataclass
+class RequestContext:
+    key: KeyRecord | None
+    app_referer: str | None = None
+    app_title: str | None = None
+    want_metadata: bool = False
+    session_id: str | None = None
+
+
+@dataclass
+class Plan:
+    """What the pipeline will try, in order, and why (the router's decision, for ``auto``)."""
+
+    requested_model: str
+    candidates: list[Model]
+    router: str | None = None  # "auto" when the meta-model chose
+    routing: dict[str, Any] | None = None  # the decision, kept on the record and shown as metadata
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Attempt:
+    model: str
+    provider: str
+    status: int | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class _Fallback(Exception):
+    """This candidate failed before its first byte; try the next one."""
+
+    def __init__(self, error: GatewayError):
+        self.error = error
+
+
+class Gateway:
+    def __init__(self, settings: Settings, store: Store):
+        self.settings = settings
+        self.store = store
+        self.catalog = settings.catalog
+        self._session: aiohttp.ClientSession | None = None
+        self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- resolution ------------------------------------------------------------------------------------------
+    def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
+        model_field = body.get("model")
+        models_field = body.get("models")
+        requested: list[str] = []
+        if isinstance(model_field, str) and model_field:
+            requested.append(model_field)
+        if models_field is not None:
+            if not isinstance(models_field, list) or not all(isinstance(m, str) for m in models_field):
+                raise GatewayError(400, "`models` must be a list of model ids")
+            requested += [m for m in models_field if m not in requested]
+        if not requested:
+            raise GatewayError(400, "`model` is required (a model id, or \"auto\")")
+        if self.resolver is not None and self.resolver.handles(requested[0]):
+            return self.resolver.plan(body, ctx, requested)
+        candidates = []
+        for mid in requested:
+            m = self.catalog.get(mid)
+            if m is None:
+                raise GatewayError(400, f"{mid} is not a valid model ID", metadata={"model": mid})
+            candidates.append(m)
+        return Plan(requested_model=requested[0], candidates=candidates)
+
+    def provider_for(self, model: Model) -> ProviderConfig | None:
+        p = self.settings.providers.get(model.provider)
+        if p is None or not self.settings.provider_available(model.provider):
+            return None
+        return p
+
+    # --- budgets -----------------------------------------------------------------------------------------------
+    async def _reserve(self, ctx: RequestContext, model: Model, body: dict[str, Any]) -> tuple[int, dict | None]:
+        """Hold the worst case of this attempt against the key's limit and the account's credit.
+
+        Returns (reserved picodollars, a body with ``max_tokens`` capped, or None when unchanged). When the
+        request sets no ``max_tokens`` and credit is limited, ``max_tokens`` is lowered to what the remaining
+        credit can pay for (OpenRouter's rule), and 402 is returned only if not even one token is affordable.
+        """
+        key = ctx.key
+        credits, usage = await self._account_credit()
+        key_limited = key is not None and key.limit_pico is not None
+        if not key_limited and credits is None:
+            return 0, None
+        prompt_tokens = estimate_prompt_tokens(body, conservative=True)
+        max_tokens = requested_max_tokens(body)
+        capped_body = None
+        if max_tokens is None:
+            fresh = await self.store.get_key(key.public_id) if key is not None else None
+            remaining = [r for r in (
+                fresh.remaining_pico if fresh is not None else None,
+                None if credits is None else credits - usage,
+            ) if r is not None]
+            left = min(remaining) - prompt_tokens * model.input_pico
+            affordable = left // model.output_pico if model.output_pico else model.max_output()
+            if affordable < 1:
+                raise _no_credit(model)
+            max_tokens = min(model.max_output(), affordable)
+            if max_tokens < model.max_output():
+                capped_body = {**body, "max_tokens": max_tokens}
+        worst = model.cost_pico(prompt_tokens, max_tokens)
+        if key is None:
+            return 0, capped_body
+        if not await self.store.reserve(key.public_id, worst):
+            raise _no_credit(model)
+        return worst, capped_body
+
+    async def _account_credit(self) -> tuple[int | None, int]:
+        now = time.monotonic()
+        cached = getattr(self, "_credit_cache", None)
+        if cached is None or now - cached[0] > 1.0:
+            credits, usage = await self.store.get_credits()
+            self._credit_cache = (now, credits, usage)
+            return credits, usage
+        return cached[1], cached[2]
+
+    # --- sending -----------------------------------------------------------------------------------------------
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        t = self.settings.timeouts
+        return aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+
+    async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool):
+        adapter = get_adapter(provider)
+        req = adapter.build_request(body, model, provider, stream=stream)
+        assert self._session is not None, "gateway not started"
+        try:
+            resp = await self._session.request(
+                req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout()
+            )
+        except asyncio.TimeoutError:
+            raise _Fallback(GatewayError(408, f"{provider.name}: upstream timed out")) from None
+        except aiohttp.ClientError as exc:
+            raise _Fallback(GatewayError(502, f"{provider.name}: upstream unreachable ({type(exc).__name__})")) from None
+        if resp.status != 200:
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                data = b""
+            finally:
+                resp.release()
+            raise _Fallback(adapter.parse_error(resp.status, data, provider))
+        return adapter, resp
+
+    def _base_record(self, plan: Plan, ctx: RequestContext, gen_id: str, started: float, stream: bool) -> dict:
+        return {
+            "id": gen_id,
+            "created_at": time.time(),
+            "key_id": ctx.key.public_id if ctx.key else None,
+            "app_referer": ctx.app_referer,
+            "app_title": ctx.app_title,
+            "requested_model": plan.requested_model,
+            "router": plan.router,
+            "routing": plan.routing,
+            "streamed": stream,
+            "session_id": ctx.session_id,
+        }
+
+    def _metadata(self, plan: Plan, attempts: list[Attempt], selected: Model | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "requested_model": plan.requested_model,
+            "strategy": plan.router or ("fallback" if len(plan.candidates) > 1 else "direct"),
+            "selected": selected.id if selected else None,
+            "attempts": [a.as_dict() for a in attempts],
+        }
+        if plan.routing:
+            meta.update({k: v for k, v in plan.routing.items() if k not in meta})
+        return meta
+
+    # --- non-streaming -----------------------------------------------------------------------------------------
+    async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        plan = self.plan(body, ctx)
+        started = time.perf_counter()
+        attempts: list[Attempt] = []
+        last_error: GatewayError | None = None
+        for model in plan.candidates:
+            provider = self.provider_for(model)
+            if provider is None:
+                attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
+                last_error = _not_configured(model)
+                continue
+            reserved, capped = await self._reserve(ctx, model, body)
+            t0 = time.perf_counter()
+            try:
+                adapter, resp = await self._open(model, provider, capped or body, stream=False)
+                try:
+                    data = await resp.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise _Fallback(GatewayError(502, f"{provider.name}: upstream failed mid-response ({type(exc).__name__})")) from None
+                finally:
+                    resp.release()
+                try:
+                    out = adapter.parse_response(data)
+                except GatewayError as exc:
+                    raise _Fallback(exc) from None
+            except _Fallback as fb:
+                if reserved:
+                    await self.store.release(ctx.key.public_id, reserved)
+                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                        round((time.perf_counter() - t0) * 1000, 2)))
+                last_error = fb.error
+                continue
+            latency = (time.perf_counter() - t0) * 1000
+            attempts.append(Attempt(model.id, provider.name, 200, None, round(latency, 2)))
+            return self._finish_complete(out, body, plan, ctx, model, provider, attempts, reserved, started)
+        raise _final_error(last_error, attempts)
+
+    def _finish_complete(self, out, body, plan, ctx, model, provider, attempts, reserved, started) -> dict:
+        gen_id = new_generation_id()
+        usage = out.get("usage")
+        estimated = usage is None
+        if usage is None:
+            text = "".join(str((c.get("message") or {}).get("content") or "") for c in out.get("choices", []))
+            pt, ct = estimate_prompt_tokens(body), estimate_text_tokens(len(text))
+            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        cost = model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
+        latency_ms = (time.perf_counter() - started) * 1000
+        choice0 = (out.get("choices") or [{}])[0]
+        record = self._base_record(plan, ctx, gen_id, started, False)
+        record.update(
+            model=model.id, provider=provider.name, status="ok",
+            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+            usage_estimated=estimated, cost_pico=cost, latency_ms=round(latency_ms, 2), ttft_ms=round(latency_ms, 2),
+            finish_reason=choice0.get("finish_reason"), native_finish_reason=choice0.get("native_finish_reason"),
+            upstream_id=out.get("id"), user_tag=body.get("user"), attempts=[a.as_dict() for a in attempts],
+        )
+        self.store.record_generation(record, reserved)
+        response = {
+            "id": gen_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model.id,
+            "provider": provider_display(provider.name),
+            "choices": out.get("choices") or [],
+            "usage": usage_with_cost(usage, cost),
+        }
+        if out.get("system_fingerprint"):
+            response["system_fingerprint"] = out["system_fingerprint"]
+        if ctx.want_metadata:
+            response["openrouter_metadata"] = self._metadata(plan, attempts, model)
+        return response
+
+    # --- streaming ---------------------------------------------------------------------------------------------
+    def stream(self, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+        """SSE frames. Raises ``GatewayError`` from the first ``__anext__`` if nothing could be started, so the
+        caller can still answer with a real HTTP status; after the first frame, errors become a terminal chunk."""
+        plan = self.plan(body, ctx)  # resolution errors surface before the generator starts
+        return self._stream(body, ctx, plan)
+
+    async def _stream(self, body: dict[str, Any], ctx: RequestContext, plan: Plan) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        attempts: list[Attempt] = []
+        last_error: GatewayError | None = None
+        for model in plan.candidates:
+            provider = self.provider_for(model)
+            if provider is None:
+                attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
+                last_error = _not_configured(model)
+                continue
+            reserved, capped = await self._reserve(ctx, model, body)
+            t0 = time.perf_counter()
+            try:
+                adapter, resp = await self._open(model, provider, capped or body, stream=True)
+            except _Fallback as fb:
+                if reserved:
+                    await self.store.release(ctx.key.public_id, reserved)
+                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                        round((time.perf_counter() - t0) * 1000, 2)))
+                last_error = fb.error
+                continue
+            run = _StreamRun(self, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, started, t0)
+            try:
+                async for frame in run.frames():
+                    yield frame
+            except _Fallback as fb:
+                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                        round((time.perf_counter() - t0) * 1000, 2)))
+                last_error = fb.error
+                if reserved:
+                    await self.store.release(ctx.key.public_id, reserved)
+                continue
+            return
+        raise _final_error(last_error, attempts)
+
+
+class _StreamRun:
+    """One upstream stream being relayed: translation, stamping, usage, and the record at the end."""
+
+    def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, started, t0):
+        self.gw, self.body, self.ctx, self.plan = gw, body, ctx, plan
+        self.model, self.provider, self.adapter, self.resp = model, provider, adapter, resp
+        self.attempts, self.reserved, self.started, self.t0 = attempts, reserved, started, t0
+        self.gen_id = new_generation_id()
+        self.created = int(time.time())
+        self.first_at: float | None = None
+        self.text_chars = 0
+        self.finish_reason: str | None = None
+        self.native_finish_reason: str | None = None
+        self.upstream_id: str | None = None
+        self.error: GatewayError | None = None
+        self.provider_name = provider_display(provider.name)
+
+    def _stamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        out = {
+            "id": self.gen_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.id,
+            "provider": self.provider_name,
+        }
+        out.update(chunk)
+        for c in chunk.get("choices") or ():
+            delta = c.get("delta") or {}
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.text_chars += len(content)
+            for k in ("reasoning",):
+                if isinstance(delta.get(k), str):
+                    self.text_chars += len(delta[k])
+            for tc in delta.get("tool_calls") or ():
+                fn = (tc or {}).get("function") or {}
+                self.text_chars += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+            if c.get("finish_reason"):
+                self.finish_reason = c["finish_reason"]
+                self.native_finish_reason = c.get("native_finish_reason", c["finish_reason"])
+        return out
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        parser = SSEParser()
+        translator = self.adapter.stream_translator(self.model)
+        recorded = False
+        try:
+            try:
+                async for raw in self.resp.content.iter_any():
+                    for event in parser.feed(raw):
+                        for chunk in translator.feed(event):
+                            if self.first_at is None:
+                                self.first_at = time.perf_counter()
+                                self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
+                                                             round((self.first_at - self.t0) * 1000, 2)))
+                            yield sse_data(self._stamp(chunk))
+                    if translator.done:
+                        break
+                for event in parser.close():
+                    for chunk in translator.feed(event):
+                        yield sse_data(self._stamp(chunk))
+                for chunk in translator.finish():
+                    yield sse_data(self._stamp(chunk))
+                if not translator.done and self.first_at is not None and self.finish_reason is None:
+                    raise GatewayError(502, f"{self.provider.name}: upstream stream ended before it was complete")
+            except GatewayError as exc:
+                if self.first_at is None:
+                    raise _Fallback(exc) from None
+                self.error = exc
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                err = GatewayError(502, f"{self.provider.name}: upstream stream broke ({type(exc).__name__})")
+                if self.first_at is None:
+                    raise _Fallback(err) from None
+                self.error = err
+            finally:
+                self.resp.release()
+            if self.first_at is None:
+                raise _Fallback(GatewayError(502, f"{self.provider.name}: upstream stream ended without an answer"))
+            if self.error is not None:
+                self.finish_reason = "error"
+                yield sse_data(self._stamp({
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "error", "native_finish_reason": "error"}],
+                    "error": {"code": self.error.status, "message": self.error.message},
+                }))
+            usage = self._usage(translator.usage)
+            cost = self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
+            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, cost)}
+            if self.ctx.want_metadata:
+                final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
+            self._record(usage, cost, status="ok" if self.error is None else "error")
+            recorded = True
+            yield sse_data(self._stamp(final))
+            yield SSE_DONE
+        finally:
+            if not recorded and self.first_at is not None:
+                # the client went away (or we were cancelled) after the answer began: record what was served
+                usage = self._usage(translator.usage)
+                self._record(usage, self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"]),
+                             status="cancelled")
+
+    def _usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
+        if usage is not None:
+            self.estimated = False
+            return usage
+        self.estimated = True
+        pt = estimate_prompt_tokens(self.body)
+        ct = estimate_text_tokens(self.text_chars)
+        return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+    def _record(self, usage: dict[str, Any], cost: int, status: str) -> None:
+        now = time.perf_counter()
+        record = self.gw._base_record(self.plan, self.ctx, self.gen_id, self.started, True)
+        record.update(
+            model=self.model.id, provider=self.provider.name, status=status,
+            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+            usage_estimated=self.estimated, cost_pico=cost,
+            latency_ms=round((now - self.started) * 1000, 2),
+            ttft_ms=round(((self.first_at or now) - self.started) * 1000, 2),
+            finish_reason=self.finish_reason, native_finish_reason=self.native_finish_reason,
+            user_tag=self.body.get("user"), error=self.error.message if self.error else None,
+            attempts=[a.as_dict() for a in self.attempts],
+        )
+        self.gw.store.record_generation(record, self.reserved)
+
+
+def _no_credit(model: Model) -> GatewayError:
+    return GatewayError(
+        402,
+        f"Insufficient credit: this request to {model.id} could cost more than the key's remaining limit or the "
+        "account's credit. Lower max_tokens, raise the key's limit or add credits.",
+        metadata={"model": model.id},
+        retryable=False,
+    )
+
+
+def _not_configured(model: Model) -> GatewayError:
+    return GatewayError(
+        503,
+        f"No provider is configured for {model.id}: set the API key of provider '{model.provider}' "
+        "(its api_key_env) or point it at another host in the config file.",
+        metadata={"model": model.id, "provider_name": model.provider},
+    )
+
+
+def _final_error(last: GatewayError | None, attempts: list[Attempt]) -> GatewayError:
+    if last is None:
+        return GatewayError(404, "No candidate model is available for this request")
+    if len(attempts) > 1:
+        last.metadata = {**last.metadata, "attempts": [a.as_dict() for a in attempts]}
+    return last
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)

@@ -1,0 +1,21 @@
+"""Storage backends behind one interface, chosen by the database URL."""
+
+from __future__ import annotations
+
+from .base import KeyRecord, Store, hash_key, new_generation_id, parse_key, verify_key
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:`` or ``postgresql://…``."""
+    if url.startswith("sqlite:///"):
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore(url[len("sqlite:///"):])
+    if url.startswith(("postgres://", "postgresql://")):
+        from .postgres import PostgresStore  # noqa: F401  (issue 6)
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")
+
+
+__all__ = ["KeyRecord", "Store", "hash_key", "new_generation_id", "open_store", "parse_key", "verify_key"]

@@ -1,0 +1,142 @@
+"""The store interface: keys (hashes only), credits, budget reservations and generation records.
+
+Implementations: ``SQLiteStore`` (embedded default) and ``PostgresStore``; callers see only this interface.
+All money is integer picodollars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+KEY_PREFIX = "sk-mr-"
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    public_id: str
+    label: str
+    key_hash: str = field(repr=False)
+    limit_pico: int | None = None
+    usage_pico: int = 0
+    reserved_pico: int = 0
+    disabled: bool = False
+    rpm: int | None = None
+    tpm: int | None = None
+    created_at: float = 0.0
+
+    @property
+    def remaining_pico(self) -> int | None:
+        if self.limit_pico is None:
+            return None
+        return max(0, self.limit_pico - self.usage_pico - self.reserved_pico)
+
+    def public_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("key_hash")
+        return d
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh key: (plaintext ``sk-mr-<public id>-<secret>``, public id, SHA-256 hash of the plaintext)."""
+    public_id = secrets.token_hex(6)
+    secret = secrets.token_hex(24)
+    plaintext = f"{KEY_PREFIX}{public_id}-{secret}"
+    return plaintext, public_id, hash_key(plaintext)
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def parse_key(plaintext: str) -> str | None:
+    """The public id of a well-formed key, else None (nothing else is looked at before the hash check)."""
+    if not plaintext.startswith(KEY_PREFIX):
+        return None
+    rest = plaintext[len(KEY_PREFIX):]
+    public_id, sep, secret = rest.partition("-")
+    if not sep or len(public_id) != 12 or len(secret) != 48:
+        return None
+    if not all(c in "0123456789abcdef" for c in public_id + secret):
+        return None
+    return public_id
+
+
+def verify_key(plaintext: str, record: KeyRecord) -> bool:
+    """Constant-time comparison of the hash of what was presented with the stored hash."""
+    return hmac.compare_digest(hash_key(plaintext), record.key_hash)
+
+
+def new_generation_id() -> str:
+    return f"gen-{int(time.time())}-{secrets.token_urlsafe(15).replace('-', 'x').replace('_', 'y')}"
+
+
+#: columns of a generation record, in storage order
+GENERATION_FIELDS: tuple[str, ...] = (
+    "id", "created_at", "key_id", "app_referer", "app_title", "requested_model", "model", "provider", "router",
+    "streamed", "status", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+    "usage_estimated", "cost_pico", "latency_ms", "ttft_ms", "finish_reason", "native_finish_reason",
+    "upstream_id", "user_tag", "session_id", "error", "attempts", "routing",
+)
+JSON_FIELDS = ("attempts", "routing")
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Flush pending writes, then release connections."""
+        ...
+
+    # keys
+    async def create_key(
+        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None
+    ) -> tuple[str, KeyRecord]: ...
+
+    async def get_key(self, public_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self) -> list[KeyRecord]: ...
+
+    async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None: ...
+
+    # money
+    async def reserve(self, key_id: str, amount_pico: int) -> bool:
+        """Atomically hold ``amount_pico`` against the key's limit and the account's credit; False if either
+        cannot cover it."""
+        ...
+
+    async def release(self, key_id: str, amount_pico: int) -> None: ...
+
+    async def get_credits(self) -> tuple[int | None, int]:
+        """(total credits or None when unlimited, total usage), picodollars."""
+        ...
+
+    async def add_credits(self, amount_pico: int) -> tuple[int | None, int]: ...
+
+    # ledger
+    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
+        """Queue one generation record and its charge (key usage, account usage, release of the reservation)
+        to be written in one transaction. Synchronous and non-blocking so that it can run in ``finally``
+        blocks of cancelled tasks; idempotent by record id."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every queued record is durably written."""
+        ...
+
+    async def get_generation(self, gen_id: str) -> dict[str, Any] | None: ...
+
+    async def list_generations(
+        self, *, limit: int = 50, key_id: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    async def activity(
+        self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,
+        app: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per UTC day and model: requests, prompt/completion/reasoning tokens, cost."""
+        ...

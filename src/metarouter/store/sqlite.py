@@ -1,0 +1,424 @@
+"""The embedded store: one SQLite database in WAL mode, owned by one writer thread.
+
+Every operation runs on that thread, in arrival order, so the event loop never blocks on disk and a read that
+follows a write sees it. Generation records arrive through a synchronous, non-blocking queue and are written in
+batches: each batch is one transaction holding the records, the key charges and the account charge together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key
+
+log = logging.getLogger("metarouter.store")
+
+MIGRATIONS: list[str] = [
+    # 1: keys, account, generations
+    """
+    CREATE TABLE keys (
+        public_id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        label TEXT NOT NULL,
+        limit_pico INTEGER,
+        usage_pico INTEGER NOT NULL DEFAULT 0,
+        reserved_pico INTEGER NOT NULL DEFAULT 0,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        rpm INTEGER,
+        tpm INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE account (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        credits_pico INTEGER,
+        usage_pico INTEGER NOT NULL DEFAULT 0,
+        reserved_pico INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO account (id, credits_pico, usage_pico, reserved_pico) VALUES (1, NULL, 0, 0);
+    CREATE TABLE generations (
+        id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        key_id TEXT,
+        app_referer TEXT,
+        app_title TEXT,
+        requested_model TEXT,
+        model TEXT,
+        provider TEXT,
+        router TEXT,
+        streamed INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        usage_estimated INTEGER NOT NULL DEFAULT 0,
+        cost_pico INTEGER NOT NULL DEFAULT 0,
+        latency_ms REAL,
+        ttft_ms REAL,
+        finish_reason TEXT,
+        native_finish_reason TEXT,
+        upstream_id TEXT,
+        user_tag TEXT,
+        session_id TEXT,
+        error TEXT,
+        attempts TEXT,
+        routing TEXT
+    );
+    CREATE INDEX generations_created ON generations (created_at);
+    CREATE INDEX generations_key ON generations (key_id, created_at);
+    """,
+]
+
+_BATCH = 512
+_STOP = object()
+
+
+def _row_to_key(row: sqlite3.Row | tuple) -> KeyRecord:
+    (public_id, key_hash, label, limit_pico, usage, reserved, disabled, rpm, tpm, created) = row
+    return KeyRecord(public_id, label, key_hash, limit_pico, usage, reserved, bool(disabled), rpm, tpm, created)
+
+
+_KEY_COLS = "public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, rpm, tpm, created_at"
+_GEN_INSERT = (
+    f"INSERT OR IGNORE INTO generations ({', '.join(GENERATION_FIELDS)}) "
+    f"VALUES ({', '.join('?' for _ in GENERATION_FIELDS)})"
+)
+
+
+def generation_row(record: dict[str, Any]) -> tuple:
+    vals = []
+    for f in GENERATION_FIELDS:
+        v = record.get(f)
+        if f in JSON_FIELDS and v is not None:
+            v = orjson.dumps(v).decode()
+        elif isinstance(v, bool):
+            v = int(v)
+        vals.append(v)
+    return tuple(vals)
+
+
+def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
+    d = dict(zip(cols, row))
+    for f in JSON_FIELDS:
+        if d.get(f):
+            d[f] = orjson.loads(d[f])
+    for f in ("streamed", "usage_estimated"):
+        if f in d:
+            d[f] = bool(d[f])
+    return d
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._drained = threading.Condition(self._pending_lock)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="metarouter-sqlite", daemon=True)
+        self._thread.start()
+        await self._call(self._migrate)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        await self.flush()
+        self._q.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes; fsync at checkpoints
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> int:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
+                conn.execute(stmt)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            conn.execute("COMMIT")
+        # One process owns an SQLite database: reservations left by a crashed run are void.
+        conn.execute("UPDATE keys SET reserved_pico = 0 WHERE reserved_pico != 0")
+        conn.execute("UPDATE account SET reserved_pico = 0 WHERE reserved_pico != 0")
+        return len(MIGRATIONS)
+
+    # --- the writer thread -------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._conn = self._connect()
+        conn = self._conn
+        try:
+            while True:
+                item = self._q.get()
+                if item is _STOP:
+                    return
+                if item[0] == "rec":
+                    batch = [item]
+                    other = None
+                    while len(batch) < _BATCH:
+                        try:
+                            nxt = self._q.get_nowait()
+                        except queue.Empty:
+                            break
+                        if nxt is not _STOP and nxt[0] == "rec":
+                            batch.append(nxt)
+                        else:
+                            other = nxt
+                            break
+                    self._write_records(conn, [(b[1], b[2]) for b in batch])
+                    if other is None:
+                        continue
+                    if other is _STOP:
+                        return
+                    item = other
+                _, fn, args, fut, loop = item
+                try:
+                    result = fn(conn, *args)
+                except BaseException as exc:  # delivered to the awaiting coroutine
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    loop.call_soon_threadsafe(_set_exc, fut, exc)
+                else:
+                    loop.call_soon_threadsafe(_set_result, fut, result)
+        finally:
+            conn.close()
+
+    def _write_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for record, reserved in batch:
+                cur = conn.execute(_GEN_INSERT, generation_row(record))
+                cost = int(record.get("cost_pico") or 0)
+                if cur.rowcount != 1:
+                    continue  # already written: charged then
+                key_id = record.get("key_id")
+                if key_id:
+                    conn.execute(
+                        "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
+                        "WHERE public_id = ?",
+                        (cost, reserved, key_id),
+                    )
+                conn.execute(
+                    "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
+                    "WHERE id = 1",
+                    (cost, reserved),
+                )
+            conn.execute("COMMIT")
+        except Exception:
+            log.exception("writing %d generation records failed; retrying one by one", len(batch))
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if len(batch) > 1:
+                for one in batch:
+                    self._write_records(conn, [one])
+        finally:
+            with self._pending_lock:
+                self._pending -= len(batch)
+                if self._pending <= 0:
+                    self._drained.notify_all()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._q.put(("call", fn, args, fut, loop))
+        return await fut
+
+    # --- keys --------------------------------------------------------------------------------------------------
+    async def create_key(
+        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None
+    ) -> tuple[str, KeyRecord]:
+        plaintext, public_id, key_hash = new_key()
+        rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, time.time())
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"INSERT INTO keys ({_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (public_id, key_hash, label, limit_pico, 0, 0, 0, rpm, tpm, rec.created_at),
+            )
+
+        await self._call(insert)
+        return plaintext, rec
+
+    async def get_key(self, public_id: str) -> KeyRecord | None:
+        def get(conn: sqlite3.Connection) -> KeyRecord | None:
+            row = conn.execute(f"SELECT {_KEY_COLS} FROM keys WHERE public_id = ?", (public_id,)).fetchone()
+            return _row_to_key(row) if row else None
+
+        return await self._call(get)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def get(conn: sqlite3.Connection) -> list[KeyRecord]:
+            return [_row_to_key(r) for r in conn.execute(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at")]
+
+        return await self._call(get)
+
+    async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
+        allowed = {"label", "limit_pico", "disabled", "rpm", "tpm"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"cannot update {', '.join(sorted(bad))}")
+
+        def upd(conn: sqlite3.Connection) -> KeyRecord | None:
+            if fields:
+                cols = ", ".join(f"{k} = ?" for k in fields)  # names from the allow-list above only
+                vals = [int(v) if isinstance(v, bool) else v for v in fields.values()]
+                conn.execute(f"UPDATE keys SET {cols} WHERE public_id = ?", (*vals, public_id))
+            row = conn.execute(f"SELECT {_KEY_COLS} FROM keys WHERE public_id = ?", (public_id,)).fetchone()
+            return _row_to_key(row) if row else None
+
+        return await self._call(upd)
+
+    # --- money -------------------------------------------------------------------------------------------------
+    async def reserve(self, key_id: str, amount_pico: int) -> bool:
+        def res(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            cur = conn.execute(
+                "UPDATE keys SET reserved_pico = reserved_pico + ? WHERE public_id = ? AND "
+                "(limit_pico IS NULL OR usage_pico + reserved_pico + ? <= limit_pico)",
+                (amount_pico, key_id, amount_pico),
+            )
+            if cur.rowcount != 1:
+                conn.execute("ROLLBACK")
+                return False
+            cur = conn.execute(
+                "UPDATE account SET reserved_pico = reserved_pico + ? WHERE id = 1 AND "
+                "(credits_pico IS NULL OR usage_pico + reserved_pico + ? <= credits_pico)",
+                (amount_pico, amount_pico),
+            )
+            if cur.rowcount != 1:
+                conn.execute("ROLLBACK")
+                return False
+            conn.execute("COMMIT")
+            return True
+
+        return await self._call(res)
+
+    async def release(self, key_id: str, amount_pico: int) -> None:
+        def rel(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?", (amount_pico, key_id)
+            )
+            conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1", (amount_pico,))
+            conn.execute("COMMIT")
+
+        await self._call(rel)
+
+    async def get_credits(self) -> tuple[int | None, int]:
+        def get(conn: sqlite3.Connection) -> tuple[int | None, int]:
+            row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
+            return row[0], row[1]
+
+        await self.flush()
+        return await self._call(get)
+
+    async def add_credits(self, amount_pico: int) -> tuple[int | None, int]:
+        def add(conn: sqlite3.Connection) -> tuple[int | None, int]:
+            conn.execute("UPDATE account SET credits_pico = COALESCE(credits_pico, 0) + ? WHERE id = 1", (amount_pico,))
+            row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
+            return row[0], row[1]
+
+        return await self._call(add)
+
+    # --- ledger ------------------------------------------------------------------------------------------------
+    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        self._q.put(("rec", record, reserved_pico))
+
+    async def flush(self) -> None:
+        def wait() -> None:
+            with self._pending_lock:
+                while self._pending > 0:
+                    self._drained.wait(timeout=1.0)
+
+        if self._pending > 0:
+            await asyncio.get_running_loop().run_in_executor(None, wait)
+
+    async def get_generation(self, gen_id: str) -> dict[str, Any] | None:
+        def get(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            cur = conn.execute(f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE id = ?", (gen_id,))
+            row = cur.fetchone()
+            return generation_from_row(list(GENERATION_FIELDS), row) if row else None
+
+        return await self._call(get)
+
+    async def list_generations(
+        self, *, limit: int = 50, key_id: str | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ["1=1"], []
+            if key_id:
+                where.append("key_id = ?")
+                args.append(key_id)
+            if since is not None:
+                where.append("created_at >= ?")
+                args.append(since)
+            cur = conn.execute(
+                f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE {' AND '.join(where)} "
+                "ORDER BY created_at DESC LIMIT ?",
+                (*args, int(limit)),
+            )
+            return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
+
+        return await self._call(get)
+
+    async def activity(
+        self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,
+        app: str | None = None,
+    ) -> list[dict[str, Any]]:
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = ["1=1"], []
+            for cond, val in (("created_at >= ?", since), ("created_at < ?", until), ("key_id = ?", key_id)):
+                if val is not None:
+                    where.append(cond)
+                    args.append(val)
+            if app is not None:
+                where.append("(app_title = ? OR app_referer = ?)")
+                args += [app, app]
+            cur = conn.execute(
+                "SELECT date(created_at, 'unixepoch') AS day, model, COUNT(*), SUM(prompt_tokens), "
+                "SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_pico) FROM generations "
+                f"WHERE {' AND '.join(where)} GROUP BY day, model ORDER BY day DESC, model",
+                args,
+            )
+            cols = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_pico"]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+        await self.flush()
+        return await self._call(get)
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exc(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

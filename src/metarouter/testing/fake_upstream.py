@@ -1,0 +1,304 @@
+"""A fake upstream server for tests and benchmarks, speaking each provider's real wire format.
+
+One server stands in for every provider: the first path segment names the provider
+(``/openai/v1/chat/completions``, ``/anthropic/v1/messages``, ``/google/v1beta/models/…``, ``/cohere/v2/chat``), and a
+handler per provider turns the request into a reply — JSON, or an SSE transcript — exactly as that provider sends it.
+Knobs, per provider or for all: latency before the response, latency between stream events, queued failures
+(status + body, or a dropped connection), and streams that break after N events.
+
+It runs its own event loop in a thread, so synchronous and asynchronous tests can share one instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class FakeReply:
+    status: int = 200
+    json: Any = None
+    sse: list[bytes] | None = None  # complete SSE frames, each ending in a blank line
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RecordedRequest:
+    provider: str
+    method: str
+    path: str  # the path after the provider segment
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+Handler = Callable[[str, dict[str, str], Any, dict[str, str]], FakeReply]
+
+
+@dataclass
+class Failure:
+    status: int | None  # None: drop the connection without an answer
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Knobs:
+    latency: float = 0.0  # seconds before the response starts
+    event_delay: float = 0.0  # seconds between SSE events
+    break_stream_after: int | None = None  # events sent before the connection is cut
+    failures: list[Failure] = field(default_factory=list)
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    for m in reversed(messages or []):
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                return " ".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def count_tokens(text: str) -> int:
+    """The fakes' deterministic 'tokenizer': 4 characters a token, at least 1."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, str]) -> FakeReply:
+    """OpenAI's ``POST /chat/completions``, as documented: JSON or ``chat.completion.chunk`` SSE."""
+    if not path.endswith("/chat/completions"):
+        return FakeReply(404, {"error": {"message": f"Unknown path {path}", "type": "invalid_request_error"}})
+    if not headers.get("authorization", "").startswith("Bearer "):
+        return FakeReply(401, {"error": {"message": "You didn't provide an API key.", "type": "invalid_request_error",
+                                         "param": None, "code": None}})
+    messages = body.get("messages") or []
+    text_in = last_user_text(messages)
+    prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
+    model = body.get("model", "gpt-4o-mini")
+    created = int(time.time())
+    cid = "chatcmpl-fake" + format(abs(hash((text_in, created))) % 10**12, "012d")
+    tools = body.get("tools") or []
+    wants_tool = tools and messages and messages[-1].get("role") == "user" and body.get("tool_choice") != "none"
+    reply = f"You said: {text_in}"
+    if body.get("response_format", {}).get("type") in ("json_object", "json_schema"):
+        reply = orjson.dumps({"echo": text_in}).decode()
+    if wants_tool:
+        fn = tools[0]["function"]["name"]
+        args = orjson.dumps({"query": text_in}).decode()
+        message = {"role": "assistant", "content": None, "refusal": None,
+                   "tool_calls": [{"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": args}}]}
+        finish = "tool_calls"
+        completion_tokens = count_tokens(fn + args)
+    else:
+        max_t = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish = "stop"
+        if max_t is not None and count_tokens(reply) > max_t:
+            reply = reply[: max_t * 4]
+            finish = "length"
+        message = {"role": "assistant", "content": reply, "refusal": None}
+        completion_tokens = count_tokens(reply)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+             "total_tokens": prompt_tokens + completion_tokens,
+             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    if not body.get("stream"):
+        return FakeReply(200, {
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "system_fingerprint": "fp_fake", "service_tier": "default",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": usage,
+        })
+    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": "fp_fake"}
+
+    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    frames = [frame([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+                      "logprobs": None, "finish_reason": None}])]
+    if wants_tool:
+        tc = message["tool_calls"][0]
+        frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": tc["id"], "type": "function",
+                              "function": {"name": tc["function"]["name"], "arguments": ""}}]},
+                              "logprobs": None, "finish_reason": None}]))
+        args = tc["function"]["arguments"]
+        for i in range(0, len(args), 8):
+            frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
+                "arguments": args[i:i + 8]}}]}, "logprobs": None, "finish_reason": None}]))
+    else:
+        words = message["content"].split(" ")
+        for i, w in enumerate(words):
+            piece = w if i == 0 else " " + w
+            frames.append(frame([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]))
+    frames.append(frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        frames.append(frame([], usage=usage))
+    frames.append(b"data: [DONE]\n\n")
+    return FakeReply(200, sse=frames)
+
+
+class FakeUpstream:
+    """The server. ``handlers`` maps a provider name (first path segment) to its handler."""
+
+    def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.handlers: dict[str, Handler] = {"openai": openai_chat, "deepseek": openai_chat, "mistral": openai_chat,
+                                             "together": openai_chat}
+        self.handlers.update(handlers or {})
+        self.host, self.port = host, port
+        self.requests: list[RecordedRequest] = []
+        self._knobs: dict[str, Knobs] = defaultdict(Knobs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock = threading.Lock()
+
+    # --- knobs -----------------------------------------------------------------------------------------------
+    def knobs(self, provider: str = "*") -> Knobs:
+        """Knobs for one provider, or ``"*"`` for those that have none of their own."""
+        return self._knobs[provider]
+
+    def fail(self, provider: str = "*", status: int | None = 500, body: Any = None, times: int = 1,
+             headers: dict[str, str] | None = None) -> None:
+        """Queue ``times`` failures: an HTTP ``status`` with ``body`` (default: OpenAI's error shape), or a
+        dropped connection when ``status`` is None."""
+        if body is None and status is not None:
+            body = {"error": {"message": f"fake failure {status}", "type": "server_error", "param": None,
+                              "code": None}}
+        with self._lock:
+            self._knobs[provider].failures += [Failure(status, body, headers or {}) for _ in range(times)]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._knobs.clear()
+            self.requests.clear()
+
+    def requests_for(self, provider: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.provider == provider]
+
+    def _knob(self, provider: str) -> Knobs:
+        return self._knobs[provider] if provider in self._knobs else self._knobs["*"]
+
+    # --- server ----------------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def base_url(self, provider: str, suffix: str = "") -> str:
+        return f"{self.url}/{provider}{suffix}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        provider, _, rest = request.path.lstrip("/").partition("/")
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        with self._lock:
+            self.requests.append(RecordedRequest(provider, request.method, "/" + rest, dict(request.query), headers,
+                                                 body))
+            knob = self._knob(provider)
+            failure = knob.failures.pop(0) if knob.failures else None
+        if knob.latency:
+            await asyncio.sleep(knob.latency)
+        if failure is not None:
+            if failure.status is None:
+                request.transport.close()  # type: ignore[union-attr]
+                raise asyncio.CancelledError
+            return web.Response(status=failure.status, body=orjson.dumps(failure.body),
+                                content_type="application/json", headers=failure.headers)
+        handler = self.handlers.get(provider)
+        if handler is None:
+            return web.json_response({"error": {"message": f"no fake provider {provider!r}"}}, status=404)
+        reply = handler("/" + rest, headers, body if body is not None else {}, dict(request.query))
+        if reply.sse is None:
+            return web.Response(status=reply.status, body=orjson.dumps(reply.json), content_type="application/json",
+                                headers=reply.headers)
+        resp = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream",
+                                                                "Cache-Control": "no-cache", **reply.headers})
+        await resp.prepare(request)
+        for i, frame in enumerate(reply.sse):
+            if knob.break_stream_after is not None and i >= knob.break_stream_after:
+                request.transport.close()  # type: ignore[union-attr]
+                return resp
+            if knob.event_delay and i:
+                await asyncio.sleep(knob.event_delay)
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+    def start(self) -> "FakeUpstream":
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            try:
+                loop.run_until_complete(self._runner.setup())
+                site = web.TCPSite(self._runner, self.host, self.port)
+                loop.run_until_complete(site.start())
+                self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            except BaseException as exc:  # reported to the starting thread
+                errors.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> "FakeUpstream":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def provider_config_for(fake: FakeUpstream) -> dict[str, dict[str, Any]]:
+    """A ``providers:`` config section pointing every provider at ``fake``, as each one's base URL is shaped."""
+    return {
+        "openai": {"base_url": fake.base_url("openai", "/v1"), "api_key_env": "FAKE_OPENAI_KEY"},
+        "anthropic": {"base_url": fake.base_url("anthropic"), "api_key_env": "FAKE_ANTHROPIC_KEY"},
+        "google": {"base_url": fake.base_url("google", "/v1beta"), "api_key_env": "FAKE_GOOGLE_KEY"},
+        "mistral": {"base_url": fake.base_url("mistral", "/v1"), "api_key_env": "FAKE_MISTRAL_KEY"},
+        "deepseek": {"base_url": fake.base_url("deepseek"), "api_key_env": "FAKE_DEEPSEEK_KEY"},
+        "cohere": {"base_url": fake.base_url("cohere"), "api_key_env": "FAKE_COHERE_KEY"},
+        "together": {"base_url": fake.base_url("together", "/v1"), "api_key_env": "FAKE_TOGETHER_KEY"},
+    }
+
+
+FAKE_KEYS_ENV = {
+    "FAKE_OPENAI_KEY": "sk-fake-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-fake", "FAKE_GOOGLE_KEY": "fake-google",
+    "FAKE_MISTRAL_KEY": "fake-mistral", "FAKE_DEEPSEEK_KEY": "sk-fake-deepseek", "FAKE_COHERE_KEY": "fake-cohere",
+    "FAKE_TOGETHER_KEY": "fake-together",
+}
