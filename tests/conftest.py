@@ -34,6 +34,7 @@ def gateway_config(fake: FakeUpstream, **extra) -> dict:
         "providers": provider_config_for(fake),
         "stream_commit_after": 0.3,
         "keepalive_interval": 0.3,
+        "auth_cache_ttl": 0.5,
         "timeouts": {"connect": 2, "first_byte": 5, "total": 30},
     }
     cfg.update(extra)

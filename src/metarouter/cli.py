@@ -98,6 +98,29 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_credits(args: argparse.Namespace) -> int:
+    from .store import open_store
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        store = open_store(settings.db_url)
+        await store.open()
+        try:
+            if args.add is not None:
+                credits, usage = await store.add_credits(usd_to_pico(args.add))
+            else:
+                credits, usage = await store.get_credits()
+        finally:
+            await store.close()
+        total = "unlimited" if credits is None else f"${pico_to_usd(credits):.6f}"
+        print(f"credits: {total}  usage: ${pico_to_usd(usage):.6f}")
+
+    asyncio.run(run())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metarouter", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -134,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(kd)
     kd.add_argument("public_id")
     k.set_defaults(fn=cmd_keys)
+
+    c = sub.add_parser("credits", help="show or add account credit (unset: unlimited, bounded by key limits)")
+    common(c)
+    c.add_argument("--add", type=float, metavar="USD", help="add this much credit")
+    c.set_defaults(fn=cmd_credits)
 
     try:
         from .router.cli import add_subcommands

@@ -57,6 +57,8 @@ class Settings:
     #: ``: OPENROUTER PROCESSING`` comments (errors before then still get their real status code)
     stream_commit_after: float = 0.5
     keepalive_interval: float = 5.0
+    #: seconds a key record is cached per process (a disabled key stops working within this time)
+    auth_cache_ttl: float = 5.0
     router: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -108,9 +110,11 @@ def load_settings(
     s = Settings(raw=raw)
     if "METAROUTER_HOME" in env:
         s.data_dir = Path(env["METAROUTER_HOME"]).expanduser()
-    for key in ("host", "port", "database_url", "redis_url", "stream_commit_after", "keepalive_interval"):
-        if key in raw:
-            setattr(s, key, type(getattr(s, key) or "")(raw[key]) if key == "port" else raw[key])
+    conversions = {"host": str, "port": int, "database_url": str, "redis_url": str, "stream_commit_after": float,
+                   "keepalive_interval": float, "auth_cache_ttl": float}
+    for key, conv in conversions.items():
+        if raw.get(key) is not None:
+            setattr(s, key, conv(raw[key]))
     if raw.get("data_dir"):
         s.data_dir = Path(str(raw["data_dir"])).expanduser()
     s.database_url = env.get("METAROUTER_DATABASE_URL") or s.database_url

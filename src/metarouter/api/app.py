@@ -47,10 +47,9 @@ def usd_string(pico: int) -> str:
 class KeyAuth:
     """Resolves ``Authorization: Bearer sk-mr-…`` to a key record; records are cached briefly by public id."""
 
-    TTL = 5.0
-
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, ttl: float = 5.0):
         self.store = store
+        self.TTL = ttl
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
 
     def invalidate(self, public_id: str) -> None:
@@ -81,6 +80,12 @@ class KeyAuth:
         return rec
 
 
+TOKENIZER_NAMES = {
+    "o200k_base": "GPT", "cl100k_base": "GPT", "claude": "Claude", "gemini": "Gemini", "mistral": "Mistral",
+    "mistral-tekken": "Mistral", "deepseek": "DeepSeek", "llama3": "Llama3", "cohere": "Cohere",
+}
+
+
 def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
     provider = gateway.settings.providers.get(m.provider)
     params: list[str] = []
@@ -102,7 +107,7 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
             "modality": "+".join(inputs) + "->text",
             "input_modalities": inputs,
             "output_modalities": ["text"],
-            "tokenizer": m.tokenizer or "Other",
+            "tokenizer": TOKENIZER_NAMES.get(m.tokenizer, "Other"),
             "instruct_type": None,
         },
         "pricing": {
@@ -120,6 +125,9 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
         },
         "per_request_limits": None,
         "supported_parameters": params,
+        "default_parameters": None,
+        "supported_voices": None,
+        "links": {"details": f"/api/v1/models/{m.id}/endpoints"},
         "available": gateway.settings.provider_available(m.provider),
     }
 
@@ -136,7 +144,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         await gw.start()
         app.state.store = st
         app.state.gateway = gw
-        app.state.auth = KeyAuth(st)
+        app.state.auth = KeyAuth(st, settings.auth_cache_ttl)
         state.update(store=st, gateway=gw, auth=app.state.auth)
         for hook in app.state.startup_hooks:
             await hook(app)
@@ -249,7 +257,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         data = [model_schema(m, gw) for m in gw.catalog]
         for hook in request.app.state.models_hooks:
             data = hook(data)
-        return json_response({"data": data})
+        return json_response({"data": data, "total_count": len(data), "links": {"next": None}})
 
     async def get_generation(request: Request) -> Response:
         key = await state["auth"].authenticate(request)
@@ -268,23 +276,49 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         st: Store = state["store"]
         await st.flush()
         fresh = await st.get_key(key.public_id) or key
+        spent = await st.key_spend_windows(key.public_id)
+        limit = pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None
+        remaining = pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None
+        budget = None
+        if limit is not None:
+            budget = {"budget_id": None, "guardrail_id": None, "include_byok": False, "limit_usd": limit,
+                      "remaining_usd": remaining, "reset_interval": None, "resets_at": None, "scope": "key_limit",
+                      "spend_usd": pico_to_usd(fresh.usage_pico)}
         return json_response({"data": {
             "label": fresh.label,
             "usage": pico_to_usd(fresh.usage_pico),
-            "limit": pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None,
-            "limit_remaining": pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None,
+            "usage_daily": pico_to_usd(spent["day"]),
+            "usage_weekly": pico_to_usd(spent["week"]),
+            "usage_monthly": pico_to_usd(spent["month"]),
+            "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
+            "include_byok_in_limit": False,
+            "limit": limit,
+            "limit_remaining": remaining,
+            "limit_reset": None,
+            "budgets": [budget] if budget else [],
+            "effective_budget": budget,
             "is_free_tier": False,
             "is_provisioning_key": False,
-            "rate_limit": {"requests": fresh.rpm or -1, "interval": "1m"},
+            "is_management_key": False,
+            "allowed_data_regions": ["global"],
+            "creator_user_id": None,
+            "organization_id": None,
+            "workspace_id": None,
+            "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
+            "rate_limit": {"requests": fresh.rpm or -1, "interval": "1m",
+                           "note": "requests per minute for this key; -1: no limit"},
             "tokens_per_minute": fresh.tpm,
         }})
 
     async def get_credits(request: Request) -> Response:
         await state["auth"].authenticate(request)
         credits, usage = await state["store"].get_credits()
+        # With no credit set the account is unlimited (spending is bounded by key limits): total_credits is
+        # null then, and `unlimited` says so.
         return json_response({"data": {
             "total_credits": pico_to_usd(credits) if credits is not None else None,
             "total_usage": pico_to_usd(usage),
+            "unlimited": credits is None,
         }})
 
     async def health(request: Request) -> Response:
@@ -330,24 +364,39 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
 def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
     """A stored record in the shape of OpenRouter's ``GET /generation`` (plus metarouter's routing fields)."""
+    cost = pico_to_usd(rec["cost_pico"] or 0)
+    attempts = rec.get("attempts") or []
     return {
         "id": rec["id"],
+        "api_type": "completions",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec["created_at"])),
         "model": rec["model"],
         "requested_model": rec["requested_model"],
+        "origin": rec.get("app_referer") or "",
         "provider_name": rec["provider"],
         "router": rec.get("router"),
-        "total_cost": pico_to_usd(rec["cost_pico"] or 0),
-        "usage": pico_to_usd(rec["cost_pico"] or 0),
+        "total_cost": cost,
+        "usage": cost,
+        "upstream_inference_cost": cost,
+        "cache_discount": None,
+        "is_byok": False,
+        "data_region": "global",
         "tokens_prompt": rec["prompt_tokens"],
         "tokens_completion": rec["completion_tokens"],
         "native_tokens_prompt": rec["prompt_tokens"],
         "native_tokens_completion": rec["completion_tokens"],
         "native_tokens_reasoning": rec["reasoning_tokens"],
         "native_tokens_cached": rec["cached_tokens"],
+        "native_tokens_completion_images": 0,
+        "num_media_prompt": None,
+        "num_media_completion": None,
+        "num_input_audio_prompt": None,
+        "num_search_results": None,
+        "num_fetches": None,
         "usage_estimated": rec["usage_estimated"],
         "latency": rec["latency_ms"],
-        "generation_time": (rec["latency_ms"] or 0) - (rec["ttft_ms"] or 0),
+        "moderation_latency": None,
+        "generation_time": round((rec["latency_ms"] or 0) - (rec["ttft_ms"] or 0), 2),
         "time_to_first_token": rec["ttft_ms"],
         "finish_reason": rec["finish_reason"],
         "native_finish_reason": rec["native_finish_reason"],
@@ -355,12 +404,22 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
         "cancelled": rec["status"] == "cancelled",
         "status": rec["status"],
         "error": rec.get("error"),
-        "app_id": rec.get("app_title") or rec.get("app_referer"),
+        "app_id": None,
+        "http_referer": rec.get("app_referer"),
         "app": {"title": rec.get("app_title"), "referer": rec.get("app_referer")},
+        "user_agent": None,
+        "external_user": rec.get("user_tag"),
         "upstream_id": rec.get("upstream_id"),
         "session_id": rec.get("session_id"),
-        "user": rec.get("user_tag"),
-        "is_byok": False,
-        "attempts": rec.get("attempts") or [],
+        "preset_id": None,
+        "service_tier": None,
+        "web_search_engine": None,
+        "workspace_id": None,
+        "provider_responses": [
+            {"status": a.get("status"), "provider_name": a.get("provider"), "model_permaslug": a.get("model"),
+             "latency": a.get("latency_ms"), "is_byok": False}
+            for a in attempts
+        ],
+        "attempts": attempts,
         "routing": rec.get("routing"),
     }

@@ -75,6 +75,17 @@ def new_generation_id() -> str:
     return f"gen-{int(time.time())}-{secrets.token_urlsafe(15).replace('-', 'x').replace('_', 'y')}"
 
 
+def spend_window_starts(now: float) -> dict[str, float]:
+    """Epoch seconds at which the current UTC day, ISO week (Monday) and month began."""
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    week = day - dt.timedelta(days=day.weekday())
+    month = day.replace(day=1)
+    return {"day": day.timestamp(), "week": week.timestamp(), "month": month.timestamp()}
+
+
 #: columns of a generation record, in storage order
 GENERATION_FIELDS: tuple[str, ...] = (
     "id", "created_at", "key_id", "app_referer", "app_title", "requested_model", "model", "provider", "router",
@@ -116,6 +127,10 @@ class Store(Protocol):
         ...
 
     async def add_credits(self, amount_pico: int) -> tuple[int | None, int]: ...
+
+    async def key_spend_windows(self, key_id: str) -> dict[str, int]:
+        """A key's spend in the current UTC day, week and month: ``{"day", "week", "month"}``."""
+        ...
 
     # ledger
     def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:

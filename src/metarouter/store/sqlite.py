@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import orjson
 
-from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key
+from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key, spend_window_starts
 
 log = logging.getLogger("metarouter.store")
 
@@ -344,6 +344,21 @@ class SQLiteStore:
             return row[0], row[1]
 
         return await self._call(add)
+
+    async def key_spend_windows(self, key_id: str) -> dict[str, int]:
+        """A key's spend since the start of the current UTC day, ISO week and month, picodollars."""
+        starts = spend_window_starts(time.time())
+
+        def get(conn: sqlite3.Connection) -> dict[str, int]:
+            out = {}
+            for name, since in starts.items():
+                row = conn.execute("SELECT COALESCE(SUM(cost_pico), 0) FROM generations WHERE key_id = ? AND "
+                                   "created_at >= ?", (key_id, since)).fetchone()
+                out[name] = int(row[0])
+            return out
+
+        await self.flush()
+        return await self._call(get)
 
     # --- ledger ------------------------------------------------------------------------------------------------
     def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
