@@ -151,6 +151,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         try:
             yield
         finally:
+            for hook in app.state.shutdown_hooks:
+                with contextlib.suppress(Exception):
+                    await hook(app)
             await gw.close()
             await st.close()
 
@@ -195,6 +198,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         key = await state["auth"].authenticate(request)
         body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
         ctx = context(request, key, body)
+        for hook in request.app.state.request_hooks:
+            await hook(request, key, body, ctx)
         gw: Gateway = state["gateway"]
         if not body.get("stream"):
             return json_response(await gw.complete(body, ctx))
@@ -357,8 +362,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
     )
     app.state.settings = settings
-    app.state.startup_hooks = []
-    app.state.models_hooks = []
+    # Extension points, filled by ``build_full_app``:
+    app.state.startup_hooks = []  # async (app) after the store and gateway are up
+    app.state.shutdown_hooks = []  # async (app) before they close
+    app.state.request_hooks = []  # async (request, key, body, ctx) before a chat request is sent; may raise
+    app.state.models_hooks = []  # (list of model dicts) -> list, for GET /models
     return app
 
 

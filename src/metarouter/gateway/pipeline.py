@@ -82,6 +82,20 @@ class Gateway:
         self.catalog = settings.catalog
         self._session: aiohttp.ClientSession | None = None
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
+        #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
+        #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
+        self.observers: list = []
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        for observer in self.observers:
+            try:
+                observer(event, data)
+            except Exception:  # an observer must never break a request
+                log.exception("observer failed on %s", event)
+
+    def record(self, record: dict[str, Any], reserved: int) -> None:
+        self.store.record_generation(record, reserved)
+        self.emit("generation", record)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
@@ -120,6 +134,10 @@ class Gateway:
         if p is None or not self.settings.provider_available(model.provider):
             return None
         return p
+
+    def _failed(self, attempts: list[Attempt], attempt: Attempt) -> None:
+        attempts.append(attempt)
+        self.emit("attempt", attempt.as_dict())
 
     # --- budgets -----------------------------------------------------------------------------------------------
     async def _reserve(self, ctx: RequestContext, model: Model, body: dict[str, Any]) -> tuple[int, dict | None]:
@@ -247,8 +265,8 @@ class Gateway:
             except _Fallback as fb:
                 if reserved:
                     await self.store.release(ctx.key.public_id, reserved)
-                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
-                                        round((time.perf_counter() - t0) * 1000, 2)))
+                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                               round((time.perf_counter() - t0) * 1000, 2)))
                 last_error = fb.error
                 continue
             latency = (time.perf_counter() - t0) * 1000
@@ -277,7 +295,7 @@ class Gateway:
             finish_reason=choice0.get("finish_reason"), native_finish_reason=choice0.get("native_finish_reason"),
             upstream_id=out.get("id"), user_tag=body.get("user"), attempts=[a.as_dict() for a in attempts],
         )
-        self.store.record_generation(record, reserved)
+        self.record(record, reserved)
         response = {
             "id": gen_id,
             "object": "chat.completion",
@@ -317,8 +335,8 @@ class Gateway:
             except _Fallback as fb:
                 if reserved:
                     await self.store.release(ctx.key.public_id, reserved)
-                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
-                                        round((time.perf_counter() - t0) * 1000, 2)))
+                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                               round((time.perf_counter() - t0) * 1000, 2)))
                 last_error = fb.error
                 continue
             run = _StreamRun(self, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, started, t0)
@@ -326,8 +344,8 @@ class Gateway:
                 async for frame in run.frames():
                     yield frame
             except _Fallback as fb:
-                attempts.append(Attempt(model.id, provider.name, fb.error.status, fb.error.message,
-                                        round((time.perf_counter() - t0) * 1000, 2)))
+                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                                               round((time.perf_counter() - t0) * 1000, 2)))
                 last_error = fb.error
                 if reserved:
                     await self.store.release(ctx.key.public_id, reserved)
@@ -457,7 +475,7 @@ class _StreamRun:
             user_tag=self.body.get("user"), error=self.error.message if self.error else None,
             attempts=[a.as_dict() for a in self.attempts],
         )
-        self.gw.store.record_generation(record, self.reserved)
+        self.gw.record(record, self.reserved)
 
 
 def _no_credit(model: Model) -> GatewayError:
