@@ -1,0 +1,294 @@
+"""The run-time router: encode the conversation, predict quality and cost per candidate, apply constraints, rank.
+
+Numpy and the standard library only. One :class:`Router` is built from an artifact and is safe to share between
+requests (its only mutable state is a cache of tokenised words and per-model parameter rows).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..catalog import Model, matches
+from . import artifact as art
+from .encoder import StaticEncoder, estimate_prompt_tokens
+
+DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "router.npz"
+CHARS_PER_TOKEN = 4.0
+
+
+def tradeoff_lambda(tradeoff: float) -> float:
+    """Quality points given up per USD of predicted cost: 0 at tradeoff 0, ×10 every 2 steps, 1e5 at 10."""
+    t = min(max(float(tradeoff), 0.0), 10.0)
+    return 10 ** (t / 2) - 1
+
+
+@dataclass
+class Constraints:
+    """Hard limits on the candidates (OpenRouter ``provider``/``models``/``max_price`` semantics)."""
+
+    allowed: list[str] | None = None  # wildcards: "anthropic/*", "*/claude-*"
+    excluded: list[str] | None = None
+    needs_tools: bool = False
+    needs_vision: bool | None = None  # None: inferred from image parts in the messages
+    needs_json: bool = False
+    max_tokens: int | None = None
+    max_price_prompt: float | None = None  # USD per 1M prompt tokens
+    max_price_completion: float | None = None  # USD per 1M completion tokens
+    max_price_request: float | None = None  # USD per request (predicted cost)
+
+
+@dataclass
+class Candidate:
+    model_id: str
+    quality: float
+    cost_usd: float
+    prompt_tokens: int
+    output_tokens: int
+    reason: str
+    score: float
+    prior_weight: float = 0.0  # how much the quality leans on the model/prompt priors (0 = all learned)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["quality"] = round(self.quality, 4)
+        d["cost_usd"] = float(f"{self.cost_usd:.6g}")
+        d["score"] = float(f"{self.score:.6g}")
+        d["prior_weight"] = round(self.prior_weight, 3)
+        return d
+
+
+@dataclass
+class RouteDecision:
+    ranked: list[Candidate]
+    excluded: list[tuple[str, str]]
+    tradeoff: float
+    decision_ms: float
+    familiarity: float = 1.0  # 1 = prompt like the training data, 0 = unlike it (predictions lean on priors)
+    router_version: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str | None:
+        return self.ranked[0].model_id if self.ranked else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "tradeoff": self.tradeoff,
+            "decision_ms": round(self.decision_ms, 4),
+            "familiarity": round(self.familiarity, 3),
+            "router_version": self.router_version,
+            "ranked": [c.to_dict() for c in self.ranked],
+            "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded],
+            **self.extra,
+        }
+
+
+def _fmt_usd(x: float) -> str:
+    return f"${x:.2g}" if x < 0.01 else f"${x:.4f}"
+
+
+class Router:
+    """Ranks candidate models for one conversation. Build with :func:`load_router`."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], vocab: list[str], model_ids: list[str]):
+        self.meta = meta
+        self.version = str(meta.get("version", ""))
+        self.default_tradeoff = float(meta.get("default_tradeoff", 3.0))
+        self.encoder = StaticEncoder(vocab, arrays["table"].astype(np.float32), arrays["sif"].astype(np.float32),
+                                     arrays["feat_mean"], arrays["feat_std"])
+        self.W = arrays["W"].astype(np.float32)
+        self.b = arrays["b"].astype(np.float32)
+        self.U = arrays["U"].astype(np.float32)
+        self.c = arrays["c"].astype(np.float32)
+        self.prior_q = arrays["prior_q"].astype(np.float32)
+        self.prior_weight = arrays["prior_weight"].astype(np.float32)  # per model: 1 = params come from priors only
+        self.len_w = arrays["len_w"].astype(np.float32)
+        self.len_w0 = float(arrays["len_w0"])
+        self.len_offset = arrays["len_offset"].astype(np.float32)
+        self.prior_coef = arrays["prior_coef"].astype(np.float32)  # meta features -> [U | c | len_offset | prior_q]
+        self.centroids = arrays["centroids"].astype(np.float32)
+        self.conf_lo, self.conf_hi = float(arrays["conf_range"][0]), float(arrays["conf_range"][1])
+        self.arena = {k: float(v) for k, v in meta.get("arena_scores", {}).items()}
+        self.index = {m.lower(): i for i, m in enumerate(model_ids)}
+        self.model_ids = list(model_ids)
+        self._rows: dict[Model, tuple] = {}
+        self._lock = threading.Lock()
+        self.dim = self.encoder.dim
+
+    # -- per-model parameters -----------------------------------------------------------------------------------
+    def meta_features(self, m: Model) -> np.ndarray:
+        """Model description for the prior regression: arena score (or NaN), log prices, reasoning, hidden."""
+        score = self.arena.get(m.id.lower(), float("nan"))
+        price = math.log10(max(m.output_pico, 1) / 1e6)
+        return np.array([1.0, score, price, float(m.reasoning)], np.float32)
+
+    def _params_from_prior(self, m: Model) -> tuple[np.ndarray, float, float, float]:
+        f = self.meta_features(m)
+        if math.isnan(f[1]):  # no leaderboard score: the price/reasoning-only prior row
+            coef = self.prior_coef[1]
+            f = np.delete(f, 1)
+        else:
+            coef = self.prior_coef[0]
+            f = f
+        out = f @ coef[: len(f)]
+        h = self.U.shape[1]
+        return out[:h], float(out[h]), float(out[h + 1]), float(out[h + 2])
+
+    def _row(self, m: Model) -> tuple:
+        row = self._rows.get(m)
+        if row is None:
+            i = self.index.get(m.id.lower())
+            if i is not None:
+                u, c, lo, pq, pw = self.U[i], float(self.c[i]), float(self.len_offset[i]), float(self.prior_q[i]), \
+                    float(self.prior_weight[i])
+            else:
+                u, c, lo, pq = self._params_from_prior(m)
+                pw = 1.0
+            hidden = int(m.hidden_reasoning_tokens or 0)
+            row = (u, c, lo, pq, pw, m.input_pico / 1e12, m.output_pico / 1e12, hidden)
+            with self._lock:
+                self._rows[m] = row
+        return row
+
+    # -- checks ---------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _violation(m: Model, c: Constraints, prompt_tokens: int, needs_vision: bool) -> str | None:
+        if c.allowed and not matches(m.id, c.allowed):
+            return "not in the allowed models"
+        if c.excluded and matches(m.id, c.excluded):
+            return "excluded by request"
+        if c.needs_tools and not m.tools:
+            return "does not support tools"
+        if needs_vision and not m.vision:
+            return "does not accept images"
+        if c.needs_json and not m.json_output:
+            return "does not support JSON output"
+        want = prompt_tokens + (c.max_tokens or 0)
+        if want > m.context_length:
+            return f"context {m.context_length} tokens < {prompt_tokens} prompt + {c.max_tokens or 0} max_tokens"
+        if c.max_tokens and m.max_output_tokens and c.max_tokens > m.max_output_tokens:
+            return f"max_tokens {c.max_tokens} > model's max output {m.max_output_tokens}"
+        if c.max_price_prompt is not None and m.input_pico / 1e6 > c.max_price_prompt:
+            return f"prompt price ${m.input_pico / 1e6:g}/M > max_price.prompt ${c.max_price_prompt:g}/M"
+        if c.max_price_completion is not None and m.output_pico / 1e6 > c.max_price_completion:
+            return f"completion price ${m.output_pico / 1e6:g}/M > max_price.completion ${c.max_price_completion:g}/M"
+        return None
+
+    # -- prediction -----------------------------------------------------------------------------------------------
+    def familiarity(self, x: np.ndarray) -> float:
+        e = x[: self.dim]
+        sim = float((self.centroids @ e).max()) if self.centroids.size else 1.0
+        if self.conf_hi <= self.conf_lo:
+            return 1.0
+        return min(1.0, max(0.0, (sim - self.conf_lo) / (self.conf_hi - self.conf_lo)))
+
+    def predict(self, x: np.ndarray, rows: Sequence[tuple], prompt_tokens: int,
+                max_tokens: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """Quality, cost (USD), output tokens and prior weight for each row, plus the prompt's familiarity."""
+        z = np.tanh(x @ self.W + self.b)
+        U = np.stack([r[0] for r in rows])
+        c = np.fromiter((r[1] for r in rows), np.float32, len(rows))
+        q_learned = 0.5 * (1.0 + np.tanh(0.5 * (U @ z + c)))
+        pq = np.fromiter((r[3] for r in rows), np.float32, len(rows))
+        pw_model = np.fromiter((r[4] for r in rows), np.float32, len(rows))
+        fam = self.familiarity(x)
+        pw = 1.0 - fam * (1.0 - pw_model)  # unfamiliar prompt or prior-only model → lean on the prior quality
+        # Prior-only models keep their (prior) prompt-dependent prediction, blended with their prior mean.
+        q = np.where(pw_model >= 1.0, 0.5 * q_learned + 0.5 * pq, (1 - pw) * q_learned + pw * pq)
+        shared = float(x @ self.len_w + self.len_w0)
+        lo = np.fromiter((r[2] for r in rows), np.float32, len(rows))
+        out_tok = np.exp(shared + lo) / CHARS_PER_TOKEN
+        if max_tokens:
+            out_tok = np.minimum(out_tok, max_tokens)
+        hidden = np.fromiter((r[7] for r in rows), np.float32, len(rows))
+        pin = np.fromiter((r[5] for r in rows), np.float64, len(rows))
+        pout = np.fromiter((r[6] for r in rows), np.float64, len(rows))
+        cost = prompt_tokens * pin + (out_tok + hidden) * pout
+        return q, cost, out_tok + hidden, pw, fam
+
+    # -- the decision -----------------------------------------------------------------------------------------------
+    def route(self, messages: list[dict] | str, models: Iterable[Model], constraints: Constraints | None = None,
+              tradeoff: float | None = None, explain: bool = True) -> RouteDecision:
+        t0 = time.perf_counter()
+        c = constraints or Constraints()
+        t = self.default_tradeoff if tradeoff is None else min(max(float(tradeoff), 0.0), 10.0)
+        segs = self.encoder.parse(messages)
+        prompt_tokens = estimate_prompt_tokens(messages)
+        needs_vision = segs[5] if c.needs_vision is None else bool(c.needs_vision)
+        excluded: list[tuple[str, str]] = []
+        kept: list[Model] = []
+        seen: set[str] = set()
+        for m in models:
+            if m.id in seen:
+                continue
+            seen.add(m.id)
+            why = self._violation(m, c, prompt_tokens, needs_vision)
+            if why is None:
+                kept.append(m)
+            else:
+                excluded.append((m.id, why))
+        if not kept:
+            return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
+        x = self.encoder.encode(messages)
+        rows = [self._row(m) for m in kept]
+        q, cost, out_tok, pw, fam = self.predict(x, rows, prompt_tokens, c.max_tokens)
+        if c.max_price_request is not None:
+            over = cost > c.max_price_request
+            if over.any():
+                for i in np.flatnonzero(over):
+                    excluded.append((kept[i].id, f"predicted cost {_fmt_usd(cost[i])} > max_price.request "
+                                                 f"{_fmt_usd(c.max_price_request)}"))
+                keep = np.flatnonzero(~over)
+                kept = [kept[i] for i in keep]
+                q, cost, out_tok, pw = q[keep], cost[keep], out_tok[keep], pw[keep]
+                if not kept:
+                    return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
+        lam = tradeoff_lambda(t)
+        score = q - lam * cost
+        order = np.lexsort((cost, -score))
+        qmax, cmin = float(q.max()), float(cost.min())
+        ranked: list[Candidate] = []
+        for rank, i in enumerate(order):
+            qi, ci = float(q[i]), float(cost[i])
+            reason = self._reason(rank, qi, ci, qmax, cmin, float(pw[i]), t, len(kept)) if explain else ""
+            ranked.append(Candidate(kept[i].id, qi, ci, prompt_tokens, int(round(float(out_tok[i]))), reason,
+                                    float(score[i]), float(pw[i])))
+        return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
+
+    @staticmethod
+    def _reason(rank: int, q: float, cost: float, qmax: float, cmin: float, pw: float, t: float, n: int) -> str:
+        if q >= qmax - 1e-9 and cost <= cmin + 1e-15:
+            why = "highest predicted quality and cheapest"
+        elif q >= qmax - 1e-9:
+            why = "highest predicted quality" + (" (price no object at tradeoff 0)" if t == 0 else "")
+        elif cost <= cmin + 1e-15:
+            why = f"cheapest; quality {qmax - q:.2f} below the best"
+        else:
+            why = f"best quality for the price at tradeoff {t:g}" if rank == 0 else \
+                f"quality {qmax - q:.2f} below the best"
+        head = "choice" if rank == 0 else f"fallback {rank}"
+        tail = "; quality mostly from priors" if pw > 0.6 else ""
+        return f"{head}: {why} (P(good)={q:.2f}, ~{_fmt_usd(cost)}){tail}"
+
+
+_CACHE: dict[str, Router] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_router(path: str | Path | None = None) -> Router:
+    """The router of an artifact (default: the one shipped in the package), loaded once per path."""
+    p = str(Path(path or DEFAULT_ARTIFACT).resolve())
+    with _CACHE_LOCK:
+        r = _CACHE.get(p)
+        if r is None:
+            r = Router(*art.load(p))
+            _CACHE[p] = r
+        return r
