@@ -248,7 +248,12 @@ class Gateway:
                 attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
                 last_error = _not_configured(model)
                 continue
-            reserved, capped = await self._reserve(ctx, model, body)
+            try:
+                reserved, capped = await self._reserve(ctx, model, body)
+            except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
+                attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
+                last_error = exc
+                continue
             t0 = time.perf_counter()
             try:
                 adapter, resp = await self._open(model, provider, capped or body, stream=False)
@@ -328,7 +333,12 @@ class Gateway:
                 attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
                 last_error = _not_configured(model)
                 continue
-            reserved, capped = await self._reserve(ctx, model, body)
+            try:
+                reserved, capped = await self._reserve(ctx, model, body)
+            except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
+                attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
+                last_error = exc
+                continue
             t0 = time.perf_counter()
             try:
                 adapter, resp = await self._open(model, provider, capped or body, stream=True)
