@@ -1,0 +1,408 @@
+"""Google Gemini API (``models/{model}:generateContent``, ``:streamGenerateContent?alt=sse``) ↔ OpenAI.
+
+Gemini speaks in ``contents`` of ``parts`` with roles ``user``/``model``; the system prompt is
+``systemInstruction``; sampling lives in ``generationConfig``; tools are ``functionDeclarations`` whose schemas
+are an OpenAPI 3.0 subset; function calls carry no id (older models) and function results are matched by
+*name*. A stream is a sequence of partial ``GenerateContentResponse`` objects, each function call arriving whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..catalog import Model
+from ..errors import GatewayError, upstream_status_to_gateway
+from .base import ProviderConfig, SSEEvent, UpstreamRequest
+from .common import (
+    Param,
+    apply_params,
+    content_parts,
+    content_text,
+    dumps,
+    endpoint,
+    error_status_for_type,
+    finish_chunk,
+    image_of,
+    json_body,
+    parse_arguments,
+    role_chunk,
+    stable_id,
+    stop_list,
+    supported,
+    text_chunk,
+    tool_name_map,
+    usage,
+)
+
+FINISH_REASONS = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+    "IMAGE_SAFETY": "content_filter",
+    "LANGUAGE": "stop",
+    "OTHER": "stop",
+    "FINISH_REASON_UNSPECIFIED": "stop",
+    "MALFORMED_FUNCTION_CALL": "error",
+    "UNEXPECTED_TOOL_CALL": "error",
+}
+
+HARM_CATEGORIES = (
+    "HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT",
+    "HARM_CATEGORY_DANGEROUS_CONTENT",
+)
+
+PARAMS: tuple[Param, ...] = (
+    Param("max_tokens", "generationConfig.maxOutputTokens", note="→ maxOutputTokens"),
+    Param("max_completion_tokens", "generationConfig.maxOutputTokens", note="→ maxOutputTokens"),
+    Param("temperature", "generationConfig.temperature"),
+    Param("top_p", "generationConfig.topP"),
+    Param("top_k", "generationConfig.topK"),
+    Param("stop", "generationConfig.stopSequences", lambda s: (stop_list(s) or [])[:5] or None,
+          note="at most 5"),
+    Param("seed", "generationConfig.seed"),
+    Param("presence_penalty", "generationConfig.presencePenalty"),
+    Param("frequency_penalty", "generationConfig.frequencyPenalty"),
+    Param("response_format", None, needs="json_output", note="→ responseMimeType/responseSchema"),
+    Param("tools", None, needs="tools", note="→ functionDeclarations"),
+    Param("tool_choice", None, needs="tools", note="→ toolConfig"),
+)
+
+#: JSON-schema keywords Gemini's OpenAPI subset understands (others are dropped, not rejected upstream)
+_SCHEMA_KEYS = {
+    "type", "format", "description", "nullable", "enum", "items", "properties", "required", "minItems",
+    "maxItems", "minimum", "maximum", "anyOf", "propertyOrdering", "title", "minLength", "maxLength", "pattern",
+    "example", "default", "minProperties", "maxProperties",
+}
+
+
+def to_gemini_schema(schema: Any) -> Any:
+    """A JSON Schema → Gemini's ``Schema`` (upper-case types, ``nullable`` for ``["x", "null"]``, no extras)."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "const":
+            out["enum"] = [value]
+        elif key not in _SCHEMA_KEYS:
+            continue
+        elif key == "type":
+            types = value if isinstance(value, list) else [value]
+            non_null = [t for t in types if t != "null"]
+            if len(non_null) < len(types):
+                out["nullable"] = True
+            if non_null:
+                out["type"] = str(non_null[0]).upper()
+        elif key == "properties" and isinstance(value, dict):
+            out["properties"] = {k: to_gemini_schema(v) for k, v in value.items()}
+        elif key == "items":
+            out["items"] = to_gemini_schema(value)
+        elif key == "anyOf" and isinstance(value, list):
+            out["anyOf"] = [to_gemini_schema(v) for v in value]
+        elif key == "enum" and isinstance(value, list):
+            out["enum"] = [str(v) for v in value]
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "STRING"
+    return out
+
+
+def _user_parts(content: Any) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for part in content_parts(content):
+        kind = part.get("type")
+        if kind in ("text", "input_text") and part.get("text"):
+            parts.append({"text": part["text"]})
+        elif kind == "image_url":
+            img = image_of(part)
+            assert img is not None
+            if img.data is not None:
+                parts.append({"inlineData": {"mimeType": img.mime_type, "data": img.data}})
+            else:
+                parts.append({"fileData": {"mimeType": img.mime_type, "fileUri": img.url}})
+    return parts
+
+
+def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    name = names.get(message.get("tool_call_id") or "") or message.get("name") or "function"
+    text = content_text(message.get("content"))
+    try:
+        value = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        value = text
+    response = value if isinstance(value, dict) else {"content": value}
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+def translate_messages(messages: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """OpenAI messages → (``systemInstruction`` or None, ``contents`` with consecutive roles merged)."""
+    names = tool_name_map(messages)
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    for m in messages:
+        role = m.get("role")
+        if role in ("system", "developer"):
+            text = content_text(m.get("content"))
+            if text:
+                system.append({"text": text})
+            continue
+        if role == "user":
+            native, parts = "user", _user_parts(m.get("content"))
+        elif role == "assistant":
+            native = "model"
+            text = content_text(m.get("content"))
+            parts = [{"text": text}] if text else []
+            for tc in m.get("tool_calls") or []:
+                fn = tc.get("function") or {}
+                parts.append({"functionCall": {"name": fn.get("name") or "",
+                                               "args": parse_arguments(fn.get("arguments"))}})
+        elif role in ("tool", "function"):
+            native, parts = "user", [_function_response(m, names)]
+        else:
+            raise GatewayError(400, f"unsupported message role {role!r}")
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == native:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": native, "parts": parts})
+    if not contents:
+        raise GatewayError(400, "the request has no user or assistant message")
+    return ({"parts": system} if system else None), contents
+
+
+def _tool_config(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"functionCallingConfig": {"mode": "AUTO"}}
+    if choice == "none":
+        return {"functionCallingConfig": {"mode": "NONE"}}
+    if choice == "required":
+        return {"functionCallingConfig": {"mode": "ANY"}}
+    if isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice["function"]["name"]]}}
+    raise GatewayError(400, f"unsupported tool_choice {choice!r}")
+
+
+def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
+    """From the provider's config: ``safety_settings`` (a native list) or ``safety_threshold`` for all categories."""
+    if provider.extra.get("safety_settings"):
+        return list(provider.extra["safety_settings"])
+    threshold = provider.extra.get("safety_threshold")
+    if threshold:
+        return [{"category": c, "threshold": str(threshold)} for c in HARM_CATEGORIES]
+    return None
+
+
+class GeminiAdapter:
+    wire = "gemini"
+    param_table = PARAMS
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        return supported(PARAMS, model)
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, provider: ProviderConfig | None = None
+                       ) -> dict[str, Any]:
+        system, contents = translate_messages(body.get("messages") or [])
+        out: dict[str, Any] = {"contents": contents}
+        if system:
+            out["systemInstruction"] = system
+        apply_params(PARAMS, body, model, out)
+        if model.json_output:
+            rf = body.get("response_format") or {}
+            if rf.get("type") in ("json_object", "json_schema"):
+                out.setdefault("generationConfig", {})["responseMimeType"] = "application/json"
+                schema = (rf.get("json_schema") or {}).get("schema")
+                if rf.get("type") == "json_schema" and schema:
+                    out["generationConfig"]["responseSchema"] = to_gemini_schema(schema)
+        if model.tools and body.get("tools"):
+            decls = []
+            for t in body["tools"]:
+                fn = t.get("function") or {}
+                if t.get("type", "function") != "function" or not fn.get("name"):
+                    continue
+                decl: dict[str, Any] = {"name": fn["name"]}
+                if fn.get("description"):
+                    decl["description"] = fn["description"]
+                params = fn.get("parameters")
+                if params and (params.get("properties") or params.get("type") != "object"):
+                    decl["parameters"] = to_gemini_schema(params)  # an empty object schema is rejected upstream
+                decls.append(decl)
+            if decls:
+                out["tools"] = [{"functionDeclarations": decls}]
+                tc = _tool_config(body.get("tool_choice"))
+                if tc:
+                    out["toolConfig"] = tc
+        if provider is not None:
+            safety = _safety_settings(provider)
+            if safety:
+                out["safetySettings"] = safety
+        return out
+
+    def build_request(
+        self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool
+    ) -> UpstreamRequest:
+        headers = {"Content-Type": "application/json", **provider.headers}
+        if provider.api_key:
+            headers["x-goog-api-key"] = provider.api_key
+        base = provider.base_url or "https://generativelanguage.googleapis.com"
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        url = endpoint(base, "v1beta", f"/models/{model.native_model}:{method}")
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, provider=provider)))
+
+    def parse_response(self, data: bytes) -> dict[str, Any]:
+        resp = json_body(data, "google")
+        if isinstance(resp.get("error"), dict):
+            raise _error_from(resp["error"], 502)
+        _raise_if_blocked(resp)
+        candidates = resp.get("candidates") or [{}]
+        choices = []
+        for i, cand in enumerate(candidates):
+            text, reasoning, calls = _parts(cand, 0)
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not calls else None}
+            if calls:
+                message["tool_calls"] = calls
+            if reasoning:
+                message["reasoning"] = "".join(reasoning)
+            native = cand.get("finishReason")
+            finish = _finish(native, bool(calls))
+            choices.append({"index": cand.get("index", i), "message": message, "finish_reason": finish,
+                            "native_finish_reason": native, "logprobs": None})
+        return {"id": resp.get("responseId"), "object": "chat.completion", "model": resp.get("modelVersion"),
+                "choices": choices, "usage": _usage(resp.get("usageMetadata"))}
+
+    def stream_translator(self, model: Model) -> GeminiStreamTranslator:
+        return GeminiStreamTranslator()
+
+    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
+        meta: dict[str, Any] = {"provider_name": provider.name, "raw_status": status}
+        message = None
+        try:
+            body = orjson.loads(data)
+            if isinstance(body, list) and body:  # the non-SSE stream endpoint wraps errors in an array
+                body = body[0]
+            err = body.get("error") if isinstance(body, dict) else None
+            if isinstance(err, dict):
+                message = err.get("message")
+                if err.get("status"):
+                    meta["status"] = err["status"]
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        if not message:
+            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
+        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+
+
+def _error_from(err: dict[str, Any], default: int) -> GatewayError:
+    status = err.get("code") if isinstance(err.get("code"), int) else None
+    gw = upstream_status_to_gateway(status) if status else error_status_for_type(err.get("status"), default)
+    return GatewayError(gw, f"google: {err.get('message') or err.get('status') or 'error'}",
+                        metadata={"provider_name": "google", "status": err.get("status")})
+
+
+def _raise_if_blocked(resp: dict[str, Any]) -> None:
+    """A blocked prompt comes back as 200 with ``promptFeedback.blockReason`` and no candidates."""
+    feedback = resp.get("promptFeedback") or {}
+    reason = feedback.get("blockReason")
+    if reason and not resp.get("candidates"):
+        ratings = [r.get("category") for r in feedback.get("safetyRatings") or [] if r.get("blocked")]
+        detail = feedback.get("blockReasonMessage") or ""
+        raise GatewayError(
+            403, f"google: the prompt was blocked by the provider's safety filter ({reason}){': ' + detail if detail else ''}",
+            metadata={"provider_name": "google", "reasons": [reason], "categories": ratings},
+        )
+
+
+def _parts(cand: dict[str, Any], first_tool: int) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in (cand.get("content") or {}).get("parts") or []:
+        if "functionCall" in part:
+            fc = part["functionCall"] or {}
+            args = fc.get("args") or {}
+            index = first_tool + len(calls)
+            calls.append({"id": fc.get("id") or stable_id("call_", fc.get("name"), args, index), "type": "function",
+                          "function": {"name": fc.get("name"), "arguments": dumps(args)}})
+        elif part.get("thought") and part.get("text"):
+            reasoning.append(part["text"])
+        elif part.get("text"):
+            text.append(part["text"])
+    return text, reasoning, calls
+
+
+def _finish(native: str | None, tool_calls: bool) -> str | None:
+    if native is None:
+        return None
+    if tool_calls and native == "STOP":
+        return "tool_calls"
+    return FINISH_REASONS.get(native, "stop")
+
+
+def _usage(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not meta:
+        return None
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    completion = int(meta.get("candidatesTokenCount") or 0) + thoughts
+    return usage(int(meta.get("promptTokenCount") or 0), completion,
+                 cached=meta.get("cachedContentTokenCount"), reasoning=thoughts)
+
+
+class GeminiStreamTranslator:
+    """Partial ``GenerateContentResponse`` objects → OpenAI chunks (first candidate only)."""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+        self._done = False
+        self._started = False
+        self._tools = 0
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if not event.data or event.data == "[DONE]":
+            return []
+        try:
+            resp = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise GatewayError(502, "google sent an invalid stream event") from None
+        if not isinstance(resp, dict):
+            return []
+        if isinstance(resp.get("error"), dict):
+            raise _error_from(resp["error"], 502)
+        _raise_if_blocked(resp)
+        out: list[dict[str, Any]] = []
+        if not self._started:
+            self._started = True
+            out.append(role_chunk())
+        if resp.get("usageMetadata"):
+            self.usage = _usage(resp["usageMetadata"])
+        cand = (resp.get("candidates") or [{}])[0]
+        text, reasoning, calls = _parts(cand, self._tools)
+        if reasoning:
+            out.append({"choices": [{"index": 0, "delta": {"reasoning": "".join(reasoning)}, "finish_reason": None}]})
+        if text:
+            out.append(text_chunk("".join(text)))
+        if calls:
+            deltas = [{"index": self._tools + i, **c} for i, c in enumerate(calls)]
+            self._tools += len(calls)
+            out.append({"choices": [{"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": None}]})
+        native = cand.get("finishReason")
+        if native:
+            self._done = True
+            out.append(finish_chunk(_finish(native, self._tools > 0) or "stop", native))
+        return out
+
+    def finish(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,246 @@
+"""The OpenAI-compatible families' departures from OpenAI's format, as small subclasses of the reference adapter.
+
+* OpenAI o1/o3 reasoning models: ``max_completion_tokens`` instead of ``max_tokens``; no sampling parameters;
+  o1-preview/o1-mini take neither a system nor a developer message (system text becomes a user message), nor
+  tools or response_format.
+* DeepSeek: the reasoner returns its chain of thought as ``reasoning_content`` (OpenRouter calls it
+  ``reasoning``), refuses it back in the history, and takes no sampling, tool or JSON parameters.
+* Mistral: tool-call ids must be 9 alphanumeric characters (ids minted elsewhere are rewritten, consistently in
+  calls and results), ``random_seed`` instead of ``seed``, ``safe_prompt`` of its own.
+* Llama hosts (Together, Fireworks, DeepInfra): each names the same open models differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, ClassVar
+
+import orjson
+
+from ..catalog import Model
+from .base import ProviderConfig, UpstreamRequest
+from .openai_compat import OpenAICompatAdapter
+
+_SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+             "top_logprobs", "n")
+
+
+def _copy_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(m) for m in messages]
+
+
+# --------------------------------------------------------------------------------------------------- OpenAI
+
+def is_reasoning_model(native: str) -> bool:
+    return bool(re.match(r"^(o1|o3|o4)(-|$)", native))
+
+
+def is_o1_legacy(native: str) -> bool:
+    """o1-preview and o1-mini: the first reasoning models, without system/developer messages or tools."""
+    return native.startswith(("o1-preview", "o1-mini"))
+
+
+class OpenAIAdapter(OpenAICompatAdapter):
+    """OpenAI itself: the reference adapter, plus the o-series rules (by native model name)."""
+
+    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens"}
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        params = super().supported_parameters(model)
+        native = model.native_model
+        if not is_reasoning_model(native):
+            return [p for p in params if p != "reasoning_effort"]
+        params = [p for p in params if p not in _SAMPLING]  # max_tokens is renamed, not dropped
+        if is_o1_legacy(native):
+            drop = {"tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort"}
+            params = [p for p in params if p not in drop]
+        return params
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        out = super().translate_body(body, model, stream=stream)
+        native = model.native_model
+        if not is_reasoning_model(native):
+            return out
+        if "max_tokens" in out:
+            out.setdefault("max_completion_tokens", out["max_tokens"])
+            del out["max_tokens"]
+        messages = _copy_messages(out["messages"])
+        if is_o1_legacy(native):
+            # no system or developer role at all: the instructions become (the start of) a user turn
+            for m in messages:
+                if m.get("role") in ("system", "developer"):
+                    m["role"] = "user"
+        else:
+            for m in messages:
+                if m.get("role") == "system":
+                    m["role"] = "developer"
+        out["messages"] = messages
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- DeepSeek
+
+DEEPSEEK_PARAMETERS: tuple[str, ...] = (
+    "temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "logprobs",
+    "top_logprobs", "tools", "tool_choice", "response_format", "stream_options",
+)
+_REASONER_UNSUPPORTED = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs",
+                         "top_logprobs", "tools", "tool_choice", "response_format"}
+
+
+def is_deepseek_reasoner(native: str) -> bool:
+    return "reasoner" in native or native.lower().startswith("deepseek-r1")
+
+
+class DeepSeekAdapter(OpenAICompatAdapter):
+    parameters = DEEPSEEK_PARAMETERS
+    param_notes: ClassVar[dict[str, str]] = {"max_completion_tokens": "→ max_tokens", "response_format": "json_schema → json_object"}
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        params = super().supported_parameters(model) + ["max_completion_tokens"]
+        if is_deepseek_reasoner(model.native_model):
+            params = [p for p in params if p not in _REASONER_UNSUPPORTED]
+        return params
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        out = super().translate_body(body, model, stream=stream)
+        if "max_completion_tokens" in out:
+            out.setdefault("max_tokens", out.pop("max_completion_tokens"))
+            out.pop("max_completion_tokens", None)
+        rf = out.get("response_format")
+        if isinstance(rf, dict) and rf.get("type") == "json_schema":
+            out["response_format"] = {"type": "json_object"}  # DeepSeek has JSON mode, not schemas
+        messages = _copy_messages(out["messages"])
+        for m in messages:
+            # the reasoner answers 400 when its own reasoning comes back in the history
+            m.pop("reasoning_content", None)
+            m.pop("reasoning", None)
+            m.pop("reasoning_details", None)
+        out["messages"] = messages
+        return out
+
+    def _fix_message(self, message: dict[str, Any]) -> None:
+        if "reasoning_content" in message:
+            reasoning = message.pop("reasoning_content")
+            if reasoning is not None:
+                message["reasoning"] = reasoning
+
+
+# -------------------------------------------------------------------------------------------------- Mistral
+
+MISTRAL_PARAMETERS: tuple[str, ...] = (
+    "temperature", "top_p", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+    "tools", "tool_choice", "parallel_tool_calls", "response_format", "safe_prompt", "prediction",
+    "stream_options",
+)
+_MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+_ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def mistral_tool_id(tool_call_id: str) -> str:
+    """A 9-character alphanumeric id, the same for the same input (so a call and its result still match)."""
+    if _MISTRAL_ID.match(tool_call_id or ""):
+        return tool_call_id
+    n = int.from_bytes(hashlib.sha256((tool_call_id or "").encode()).digest()[:8], "big")
+    out = []
+    for _ in range(9):
+        n, r = divmod(n, 62)
+        out.append(_ALNUM[r])
+    return "".join(out)
+
+
+class MistralAdapter(OpenAICompatAdapter):
+    parameters = MISTRAL_PARAMETERS
+    param_notes: ClassVar[dict[str, str]] = {"seed": "→ random_seed", "max_completion_tokens": "→ max_tokens",
+                                             "tool_choice": "required → any"}
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        return super().supported_parameters(model) + ["max_completion_tokens"]
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        out = super().translate_body(body, model, stream=stream)
+        if "max_completion_tokens" in out:
+            out.setdefault("max_tokens", out["max_completion_tokens"])
+            del out["max_completion_tokens"]
+        if "seed" in out:
+            out["random_seed"] = out.pop("seed")
+        if out.get("tool_choice") == "required":
+            out["tool_choice"] = "any"
+        messages = _copy_messages(out["messages"])
+        for m in messages:
+            if m.get("tool_calls"):
+                m["tool_calls"] = [{**tc, "id": mistral_tool_id(tc.get("id") or "")} for tc in m["tool_calls"]]
+                if m.get("content") is None:
+                    m["content"] = ""
+            if m.get("role") == "tool" and m.get("tool_call_id") is not None:
+                m["tool_call_id"] = mistral_tool_id(m["tool_call_id"])
+        out["messages"] = messages
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- Llama hosts
+
+#: OpenRouter model id → each host's own name for it (a model whose catalog entry names another provider is
+#: renamed here when routed to one of these hosts)
+LLAMA_NAMES: dict[str, dict[str, str]] = {
+    "together": {
+        "meta-llama/llama-3.1-8b-instruct": "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",
+        "meta-llama/llama-3.1-70b-instruct": "meta-llama/Meta-Llama-3.1-70B-Instruct-Turbo",
+        "meta-llama/llama-3.1-405b-instruct": "meta-llama/Meta-Llama-3.1-405B-Instruct-Turbo",
+        "meta-llama/llama-3.3-70b-instruct": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    },
+    "fireworks": {
+        "meta-llama/llama-3.1-8b-instruct": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+        "meta-llama/llama-3.1-70b-instruct": "accounts/fireworks/models/llama-v3p1-70b-instruct",
+        "meta-llama/llama-3.1-405b-instruct": "accounts/fireworks/models/llama-v3p1-405b-instruct",
+        "meta-llama/llama-3.3-70b-instruct": "accounts/fireworks/models/llama-v3p3-70b-instruct",
+    },
+    "deepinfra": {
+        "meta-llama/llama-3.1-8b-instruct": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        "meta-llama/llama-3.1-70b-instruct": "meta-llama/Meta-Llama-3.1-70B-Instruct",
+        "meta-llama/llama-3.1-405b-instruct": "meta-llama/Meta-Llama-3.1-405B-Instruct",
+        "meta-llama/llama-3.3-70b-instruct": "meta-llama/Llama-3.3-70B-Instruct",
+    },
+}
+
+LLAMA_HOST_PARAMETERS: tuple[str, ...] = (
+    "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "min_p", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice",
+    "response_format", "user", "stream_options",
+)
+
+
+class LlamaHostAdapter(OpenAICompatAdapter):
+    parameters = LLAMA_HOST_PARAMETERS
+    param_notes: ClassVar[dict[str, str]] = {"max_completion_tokens": "→ max_tokens"}
+
+    def __init__(self, host: str):
+        self.host = host
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        return super().supported_parameters(model) + ["max_completion_tokens"]
+
+    def native_name(self, model: Model, provider: ProviderConfig | None = None) -> str:
+        host = provider.name if provider is not None else self.host
+        if model.provider == host:
+            return model.native_model
+        return LLAMA_NAMES.get(host, {}).get(model.id.lower(), model.native_model)
+
+    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        out = super().translate_body(body, model, stream=stream)
+        if "max_completion_tokens" in out:
+            out.setdefault("max_tokens", out["max_completion_tokens"])
+            del out["max_completion_tokens"]
+        return out
+
+    def build_request(
+        self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool
+    ) -> UpstreamRequest:
+        req = super().build_request(body, model, provider, stream=stream)
+        name = self.native_name(model, provider)
+        if name != model.native_model:
+            payload = orjson.loads(req.body)
+            payload["model"] = name
+            req.body = orjson.dumps(payload)
+        return req
