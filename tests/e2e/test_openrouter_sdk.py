@@ -36,7 +36,7 @@ def test_chat_send_streaming(client):
 
 def test_models_list_validates(client):
     models = client.models.list()
-    assert models.result.total_count == 20
+    assert models.result.total_count == 21
     models = models.result
     by_id = {m.id: m for m in models.data}
     sonnet = by_id["anthropic/claude-3.5-sonnet"]

@@ -9,7 +9,36 @@ from .app import create_app
 def build_full_app(settings: Settings, store=None):
     """The app with every feature wired in (auto routing, activity, …): what ``metarouter serve`` runs."""
     app = create_app(settings, store)
+    _wire_auto_router(app, settings)
     return app
+
+
+def _wire_auto_router(app, settings: Settings) -> None:
+    from ..gateway.auto import AutoResolver, RedisStickySessions, auto_model_schema
+
+    async def start(app) -> None:
+        sticky = None
+        if settings.redis_url:
+            import redis.asyncio as aioredis
+
+            app.state.sticky_redis = aioredis.from_url(settings.redis_url)
+            sticky = RedisStickySessions(app.state.sticky_redis, float(settings.router.get("sticky_ttl", 300)))
+        resolver = AutoResolver(settings, app.state.gateway.catalog, sticky=sticky)
+        app.state.gateway.resolver = resolver
+        app.state.auto_resolver = resolver
+
+    async def stop(app) -> None:
+        client = getattr(app.state, "sticky_redis", None)
+        if client is not None:
+            await client.aclose()
+
+    def add_auto(models: list[dict]) -> list[dict]:
+        resolver = getattr(app.state, "auto_resolver", None)
+        return ([auto_model_schema(resolver)] + models) if resolver is not None else models
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
+    app.state.models_hooks.append(add_auto)
 
 
 __all__ = ["build_full_app", "create_app"]

@@ -203,7 +203,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         gw: Gateway = state["gateway"]
         if not body.get("stream"):
             return json_response(await gw.complete(body, ctx))
-        frames = gw.stream(body, ctx)
+        frames = await gw.stream(body, ctx)
         first_task = asyncio.ensure_future(frames.__anext__())
         done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
         if done:

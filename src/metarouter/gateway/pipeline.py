@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -53,7 +53,7 @@ class Plan:
     candidates: list[Model]
     router: str | None = None  # "auto" when the meta-model chose
     routing: dict[str, Any] | None = None  # the decision, kept on the record and shown as metadata
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    on_served: Callable[[str], Awaitable[None]] | None = None  # told which model answered (sticky sessions)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Gateway:
             self._session = None
 
     # --- resolution ------------------------------------------------------------------------------------------
-    def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
+    async def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
         model_field = body.get("model")
         models_field = body.get("models")
         requested: list[str] = []
@@ -120,7 +120,7 @@ class Gateway:
         if not requested:
             raise GatewayError(400, "`model` is required (a model id, or \"auto\")")
         if self.resolver is not None and self.resolver.handles(requested[0]):
-            return self.resolver.plan(body, ctx, requested)
+            return await self.resolver.plan(body, ctx, requested)
         candidates = []
         for mid in requested:
             m = self.catalog.get(mid)
@@ -226,11 +226,33 @@ class Gateway:
         }
 
     def _metadata(self, plan: Plan, attempts: list[Attempt], selected: Model | None) -> dict[str, Any]:
+        """``openrouter_metadata`` in OpenRouter's shape (requested, strategy, summary, endpoints, attempts), plus
+        the router's candidates with predicted quality and cost, the selected model and the reason."""
+        strategy = plan.router or ("fallback" if len(plan.candidates) > 1 else "direct")
+        sel = selected.id if selected else None
+        reason = (plan.routing or {}).get("reason")
+        summary = reason or (f"{sel} answered" if sel else "no model answered")
+        if plan.router and sel and plan.routing and sel != plan.routing.get("router_choice") and not (
+            (plan.routing.get("sticky") or {}).get("held")
+        ):
+            summary = f"{sel} answered after {len(attempts) - 1} failed attempt(s); router's choice: {reason}"
         meta: dict[str, Any] = {
-            "requested_model": plan.requested_model,
-            "strategy": plan.router or ("fallback" if len(plan.candidates) > 1 else "direct"),
-            "selected": selected.id if selected else None,
-            "attempts": [a.as_dict() for a in attempts],
+            "requested": plan.requested_model,
+            "strategy": strategy,
+            "summary": summary,
+            "selected": sel,
+            "attempt": len(attempts),
+            "is_byok": False,
+            "region": None,
+            "endpoints": {
+                "available": [{"model": m.id, "provider": provider_display(m.provider), "selected": m.id == sel}
+                              for m in plan.candidates],
+                "total": len(plan.candidates),
+            },
+            "attempts": [{"model": a.model, "provider": provider_display(a.provider), "status": a.status or 0,
+                          **({"error": a.error} if a.error else {}),
+                          **({"latency_ms": a.latency_ms} if a.latency_ms is not None else {})}
+                         for a in attempts],
         }
         if plan.routing:
             meta.update({k: v for k, v in plan.routing.items() if k not in meta})
@@ -238,14 +260,14 @@ class Gateway:
 
     # --- non-streaming -----------------------------------------------------------------------------------------
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-        plan = self.plan(body, ctx)
+        plan = await self.plan(body, ctx)
         started = time.perf_counter()
         attempts: list[Attempt] = []
         last_error: GatewayError | None = None
         for model in plan.candidates:
             provider = self.provider_for(model)
             if provider is None:
-                attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
+                attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
                 last_error = _not_configured(model)
                 continue
             try:
@@ -276,6 +298,8 @@ class Gateway:
                 continue
             latency = (time.perf_counter() - t0) * 1000
             attempts.append(Attempt(model.id, provider.name, 200, None, round(latency, 2)))
+            if plan.on_served is not None:
+                await plan.on_served(model.id)
             return self._finish_complete(out, body, plan, ctx, model, provider, attempts, reserved, started)
         raise _final_error(last_error, attempts)
 
@@ -317,10 +341,11 @@ class Gateway:
         return response
 
     # --- streaming ---------------------------------------------------------------------------------------------
-    def stream(self, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
-        """SSE frames. Raises ``GatewayError`` from the first ``__anext__`` if nothing could be started, so the
-        caller can still answer with a real HTTP status; after the first frame, errors become a terminal chunk."""
-        plan = self.plan(body, ctx)  # resolution errors surface before the generator starts
+    async def stream(self, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+        """SSE frames. Raises ``GatewayError`` here (resolution) or from the first ``__anext__`` if nothing could
+        be started, so the caller can still answer with a real HTTP status; after the first frame, errors become
+        a terminal chunk."""
+        plan = await self.plan(body, ctx)
         return self._stream(body, ctx, plan)
 
     async def _stream(self, body: dict[str, Any], ctx: RequestContext, plan: Plan) -> AsyncIterator[bytes]:
@@ -330,7 +355,7 @@ class Gateway:
         for model in plan.candidates:
             provider = self.provider_for(model)
             if provider is None:
-                attempts.append(Attempt(model.id, model.provider, error="provider not configured"))
+                attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
                 last_error = _not_configured(model)
                 continue
             try:
@@ -416,6 +441,8 @@ class _StreamRun:
                                 self.first_at = time.perf_counter()
                                 self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
                                                              round((self.first_at - self.t0) * 1000, 2)))
+                                if self.plan.on_served is not None:
+                                    await self.plan.on_served(self.model.id)
                             yield sse_data(self._stamp(chunk))
                     if translator.done:
                         break

@@ -1,0 +1,285 @@
+"""``model: "auto"``: the meta-model on the request path, with the user's controls and sticky sessions.
+
+Controls (per request, with account and per-key defaults from the config's ``router:`` section):
+``plugins: [{"id": "auto-router", "allowed_models", "excluded_models", "cost_quality_tradeoff", "cost_tier"}]``
+and ``provider.max_price`` (``prompt``/``completion`` in USD per 1M tokens, ``request`` in USD). The router's ranked
+list is the fallback order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from ..catalog import Catalog, Model
+from ..config import Settings
+from ..errors import GatewayError
+from ..router import Constraints, RouteDecision, Router, load_router
+from .pipeline import Plan, RequestContext
+
+AUTO_IDS = frozenset({"auto", "openrouter/auto", "metarouter/auto"})
+AUTO_MODEL_ID = "openrouter/auto"
+
+#: cost tiers as ceilings on the output price (USD per 1M tokens); "max" has none
+COST_TIERS: dict[str, float | None] = {"low": 1.5, "medium": 6.0, "high": 15.0, "xhigh": 30.0, "max": None}
+STICKY_TTL = 300.0
+
+
+class StickySessions:
+    """Which model a conversation is pinned to, forgotten after ``ttl`` seconds of inactivity (per process; a
+    cluster shares pins through Redis when one is configured, see ``RedisStickySessions``)."""
+
+    def __init__(self, ttl: float = STICKY_TTL, max_entries: int = 100_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._pins: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    async def get(self, key: str) -> str | None:
+        hit = self._pins.get(key)
+        if hit is None:
+            return None
+        model, at = hit
+        if time.monotonic() - at > self.ttl:
+            self._pins.pop(key, None)
+            return None
+        return model
+
+    async def pin(self, key: str, model: str) -> None:
+        self._pins[key] = (model, time.monotonic())
+        self._pins.move_to_end(key)
+        while len(self._pins) > self.max_entries:
+            self._pins.popitem(last=False)
+
+    async def unpin(self, key: str) -> None:
+        self._pins.pop(key, None)
+
+
+class RedisStickySessions:
+    """Pins shared by every replica, in Redis, with the inactivity TTL as the key's expiry."""
+
+    def __init__(self, redis: Any, ttl: float = STICKY_TTL, prefix: str = "mr:sticky:"):
+        self.redis, self.ttl, self.prefix = redis, int(ttl), prefix
+
+    async def get(self, key: str) -> str | None:
+        v = await self.redis.get(self.prefix + key)
+        if v is None:
+            return None
+        await self.redis.expire(self.prefix + key, self.ttl)
+        return v.decode() if isinstance(v, bytes) else v
+
+    async def pin(self, key: str, model: str) -> None:
+        await self.redis.set(self.prefix + key, model, ex=self.ttl)
+
+    async def unpin(self, key: str) -> None:
+        await self.redis.delete(self.prefix + key)
+
+
+def _auto_plugin(body: dict[str, Any]) -> dict[str, Any]:
+    for p in body.get("plugins") or ():
+        if isinstance(p, dict) and p.get("id") == "auto-router" and p.get("enabled", True) is not False:
+            return p
+    return {}
+
+
+def _str_list(v: Any, name: str) -> list[str] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise GatewayError(400, f"`{name}` must be an array of model ids or patterns")
+    return v
+
+
+def _price(v: Any, name: str) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise GatewayError(400, f"`provider.max_price.{name}` must be a number") from None
+    if f < 0:
+        raise GatewayError(400, f"`provider.max_price.{name}` must not be negative")
+    return f
+
+
+def session_key(body: dict[str, Any], ctx: RequestContext) -> tuple[str, str]:
+    """(the key a conversation is pinned under, where it came from): ``session_id`` in the body or the
+    ``x-session-id`` header, else a fingerprint of the first system and first user messages."""
+    owner = ctx.key.public_id if ctx.key else "-"
+    if ctx.session_id:
+        return f"{owner}:s:{ctx.session_id}", "session_id"
+    first: dict[str, Any] = {}
+    for m in body.get("messages") or ():
+        role = m.get("role")
+        if role in ("system", "developer") and "system" not in first:
+            first["system"] = m.get("content")
+        elif role == "user" and "user" not in first:
+            first["user"] = m.get("content")
+        if len(first) == 2:
+            break
+    digest = hashlib.sha256(orjson.dumps(first, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    return f"{owner}:f:{digest}", "fingerprint"
+
+
+class AutoResolver:
+    """Plans ``auto`` requests: filter the pool, rank it with the meta-model, honour a sticky pin."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, router: Router | None = None, sticky: Any = None):
+        self.settings = settings
+        self.catalog = catalog
+        cfg = settings.router or {}
+        self.router = router or load_router(cfg.get("artifact"))
+        self.sticky = sticky or StickySessions(float(cfg.get("sticky_ttl", STICKY_TTL)))
+        self.defaults: dict[str, Any] = {k: cfg[k] for k in (
+            "allowed_models", "excluded_models", "cost_quality_tradeoff", "cost_tier", "max_price") if k in cfg}
+        #: per-key defaults, by key label or public id
+        self.key_defaults: dict[str, dict[str, Any]] = dict(cfg.get("keys") or {})
+
+    def handles(self, model_id: str) -> bool:
+        return model_id.lower() in AUTO_IDS
+
+    def pool(self) -> list[Model]:
+        """Models ``auto`` may choose from: those whose provider is configured and available."""
+        return [m for m in self.catalog if self.settings.provider_available(m.provider)]
+
+    def _controls(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        merged: dict[str, Any] = dict(self.defaults)
+        if ctx.key is not None:
+            for ident in (ctx.key.label, ctx.key.public_id):
+                merged.update(self.key_defaults.get(ident) or {})
+        plugin = _auto_plugin(body)
+        merged.update({k: v for k, v in plugin.items() if k != "id" and v is not None})
+        prov = body.get("provider") or {}
+        if isinstance(prov, dict) and isinstance(prov.get("max_price"), dict):
+            merged["max_price"] = {**(merged.get("max_price") or {}), **prov["max_price"]}
+        return merged
+
+    def constraints(self, body: dict[str, Any], controls: dict[str, Any]) -> tuple[Constraints, float | None]:
+        allowed = _str_list(controls.get("allowed_models"), "allowed_models")
+        excluded = _str_list(controls.get("excluded_models"), "excluded_models")
+        tier = controls.get("cost_tier")
+        if tier is not None and tier not in COST_TIERS:
+            raise GatewayError(400, f"`cost_tier` must be one of {', '.join(COST_TIERS)}")
+        mp = controls.get("max_price") or {}
+        if not isinstance(mp, dict):
+            raise GatewayError(400, "`provider.max_price` must be an object")
+        completion_cap = _price(mp.get("completion"), "completion")
+        if tier is not None and COST_TIERS[tier] is not None:
+            cap = COST_TIERS[tier]
+            completion_cap = cap if completion_cap is None else min(completion_cap, cap)
+        tradeoff = controls.get("cost_quality_tradeoff")
+        if tradeoff is not None:
+            if isinstance(tradeoff, bool) or not isinstance(tradeoff, (int, float)) or not 0 <= tradeoff <= 10:
+                raise GatewayError(400, "`cost_quality_tradeoff` must be a number from 0 (best answer) to 10 (cheapest)")
+            tradeoff = float(tradeoff)
+        rf = body.get("response_format") or {}
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return Constraints(
+            allowed=allowed, excluded=excluded,
+            needs_tools=bool(body.get("tools")) and body.get("tool_choice") != "none",
+            needs_vision=None,  # inferred from image parts
+            needs_json=rf.get("type") in ("json_object", "json_schema"),
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            max_price_prompt=_price(mp.get("prompt"), "prompt"),
+            max_price_completion=completion_cap,
+            max_price_request=_price(mp.get("request"), "request"),
+        ), tradeoff
+
+    async def plan(self, body: dict[str, Any], ctx: RequestContext, requested: list[str]) -> Plan:
+        controls = self._controls(body, ctx)
+        constraints, tradeoff = self.constraints(body, controls)
+        pool = self.pool()
+        if not pool:
+            raise GatewayError(503, "auto: no provider is configured; set a provider's API key first")
+        decision: RouteDecision = self.router.route(body["messages"], pool, constraints, tradeoff)
+        if not decision.ranked:
+            raise GatewayError(404, _nothing_left_message(constraints, controls, decision),
+                               metadata={"excluded": [{"model": m, "reason": r} for m, r in decision.excluded]})
+        by_id = {m.id: m for m in pool}
+        ranked = [by_id[c.model_id] for c in decision.ranked]
+        skey, source = session_key(body, ctx)
+        pinned = await self.sticky.get(skey)
+        sticky = None
+        if pinned is not None:
+            if pinned in {m.id for m in ranked}:
+                ranked = [by_id[pinned]] + [m for m in ranked if m.id != pinned]
+                sticky = {"pinned": pinned, "source": source, "held": True}
+            else:
+                sticky = {"pinned": pinned, "source": source, "held": False,
+                          "why_released": "the pinned model no longer fits this request's filters"}
+                await self.sticky.unpin(skey)
+        top = decision.ranked[0]
+        reason = top.reason
+        if sticky and sticky["held"] and pinned != top.model_id:
+            reason = f"sticky session: kept on {pinned} (router's own choice: {top.model_id})"
+        routing = decision.to_dict()
+        routing.update(
+            strategy="auto",
+            reason=reason,
+            candidates=routing.pop("ranked"),
+            router_choice=top.model_id,
+            sticky=sticky,
+            controls={k: v for k, v in controls.items() if v is not None},
+        )
+
+        async def on_served(model_id: str) -> None:
+            await self.sticky.pin(skey, model_id)
+
+        return Plan(requested_model=requested[0], candidates=ranked, router="auto", routing=routing,
+                    on_served=on_served)
+
+
+def _nothing_left_message(c: Constraints, controls: dict[str, Any], decision: RouteDecision) -> str:
+    filters = []
+    if c.allowed:
+        filters.append(f"allowed_models={c.allowed}")
+    if c.excluded:
+        filters.append(f"excluded_models={c.excluded}")
+    if controls.get("cost_tier"):
+        filters.append(f"cost_tier={controls['cost_tier']}")
+    mp = controls.get("max_price")
+    if mp:
+        filters.append(f"max_price={mp}")
+    for need, on in (("tools", c.needs_tools), ("JSON output", c.needs_json)):
+        if on:
+            filters.append(f"requires {need}")
+    reasons = sorted({r for _, r in decision.excluded})
+    head = "No model is left for auto routing after " + (", ".join(filters) if filters else "the request's needs")
+    return head + (". Excluded because: " + "; ".join(reasons[:6]) if reasons else "")
+
+
+def auto_model_schema(resolver: AutoResolver) -> dict[str, Any]:
+    """The ``auto`` entry of ``GET /models``: variable price, shown as the pool's highest per-token prices (an
+    upper bound, never a negative sentinel), and the largest context of the pool."""
+    from ..api.app import usd_string
+
+    pool = resolver.pool() or list(resolver.catalog)
+    return {
+        "id": AUTO_MODEL_ID,
+        "canonical_slug": AUTO_MODEL_ID,
+        "name": "Auto Router (metarouter)",
+        "created": 0,
+        "description": "Chooses, per prompt, the model with the best predicted answer for the price among the "
+                       "configured models; the response's `model` names the model that answered and the usage is "
+                       "priced at its rate. Prices shown are the pool's highest (an upper bound).",
+        "context_length": 2_000_000,
+        "architecture": {"modality": "text+image->text", "input_modalities": ["text", "image"],
+                         "output_modalities": ["text"], "tokenizer": "Router", "instruct_type": None},
+        "pricing": {
+            "prompt": usd_string(max(m.input_pico for m in pool)),
+            "completion": usd_string(max(m.output_pico for m in pool)),
+            "request": "0", "image": "0", "web_search": "0", "internal_reasoning": "0",
+            "variable": True,
+        },
+        "top_provider": {"context_length": 2_000_000, "max_completion_tokens": None, "is_moderated": False},
+        "per_request_limits": None,
+        "supported_parameters": ["temperature", "top_p", "max_tokens", "stop", "seed", "tools", "tool_choice",
+                                 "response_format"],
+        "default_parameters": None,
+        "supported_voices": None,
+        "links": {"details": "/api/v1/models/openrouter/auto/endpoints"},
+        "available": bool(resolver.pool()),
+    }
