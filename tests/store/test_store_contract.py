@@ -1,0 +1,250 @@
+"""The store contract: every backend (SQLite, PostgreSQL) passes the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from metarouter.store import hash_key, new_generation_id, parse_key
+from metarouter.store.base import spend_window_starts
+
+DAY = 86400.0
+
+
+def gen(key_id: str | None, cost: int, *, gid: str | None = None, created_at: float | None = None,
+        model: str = "openai/gpt-4o-mini", prompt: int = 10, completion: int = 5, **extra) -> dict:
+    rec = {
+        "id": gid or new_generation_id(), "created_at": time.time() if created_at is None else created_at,
+        "key_id": key_id, "requested_model": model, "model": model, "provider": "openai", "streamed": False,
+        "status": "ok", "prompt_tokens": prompt, "completion_tokens": completion, "reasoning_tokens": 1,
+        "cached_tokens": 0, "usage_estimated": False, "cost_pico": cost, "latency_ms": 12.5, "ttft_ms": 3.25,
+        "finish_reason": "stop", "native_finish_reason": "stop", "attempts": [{"model": model, "status": 200}],
+        "routing": {"reason": "test", "scores": [0.5, 0.25]},
+    }
+    rec.update(extra)
+    return rec
+
+
+# --- keys ------------------------------------------------------------------------------------------------------
+async def test_keys_create_get_list_update(store):
+    plaintext, rec = await store.create_key("alpha", limit_pico=10**12, rpm=60, tpm=1000)
+    assert parse_key(plaintext) == rec.public_id
+    got = await store.get_key(rec.public_id)
+    assert got is not None
+    assert (got.label, got.limit_pico, got.rpm, got.tpm, got.disabled) == ("alpha", 10**12, 60, 1000, False)
+    assert got.key_hash == hash_key(plaintext) and got.usage_pico == 0 and got.reserved_pico == 0
+    _, other = await store.create_key("beta")
+    assert [k.public_id for k in await store.list_keys()] == [rec.public_id, other.public_id]
+    assert (await store.get_key(other.public_id)).limit_pico is None
+
+    upd = await store.update_key(rec.public_id, disabled=True, limit_pico=None, rpm=5, label="alpha2")
+    assert (upd.disabled, upd.limit_pico, upd.rpm, upd.tpm, upd.label) == (True, None, 5, 1000, "alpha2")
+    assert (await store.get_key(rec.public_id)).disabled is True
+    assert (await store.update_key(rec.public_id, disabled=False)).disabled is False
+    assert await store.update_key("000000000000", disabled=True) is None
+    assert await store.get_key("000000000000") is None
+    assert await store.get_key("x' OR '1'='1") is None
+    with pytest.raises(ValueError):
+        await store.update_key(rec.public_id, usage_pico=0)
+    with pytest.raises(ValueError):
+        await store.update_key(rec.public_id, **{"disabled = 1 --": 1})
+
+
+async def test_only_hashes_are_stored(store, backend):
+    plaintexts = [(await store.create_key(f"k{i}"))[0] for i in range(3)]
+    await store.flush()
+    text = await backend.dump()
+    for p in plaintexts:
+        secret = p.rsplit("-", 1)[1]
+        assert p not in text and secret not in text
+        assert hash_key(p) in text  # what is stored is the hash
+    assert all(not hasattr(k, "plaintext") and "key_hash" not in k.public_dict() for k in await store.list_keys())
+
+
+# --- budgets ---------------------------------------------------------------------------------------------------
+async def test_concurrent_reserves_never_exceed_the_key_limit(store):
+    _, rec = await store.create_key("budget", limit_pico=1000)
+    results = await asyncio.gather(*(store.reserve(rec.public_id, 100) for _ in range(50)))
+    assert sum(results) == 10
+    assert (await store.get_key(rec.public_id)).reserved_pico == 1000
+    assert await store.reserve(rec.public_id, 1) is False
+    await asyncio.gather(*(store.release(rec.public_id, 100) for _ in range(10)))
+    k = await store.get_key(rec.public_id)
+    assert (k.reserved_pico, k.usage_pico, k.remaining_pico) == (0, 0, 1000)
+    assert await store.reserve(rec.public_id, 1000) is True
+
+
+async def test_concurrent_reserves_never_exceed_the_account_credit(store):
+    await store.add_credits(1000)
+    keys = [(await store.create_key(f"k{i}"))[1].public_id for i in range(5)]  # keys without limits
+    results = await asyncio.gather(*(store.reserve(keys[i % 5], 100) for i in range(50)))
+    assert sum(results) == 10
+    assert await store.get_credits() == (1000, 0)
+
+
+async def test_a_refused_reserve_holds_nothing(store):
+    await store.add_credits(150)
+    _, rec = await store.create_key("k", limit_pico=1000)
+    assert await store.reserve(rec.public_id, 100) is True
+    assert await store.reserve(rec.public_id, 100) is False  # the account refuses: the key keeps only the first
+    assert (await store.get_key(rec.public_id)).reserved_pico == 100
+    assert await store.reserve("000000000000", 1) is False  # unknown key
+
+
+async def test_record_charges_and_releases_the_reservation(store):
+    await store.add_credits(10_000)
+    _, rec = await store.create_key("k", limit_pico=1000)
+    assert await store.reserve(rec.public_id, 600)
+    store.record_generation(gen(rec.public_id, 250), reserved_pico=600)
+    await store.flush()
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico, k.remaining_pico) == (250, 0, 750)
+    assert await store.get_credits() == (10_000, 250)
+    assert await store.reserve(rec.public_id, 750) is True
+    assert await store.reserve(rec.public_id, 1) is False
+
+
+async def test_the_same_record_twice_is_charged_once(store):
+    _, rec = await store.create_key("k", limit_pico=10_000)
+    assert await store.reserve(rec.public_id, 500)
+    record = gen(rec.public_id, 300)
+    store.record_generation(record, reserved_pico=500)
+    store.record_generation(dict(record), reserved_pico=500)  # the same batch
+    await store.flush()
+    store.record_generation(dict(record), reserved_pico=500)  # a later batch
+    await store.flush()
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico) == (300, 0)
+    assert (await store.get_credits())[1] == 300
+    assert len(await store.list_generations(key_id=rec.public_id)) == 1
+
+
+async def test_records_are_batched_and_flush_waits_for_all(store):
+    _, rec = await store.create_key("k")
+    records = [gen(rec.public_id, i + 1) for i in range(1200)]
+    for r in records:
+        store.record_generation(r)  # synchronous: no await between them
+    await store.flush()
+    k = await store.get_key(rec.public_id)
+    assert k.usage_pico == sum(range(1, 1201))
+    assert len(await store.list_generations(key_id=rec.public_id, limit=5000)) == 1200
+    assert (await store.get_credits())[1] == k.usage_pico
+
+
+async def test_record_generation_is_synchronous_and_survives_cancellation(store):
+    _, rec = await store.create_key("k")
+    ids = []
+
+    async def request():
+        try:
+            await asyncio.sleep(10)
+        finally:
+            r = gen(rec.public_id, 7)
+            ids.append(r["id"])
+            store.record_generation(r)  # in the finally block of a cancelled task
+
+    tasks = [asyncio.create_task(request()) for _ in range(20)]
+    await asyncio.sleep(0)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await store.flush()
+    assert (await store.get_key(rec.public_id)).usage_pico == 140
+    for gid in ids:
+        assert await store.get_generation(gid) is not None
+
+
+async def test_generation_roundtrip_and_listing(store):
+    _, rec = await store.create_key("k")
+    old = gen(rec.public_id, 5, created_at=time.time() - 100, streamed=True, usage_estimated=True,
+              app_title="My App", app_referer="https://example.com", user_tag="u1", session_id="s1")
+    new = gen(rec.public_id, 6)
+    other = gen(None, 1)
+    for r in (old, new, other):
+        store.record_generation(r)
+    await store.flush()
+    got = await store.get_generation(old["id"])
+    for f, v in old.items():
+        assert got[f] == (pytest.approx(v) if isinstance(v, float) else v), f
+    assert got["streamed"] is True and got["usage_estimated"] is True
+    assert got["attempts"] == [{"model": "openai/gpt-4o-mini", "status": 200}]
+    assert got["routing"] == {"reason": "test", "scores": [0.5, 0.25]}
+    assert await store.get_generation("gen-nope") is None
+    assert [g["id"] for g in await store.list_generations(key_id=rec.public_id)] == [new["id"], old["id"]]
+    assert [g["id"] for g in await store.list_generations(limit=1)] in ([new["id"]], [other["id"]])
+    assert {g["id"] for g in await store.list_generations(since=time.time() - 50)} == {new["id"], other["id"]}
+    assert len(await store.list_generations()) == 3
+
+
+# --- reports ---------------------------------------------------------------------------------------------------
+async def test_activity_aggregates_per_day_and_model(store):
+    _, a = await store.create_key("a")
+    _, b = await store.create_key("b")
+    today = spend_window_starts(time.time())["day"] + 60
+    yesterday = today - DAY
+    rows = [
+        gen(a.public_id, 10, created_at=today, model="m1", prompt=1, completion=2, app_title="App"),
+        gen(a.public_id, 20, created_at=today, model="m1", prompt=3, completion=4),
+        gen(b.public_id, 40, created_at=today, model="m2", prompt=5, completion=6),
+        gen(a.public_id, 80, created_at=yesterday, model="m1", prompt=7, completion=8),
+    ]
+    for r in rows:
+        store.record_generation(r)
+    d0 = time.strftime("%Y-%m-%d", time.gmtime(today))
+    d1 = time.strftime("%Y-%m-%d", time.gmtime(yesterday))
+    act = await store.activity()
+    assert act == [
+        {"date": d0, "model": "m1", "requests": 2, "prompt_tokens": 4, "completion_tokens": 6, "reasoning_tokens": 2,
+         "cost_pico": 30},
+        {"date": d0, "model": "m2", "requests": 1, "prompt_tokens": 5, "completion_tokens": 6, "reasoning_tokens": 1,
+         "cost_pico": 40},
+        {"date": d1, "model": "m1", "requests": 1, "prompt_tokens": 7, "completion_tokens": 8, "reasoning_tokens": 1,
+         "cost_pico": 80},
+    ]
+    assert [r["cost_pico"] for r in await store.activity(key_id=a.public_id)] == [30, 80]
+    assert [r["cost_pico"] for r in await store.activity(since=today - 1)] == [30, 40]
+    assert [r["cost_pico"] for r in await store.activity(until=today - 1)] == [80]
+    assert [(r["requests"], r["cost_pico"]) for r in await store.activity(app="App")] == [(1, 10)]
+
+
+async def test_key_spend_windows(store):
+    _, rec = await store.create_key("k")
+    now = time.time()
+    starts = spend_window_starts(now)
+    placed = [(now, 1), (starts["day"], 2), (starts["day"] - 1, 10), (starts["week"] - 1, 100),
+              (starts["month"] - 1, 1000), (min(starts.values()) - 40 * DAY, 10000)]
+    for t, cost in placed:
+        store.record_generation(gen(rec.public_id, cost, created_at=t))
+    store.record_generation(gen(None, 5, created_at=now))  # spend without this key does not count
+    w = await store.key_spend_windows(rec.public_id)
+    assert w == {name: sum(c for t, c in placed if t >= start) for name, start in starts.items()}
+    assert w["day"] == 3 and w["month"] < 10000
+    assert await store.key_spend_windows("000000000000") == {"day": 0, "week": 0, "month": 0}
+
+
+async def test_credits(store):
+    assert await store.get_credits() == (None, 0)  # unset: unlimited
+    assert await store.add_credits(500) == (500, 0)
+    assert await store.add_credits(250) == (750, 0)
+    store.record_generation(gen(None, 100))
+    assert await store.get_credits() == (750, 100)
+
+
+async def test_reopen_keeps_data_and_migrations_are_idempotent(store, backend):
+    plaintext, rec = await store.create_key("persist", limit_pico=99)
+    store.record_generation(gen(rec.public_id, 9))
+    await store.close()  # close flushes
+    for _ in range(2):
+        again = backend.open_store()
+        await again.open()
+        try:
+            k = await again.get_key(rec.public_id)
+            assert k is not None and k.key_hash == hash_key(plaintext) and k.usage_pico == 9
+            assert len(await again.list_generations()) == 1
+        finally:
+            await again.close()
+    versions = await backend.sql("SELECT version FROM schema_version ORDER BY version")
+    assert [v[0] for v in versions] == list(range(1, len(versions) + 1)) and versions
+    await store.open()  # the fixture closes it again
