@@ -8,8 +8,11 @@ from .app import create_app
 
 def build_full_app(settings: Settings, store=None):
     """The app with every feature wired in (auto routing, activity, …): what ``metarouter serve`` runs."""
+    from .activity import activity_routes
+
     app = create_app(settings, store)
     _wire_auto_router(app, settings)
+    app.router.routes.extend(activity_routes())
     return app
 
 

@@ -155,3 +155,9 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]:
         """Per UTC day and model: requests, prompt/completion/reasoning tokens, cost."""
         ...
+
+    async def app_ranking(
+        self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Calling apps (``X-Title``, else ``HTTP-Referer``) by total tokens: app, requests, tokens, cost_pico."""
+        ...

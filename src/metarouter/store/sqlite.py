@@ -403,6 +403,23 @@ class SQLiteStore:
 
         return await self._call(get)
 
+    async def app_ranking(
+        self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            where, args = "", []
+            if since is not None:
+                where += " AND created_at >= ?"
+                args.append(since)
+            if key_id is not None:
+                where += " AND key_id = ?"
+                args.append(key_id)
+            cur = conn.execute(APP_RANKING_SQL.format(where=where, limit=int(limit)), args)
+            return [dict(zip(("app", "requests", "tokens", "cost_pico"), r)) for r in cur.fetchall()]
+
+        await self.flush()
+        return await self._call(get)
+
     async def activity(
         self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,
         app: str | None = None,
@@ -427,6 +444,13 @@ class SQLiteStore:
 
         await self.flush()
         return await self._call(get)
+
+
+APP_RANKING_SQL = (
+    "SELECT COALESCE(app_title, app_referer) AS app, COUNT(*) AS requests, "
+    "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost_pico) AS cost_pico FROM generations "
+    "WHERE COALESCE(app_title, app_referer) IS NOT NULL {where} GROUP BY 1 ORDER BY tokens DESC, app LIMIT {limit}"
+)
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:
