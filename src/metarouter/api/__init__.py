@@ -12,6 +12,7 @@ def build_full_app(settings: Settings, store=None):
 
     app = create_app(settings, store)
     _wire_auto_router(app, settings)
+    _wire_rate_limits(app, settings)
     app.router.routes.extend(activity_routes())
     return app
 
@@ -42,6 +43,25 @@ def _wire_auto_router(app, settings: Settings) -> None:
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
     app.state.models_hooks.append(add_auto)
+
+
+def _wire_rate_limits(app, settings: Settings) -> None:
+    """Per-key rpm/tpm: in memory for one process, in Redis (shared by workers and replicas) with ``redis_url``."""
+    from ..ratelimit import RateLimitGuard, make_limiter
+
+    async def start(app) -> None:
+        guard = RateLimitGuard(make_limiter(settings.redis_url))
+        app.state.ratelimit = guard
+        app.state.request_hooks.append(guard.request_hook)
+        app.state.gateway.observers.append(guard.observer)
+
+    async def stop(app) -> None:
+        guard = getattr(app.state, "ratelimit", None)
+        if guard is not None:
+            await guard.close()
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
 
 
 __all__ = ["build_full_app", "create_app"]
