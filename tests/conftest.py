@@ -36,6 +36,8 @@ def gateway_config(fake: FakeUpstream, **extra) -> dict:
         "keepalive_interval": 0.3,
         "auth_cache_ttl": 0.5,
         "timeouts": {"connect": 2, "first_byte": 5, "total": 30},
+        # fast retries, and a breaker that a shared test server never trips (tests of it start their own)
+        "resilience": {"retries": 2, "backoff_base": 0.01, "backoff_max": 0.05, "breaker_failures": 10_000},
     }
     cfg.update(extra)
     return cfg

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .gateway.resilience import ResilienceSettings
 from .catalog import WIRE_BY_PROVIDER, Catalog, default_catalog
 from .providers.base import ProviderConfig
 
@@ -53,6 +54,7 @@ class Settings:
     catalog: Catalog = field(default_factory=default_catalog)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     #: seconds to wait for the first upstream event before a stream commits to HTTP 200 and starts sending
     #: ``: OPENROUTER PROCESSING`` comments (errors before then still get their real status code)
     stream_commit_after: float = 0.5
@@ -120,7 +122,7 @@ def load_settings(
     s.database_url = env.get("METAROUTER_DATABASE_URL") or s.database_url
     s.redis_url = env.get("METAROUTER_REDIS_URL") or s.redis_url
     s.admin_key = env.get("METAROUTER_ADMIN_KEY") or None
-    for key, cls in (("timeouts", Timeouts), ("limits", Limits)):
+    for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("resilience", ResilienceSettings)):
         if isinstance(raw.get(key), dict):
             setattr(s, key, cls(**{**getattr(s, key).__dict__, **raw[key]}))
     specs: dict[str, Any] = {name: {} for name in DEFAULT_PROVIDERS}

@@ -96,7 +96,7 @@ def test_tool_call_round_trip(client):
 
 def test_upstream_error_is_mapped_and_not_charged(client, gateway, fake):
     before = httpx.get(f"{gateway.url}/api/v1/key", headers={"Authorization": f"Bearer {gateway.api_key}"}).json()
-    fake.fail("openai", status=429, times=1)
+    fake.fail("openai", status=429, times=3)  # the first try and both retries
     with pytest.raises(openai.RateLimitError) as ei:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert ei.value.status_code == 429

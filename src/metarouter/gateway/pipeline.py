@@ -22,6 +22,7 @@ from ..providers import get_adapter
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
+from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import estimate_prompt_tokens, estimate_text_tokens, requested_max_tokens, usage_with_cost
 
 log = logging.getLogger("metarouter.gateway")
@@ -81,6 +82,8 @@ class Gateway:
         self.store = store
         self.catalog = settings.catalog
         self._session: aiohttp.ClientSession | None = None
+        self.resilience: ResilienceSettings = settings.resilience
+        self.breakers: dict[str, CircuitBreaker] = {}
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -128,6 +131,13 @@ class Gateway:
                 raise GatewayError(400, f"{mid} is not a valid model ID", metadata={"model": mid})
             candidates.append(m)
         return Plan(requested_model=requested[0], candidates=candidates)
+
+    def breaker(self, provider: str) -> CircuitBreaker:
+        b = self.breakers.get(provider)
+        if b is None:
+            b = self.breakers[provider] = CircuitBreaker(self.resilience.breaker_failures,
+                                                         self.resilience.breaker_cooldown)
+        return b
 
     def provider_for(self, model: Model) -> ProviderConfig | None:
         p = self.settings.providers.get(model.provider)
@@ -208,7 +218,10 @@ class Gateway:
                 data = b""
             finally:
                 resp.release()
-            raise _Fallback(adapter.parse_error(resp.status, data, provider))
+            err = adapter.parse_error(resp.status, data, provider)
+            if resp.headers.get("Retry-After"):
+                err.headers = {**err.headers, "Retry-After": resp.headers["Retry-After"]}
+            raise _Fallback(err)
         return adapter, resp
 
     def _base_record(self, plan: Plan, ctx: RequestContext, gen_id: str, started: float, stream: bool) -> dict:
@@ -259,16 +272,29 @@ class Gateway:
         return meta
 
     # --- non-streaming -----------------------------------------------------------------------------------------
-    async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
-        plan = await self.plan(body, ctx)
-        started = time.perf_counter()
-        attempts: list[Attempt] = []
+    async def _tries(self, plan: Plan, ctx: RequestContext, body: dict[str, Any], stream: bool,
+                     attempts: list[Attempt]) -> AsyncIterator["_Try"]:
+        """The upstream responses to try, in order: each candidate (skipping unconfigured, circuit-open and
+        unaffordable ones), the last one retried with jittered backoff on retryable errors.
+
+        The consumer reads each yielded ``_Try``; if that fails before the first byte it calls ``t.failed(err)``
+        and asks for the next; when it succeeds it stops iterating. Raises the most telling error when none is left.
+        """
+        res = self.resilience
         last_error: GatewayError | None = None
-        for model in plan.candidates:
+        n = len(plan.candidates)
+        for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
                 attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
-                last_error = _not_configured(model)
+                last_error = last_error or _not_configured(model)
+                continue
+            breaker = self.breaker(provider.name)
+            if not breaker.allow():
+                err = GatewayError(503, f"{provider.name}: failing recently; circuit open for another "
+                                        f"{breaker.retry_after():.0f} s", headers=_retry_after(breaker.retry_after()))
+                self._failed(attempts, Attempt(model.id, provider.name, 503, err.message))
+                last_error = err
                 continue
             try:
                 reserved, capped = await self._reserve(ctx, model, body)
@@ -276,32 +302,57 @@ class Gateway:
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
                 continue
-            t0 = time.perf_counter()
-            try:
-                adapter, resp = await self._open(model, provider, capped or body, stream=False)
+            tries = 1 + (res.retries if i == n - 1 else 0)  # fall back first; retry only the last candidate
+            for k in range(tries):
+                t0 = time.perf_counter()
                 try:
-                    data = await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    raise _Fallback(GatewayError(502, f"{provider.name}: upstream failed mid-response ({type(exc).__name__})")) from None
-                finally:
-                    resp.release()
-                try:
-                    out = adapter.parse_response(data)
-                except GatewayError as exc:
-                    raise _Fallback(exc) from None
-            except _Fallback as fb:
-                if reserved:
-                    await self.store.release(ctx.key.public_id, reserved)
-                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
+                    adapter, resp = await self._open(model, provider, capped or body, stream=stream)
+                    t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
+                    yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
+                    if t.error is None:
+                        return
+                    err = t.error
+                except _Fallback as fb:
+                    err = fb.error
+                self._failed(attempts, Attempt(model.id, provider.name, err.status, err.message,
                                                round((time.perf_counter() - t0) * 1000, 2)))
-                last_error = fb.error
-                continue
-            latency = (time.perf_counter() - t0) * 1000
-            attempts.append(Attempt(model.id, provider.name, 200, None, round(latency, 2)))
-            if plan.on_served is not None:
-                await plan.on_served(model.id)
-            return self._finish_complete(out, body, plan, ctx, model, provider, attempts, reserved, started)
+                last_error = err
+                if counts_against_provider(err):
+                    breaker.failure()
+                if k + 1 < tries and err.retryable and breaker.allow():
+                    await asyncio.sleep(backoff_delay(k, res.backoff_base, res.backoff_max, _retry_after_s(err)))
+                    continue
+                break
+            if reserved:
+                await self.store.release(ctx.key.public_id, reserved)
         raise _final_error(last_error, attempts)
+
+    async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        plan = await self.plan(body, ctx)
+        started = time.perf_counter()
+        attempts: list[Attempt] = []
+        tries = self._tries(plan, ctx, body, False, attempts)
+        async for t in tries:
+            try:
+                try:
+                    data = await t.resp.read()
+                finally:
+                    t.resp.release()
+                out = t.adapter.parse_response(data)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                t.failed(GatewayError(502, f"{t.provider.name}: upstream failed mid-response ({type(exc).__name__})"))
+                continue
+            except GatewayError as exc:
+                t.failed(exc)
+                continue
+            t.ok()
+            await tries.aclose()
+            attempts.append(Attempt(t.model.id, t.provider.name, 200, None,
+                                    round((time.perf_counter() - t.t0) * 1000, 2)))
+            if plan.on_served is not None:
+                await plan.on_served(t.model.id)
+            return self._finish_complete(out, body, plan, ctx, t.model, t.provider, attempts, t.reserved, started)
+        raise AssertionError("unreachable: _tries raises when nothing answered")
 
     def _finish_complete(self, out, body, plan, ctx, model, provider, attempts, reserved, started) -> dict:
         gen_id = new_generation_id()
@@ -351,42 +402,51 @@ class Gateway:
     async def _stream(self, body: dict[str, Any], ctx: RequestContext, plan: Plan) -> AsyncIterator[bytes]:
         started = time.perf_counter()
         attempts: list[Attempt] = []
-        last_error: GatewayError | None = None
-        for model in plan.candidates:
-            provider = self.provider_for(model)
-            if provider is None:
-                attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
-                last_error = _not_configured(model)
-                continue
-            try:
-                reserved, capped = await self._reserve(ctx, model, body)
-            except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
-                attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
-                last_error = exc
-                continue
-            t0 = time.perf_counter()
-            try:
-                adapter, resp = await self._open(model, provider, capped or body, stream=True)
-            except _Fallback as fb:
-                if reserved:
-                    await self.store.release(ctx.key.public_id, reserved)
-                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
-                                               round((time.perf_counter() - t0) * 1000, 2)))
-                last_error = fb.error
-                continue
-            run = _StreamRun(self, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, started, t0)
-            try:
-                async for frame in run.frames():
-                    yield frame
-            except _Fallback as fb:
-                self._failed(attempts, Attempt(model.id, provider.name, fb.error.status, fb.error.message,
-                                               round((time.perf_counter() - t0) * 1000, 2)))
-                last_error = fb.error
-                if reserved:
-                    await self.store.release(ctx.key.public_id, reserved)
-                continue
-            return
-        raise _final_error(last_error, attempts)
+        tries = self._tries(plan, ctx, body, True, attempts)
+        try:
+            async for t in tries:
+                run = _StreamRun(self, body, ctx, plan, t.model, t.provider, t.adapter, t.resp, attempts,
+                                 t.reserved, started, t.t0)
+                try:
+                    async for frame in run.frames():
+                        yield frame
+                except _Fallback as fb:
+                    t.failed(fb.error)
+                    continue
+                t.ok()
+                return
+        finally:
+            await tries.aclose()
+
+
+@dataclass
+class _Try:
+    model: Model
+    provider: ProviderConfig
+    adapter: Any
+    resp: aiohttp.ClientResponse
+    reserved: int
+    t0: float
+    breaker: CircuitBreaker
+    error: GatewayError | None = None
+
+    def ok(self) -> None:
+        self.breaker.success()
+
+    def failed(self, error: GatewayError) -> None:
+        self.error = error
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+
+
+def _retry_after_s(err: GatewayError) -> float | None:
+    v = err.headers.get("Retry-After") if err.headers else None
+    try:
+        return float(v) if v is not None else None
+    except ValueError:
+        return None
 
 
 class _StreamRun:

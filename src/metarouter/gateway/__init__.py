@@ -1,0 +1,1 @@
+"""The request pipeline (``pipeline``), auto routing (``auto``), accounting and upstream resilience."""
