@@ -317,6 +317,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     async def get_credits(request: Request) -> Response:
         await state["auth"].authenticate(request)
+        await state["store"].flush()
         credits, usage = await state["store"].get_credits()
         # With no credit set the account is unlimited (spending is bounded by key limits): total_credits is
         # null then, and `unlimited` says so.

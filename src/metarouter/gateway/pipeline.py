@@ -84,6 +84,8 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self.resilience: ResilienceSettings = settings.resilience
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._client_timeout: aiohttp.ClientTimeout | None = None
+        self._credit_cache: tuple[float, int | None, int] | None = None
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -187,7 +189,7 @@ class Gateway:
 
     async def _account_credit(self) -> tuple[int | None, int]:
         now = time.monotonic()
-        cached = getattr(self, "_credit_cache", None)
+        cached = self._credit_cache
         if cached is None or now - cached[0] > 1.0:
             credits, usage = await self.store.get_credits()
             self._credit_cache = (now, credits, usage)
@@ -196,8 +198,10 @@ class Gateway:
 
     # --- sending -----------------------------------------------------------------------------------------------
     def _timeout(self) -> aiohttp.ClientTimeout:
-        t = self.settings.timeouts
-        return aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+        if self._client_timeout is None:
+            t = self.settings.timeouts
+            self._client_timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
+        return self._client_timeout
 
     async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool):
         adapter = get_adapter(provider)

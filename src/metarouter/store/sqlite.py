@@ -334,7 +334,6 @@ class SQLiteStore:
             row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
             return row[0], row[1]
 
-        await self.flush()
         return await self._call(get)
 
     async def add_credits(self, amount_pico: int) -> tuple[int | None, int]:
