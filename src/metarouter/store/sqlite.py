@@ -152,15 +152,19 @@ class SQLiteStore:
         return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
-                conn.execute(stmt)
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        # Read the version inside the write lock: several worker processes may open the database at once.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+                for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         # One process owns an SQLite database: reservations left by a crashed run are void.
         conn.execute("UPDATE keys SET reserved_pico = 0 WHERE reserved_pico != 0")
         conn.execute("UPDATE account SET reserved_pico = 0 WHERE reserved_pico != 0")
