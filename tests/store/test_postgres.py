@@ -6,9 +6,10 @@ import asyncio
 
 import asyncpg
 import pytest
-from test_store_contract import gen
 
 from metarouter.store.postgres import MIGRATIONS, PostgresStore
+
+from .test_store_contract import gen
 
 
 @pytest.fixture

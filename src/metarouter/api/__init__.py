@@ -13,6 +13,7 @@ def build_full_app(settings: Settings, store=None):
     app = create_app(settings, store)
     _wire_auto_router(app, settings)
     _wire_rate_limits(app, settings)
+    _wire_admin_and_metrics(app)
     app.router.routes.extend(activity_routes())
     return app
 
@@ -62,6 +63,24 @@ def _wire_rate_limits(app, settings: Settings) -> None:
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
+
+
+def _wire_admin_and_metrics(app) -> None:
+    """The admin API (``/api/v1/keys``, ``POST /api/v1/credits``) and Prometheus ``/metrics``."""
+    from starlette.routing import Route
+
+    from ..metrics import GatewayMetrics
+    from .admin import admin_routes
+
+    metrics = GatewayMetrics()
+    app.state.metrics = metrics
+    app.router.routes.extend(admin_routes())
+    app.router.routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
+
+    async def start(app) -> None:
+        app.state.gateway.observers.append(metrics.observer)
+
+    app.state.startup_hooks.append(start)
 
 
 __all__ = ["build_full_app", "create_app"]

@@ -1,0 +1,216 @@
+"""The management API: keys and credits, behind the admin key from ``METAROUTER_ADMIN_KEY``.
+
+- No admin key configured: every endpoint answers 403 (the API is off).
+- No ``Authorization: Bearer …``: 401. Anything but the admin key (an API key included): 403.
+- The admin key is compared in constant time (digests of equal length), and neither it nor any API key appears in
+  a log line, an error message or a listing. A new key's plaintext is returned once, by ``POST /keys``.
+
+Endpoints (under ``/api/v1`` and ``/v1``): ``POST /keys`` (create), ``GET /keys`` (list), ``GET /keys/{id}``,
+``PATCH /keys/{id}`` (disable/enable, limit, rpm, tpm, label), ``DELETE /keys/{id}`` (disable; records and usage
+stay), ``POST /credits`` (top up the account). Changes drop the key from this process's auth cache; other workers
+and replicas see them within ``auth_cache_ttl`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..catalog import PICO_PER_USD, pico_to_usd
+from ..errors import GatewayError
+from ..store import KeyRecord
+
+MAX_BODY = 64 * 1024
+_PUBLIC_ID = re.compile(r"^[0-9a-f]{12}$")
+MAX_USD = Decimal(10) ** 9
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+def check_admin(request: Request) -> None:
+    configured = request.app.state.settings.admin_key
+    if not configured:
+        raise GatewayError(403, "The admin API is disabled: set METAROUTER_ADMIN_KEY to enable it", retryable=False)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise GatewayError(401, "Missing admin key: send `Authorization: Bearer <admin key>`", retryable=False)
+    presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    expected = hashlib.sha256(configured.encode("utf-8")).digest()
+    if not hmac.compare_digest(presented, expected):
+        raise GatewayError(403, "This key is not the admin key", retryable=False)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise GatewayError(413, f"Request body too large (limit {MAX_BODY} bytes)")
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayError(400, "Invalid JSON in request body") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "The request body must be a JSON object")
+    return body
+
+
+def _usd_pico(name: str, value: Any, *, allow_null: bool, positive: bool = False) -> int | None:
+    if value is None:
+        if allow_null:
+            return None
+        raise GatewayError(400, f"`{name}` is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise GatewayError(400, f"`{name}` must be a number of USD")
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise GatewayError(400, f"`{name}` must be a number of USD") from None
+    if not d.is_finite() or d < 0 or (positive and d == 0) or d > MAX_USD:
+        raise GatewayError(400, f"`{name}` must be a {'positive' if positive else 'non-negative'} number of USD "
+                                f"up to {MAX_USD}")
+    return int((d * PICO_PER_USD).to_integral_value())
+
+
+def _per_minute(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
+        raise GatewayError(400, f"`{name}` must be a positive integer or null")
+    return value
+
+
+def _label(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise GatewayError(400, "`name` (or `label`) must be a non-empty string of at most 200 characters")
+    return value.strip()
+
+
+def key_view(k: KeyRecord) -> dict[str, Any]:
+    """A key as the admin API shows it: never its hash, never a secret."""
+    return {
+        "id": k.public_id,
+        "name": k.label,
+        "label": k.label,
+        "disabled": k.disabled,
+        "limit": pico_to_usd(k.limit_pico) if k.limit_pico is not None else None,
+        "limit_remaining": pico_to_usd(k.remaining_pico) if k.remaining_pico is not None else None,
+        "usage": pico_to_usd(k.usage_pico),
+        "rpm": k.rpm,
+        "tpm": k.tpm,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(k.created_at)),
+    }
+
+
+def _known(body: dict[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(body) - allowed)
+    if extra:
+        raise GatewayError(400, f"Unknown field(s): {', '.join(repr(e)[:40] for e in extra[:5])}")
+
+
+def _public_id(request: Request) -> str:
+    public_id = request.path_params["public_id"]
+    if not _PUBLIC_ID.match(public_id):
+        raise GatewayError(404, "Key not found")
+    return public_id
+
+
+async def create_key(request: Request) -> Response:
+    check_admin(request)
+    body = await _body(request)
+    _known(body, {"name", "label", "limit", "rpm", "tpm"})
+    label = _label(body.get("name", body.get("label")))
+    limit = _usd_pico("limit", body.get("limit"), allow_null=True)
+    rpm, tpm = _per_minute("rpm", body.get("rpm")), _per_minute("tpm", body.get("tpm"))
+    plaintext, rec = await request.app.state.store.create_key(label, limit_pico=limit, rpm=rpm, tpm=tpm)
+    return _json({"data": key_view(rec), "key": plaintext}, 201)
+
+
+async def list_keys(request: Request) -> Response:
+    check_admin(request)
+    keys = await request.app.state.store.list_keys()
+    return _json({"data": [key_view(k) for k in keys]})
+
+
+async def get_key(request: Request) -> Response:
+    check_admin(request)
+    rec = await request.app.state.store.get_key(_public_id(request))
+    if rec is None:
+        raise GatewayError(404, "Key not found")
+    return _json({"data": key_view(rec)})
+
+
+async def update_key(request: Request) -> Response:
+    check_admin(request)
+    public_id = _public_id(request)
+    body = await _body(request)
+    _known(body, {"name", "label", "disabled", "limit", "rpm", "tpm"})
+    fields: dict[str, Any] = {}
+    if "name" in body or "label" in body:
+        fields["label"] = _label(body.get("name", body.get("label")))
+    if "disabled" in body:
+        if not isinstance(body["disabled"], bool):
+            raise GatewayError(400, "`disabled` must be true or false")
+        fields["disabled"] = body["disabled"]
+    if "limit" in body:
+        fields["limit_pico"] = _usd_pico("limit", body["limit"], allow_null=True)
+    for name in ("rpm", "tpm"):
+        if name in body:
+            fields[name] = _per_minute(name, body[name])
+    rec = await request.app.state.store.update_key(public_id, **fields)
+    if rec is None:
+        raise GatewayError(404, "Key not found")
+    request.app.state.auth.invalidate(public_id)
+    return _json({"data": key_view(rec)})
+
+
+async def delete_key(request: Request) -> Response:
+    check_admin(request)
+    public_id = _public_id(request)
+    rec = await request.app.state.store.update_key(public_id, disabled=True)
+    if rec is None:
+        raise GatewayError(404, "Key not found")
+    request.app.state.auth.invalidate(public_id)
+    return _json({"data": key_view(rec), "deleted": True})
+
+
+async def add_credits(request: Request) -> Response:
+    check_admin(request)
+    body = await _body(request)
+    _known(body, {"amount"})
+    amount = _usd_pico("amount", body.get("amount"), allow_null=False, positive=True)
+    assert amount is not None
+    credits, usage = await request.app.state.store.add_credits(amount)
+    return _json({"data": {"total_credits": pico_to_usd(credits) if credits is not None else None,
+                           "total_usage": pico_to_usd(usage), "unlimited": credits is None}})
+
+
+def admin_routes() -> list[Route]:
+    routes = []
+    for prefix in ("/api/v1", "/v1"):
+        routes += [
+            Route(f"{prefix}/keys", create_key, methods=["POST"]),
+            Route(f"{prefix}/keys", list_keys, methods=["GET"]),
+            Route(f"{prefix}/keys/{{public_id}}", get_key, methods=["GET"]),
+            Route(f"{prefix}/keys/{{public_id}}", update_key, methods=["PATCH"]),
+            Route(f"{prefix}/keys/{{public_id}}", delete_key, methods=["DELETE"]),
+            Route(f"{prefix}/credits", add_credits, methods=["POST"]),
+        ]
+    return routes
+
+
+__all__ = ["admin_routes", "check_admin", "key_view"]
