@@ -107,7 +107,7 @@ def test_router_choices_and_label_safety():
     m.observer("generation", {**rec, "status": "error"})
     m.observer("attempt", {"model": "x", "provider": "anthropic", "status": 529, "error": "overloaded"})
     text = m.registry.render()
-    types, samples = parse(text)
+    _, samples = parse(text)
     assert "0123456789ab" not in text and "secret-user" not in text
     assert total(samples, "metarouter_router_choices_total", router="auto", gen_ai_request_model="auto") == 2
     assert total(samples, "metarouter_cost_usd_total") == pytest.approx(3e-6)
