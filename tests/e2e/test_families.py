@@ -152,14 +152,19 @@ def test_streaming_tool_calls(client, fam):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_deepseek_reasoner_drops_tools_and_streams_reasoning(client, fake):
+def test_deepseek_reasoner_drops_sampling_refuses_tools_and_streams_reasoning(client, fake):
     fam = next(f for f in FAMILIES if f.name == "deepseek")
-    stream = client.chat.completions.create(model=fam.model, stream=True, tools=TOOLS, temperature=0.3,
+    stream = client.chat.completions.create(model=fam.model, stream=True, temperature=0.3,
                                             messages=[{"role": "user", "content": "think"}])
     content, calls, finish, _, reasoning = collect(stream)
     assert content == "You said: think" and not calls and finish == "stop"
     assert reasoning == "Let me think about it."
-    assert "tools" not in sent(fake, fam) and "temperature" not in sent(fake, fam)
+    assert "temperature" not in sent(fake, fam)
+    # tools are a capability, not a tunable: like OpenRouter, a model without tool use is not an endpoint for them
+    n = len(fake.requests_for("deepseek"))
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.chat.completions.create(model=fam.model, tools=TOOLS, messages=[{"role": "user", "content": "think"}])
+    assert "tool use" in ei.value.message and len(fake.requests_for("deepseek")) == n
 
 
 @params

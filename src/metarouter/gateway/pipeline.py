@@ -19,11 +19,18 @@ from ..catalog import Model
 from ..config import Settings
 from ..errors import GatewayError
 from ..providers import get_adapter
+from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
-from .accounting import estimate_prompt_tokens, estimate_text_tokens, requested_max_tokens, usage_with_cost
+from .accounting import (
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    message_text_and_images,
+    requested_max_tokens,
+    usage_with_cost,
+)
 
 log = logging.getLogger("metarouter.gateway")
 
@@ -287,12 +294,30 @@ class Gateway:
         res = self.resilience
         last_error: GatewayError | None = None
         n = len(plan.candidates)
+        needs_vision = message_text_and_images(body["messages"])[1] > 0
+        needs_tools = bool(body.get("tools"))
+        require_params = bool((body.get("provider") or {}).get("require_parameters"))
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
                 attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
                 last_error = last_error or _not_configured(model)
                 continue
+            gap = ("image input" if needs_vision and not model.vision else
+                   "tool use" if needs_tools and not model.tools else None)
+            if gap:
+                attempts.append(Attempt(model.id, provider.name, 404, f"does not support {gap}"))
+                last_error = GatewayError(404, f"No endpoints found that support {gap} (tried {model.id})",
+                                          metadata={"model": model.id}, retryable=False)
+                continue
+            if require_params:
+                unsupported = check_parameters(body, get_adapter(provider), model)
+                if unsupported:
+                    msg = f"{model.id} does not support {', '.join(unsupported)} (provider.require_parameters)"
+                    attempts.append(Attempt(model.id, provider.name, 400, msg))
+                    last_error = GatewayError(400, msg, metadata={"model": model.id, "unsupported": unsupported},
+                                              retryable=False)
+                    continue
             breaker = self.breaker(provider.name)
             if not breaker.allow():
                 err = GatewayError(503, f"{provider.name}: failing recently; circuit open for another "
@@ -380,6 +405,9 @@ class Gateway:
             upstream_id=out.get("id"), user_tag=body.get("user"), attempts=[a.as_dict() for a in attempts],
         )
         self.record(record, reserved)
+        if excludes_reasoning(body):
+            for c in out.get("choices") or ():
+                (c.get("message") or {}).pop("reasoning", None)
         response = {
             "id": gen_id,
             "object": "chat.completion",
@@ -469,6 +497,7 @@ class _StreamRun:
         self.upstream_id: str | None = None
         self.error: GatewayError | None = None
         self.provider_name = provider_display(provider.name)
+        self.drop_reasoning = excludes_reasoning(body)
 
     def _stamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
         out = {
@@ -478,6 +507,8 @@ class _StreamRun:
         out.update(chunk)
         for c in chunk.get("choices") or ():
             delta = c.get("delta") or {}
+            if self.drop_reasoning:
+                delta.pop("reasoning", None)
             content = delta.get("content")
             if isinstance(content, str):
                 self.text_chars += len(content)
@@ -577,6 +608,13 @@ class _StreamRun:
             attempts=[a.as_dict() for a in self.attempts],
         )
         self.gw.record(record, self.reserved)
+
+
+def excludes_reasoning(body: dict[str, Any]) -> bool:
+    """OpenRouter's ``reasoning: {exclude: true}`` / ``include_reasoning: false``: keep reasoning out of the answer
+    (it is still billed when the provider bills it)."""
+    r = body.get("reasoning")
+    return body.get("include_reasoning") is False or (isinstance(r, dict) and bool(r.get("exclude")))
 
 
 def _no_credit(model: Model) -> GatewayError:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 GATEWAY_FIELDS: frozenset[str] = frozenset({
     "model", "models", "messages", "prompt", "stream", "stream_options", "provider", "plugins", "transforms",
     "route", "session_id", "usage", "debug", "preset",
+    "reasoning", "include_reasoning",  # the pipeline honours their `exclude` / false on every family's output
 })
 
 
