@@ -7,7 +7,15 @@
 Run time needs numpy only; training (``metarouter.router.train``) needs the ``[train]`` extra.
 """
 
-from .core import DEFAULT_ARTIFACT, Candidate, Constraints, RouteDecision, Router, load_router, tradeoff_lambda
+from .core import (
+           DEFAULT_ARTIFACT,
+           Candidate,
+           Constraints,
+           RouteDecision,
+           Router,
+           load_router,
+           tradeoff_lambda,
+)
 
 __all__ = ["DEFAULT_ARTIFACT", "Candidate", "Constraints", "RouteDecision", "Router", "load_router",
            "tradeoff_lambda"]

@@ -74,9 +74,9 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def _route_batch(router, models: list[Model], args: argparse.Namespace) -> int:
+    from .core import tradeoff_lambda
     from .encoder import estimate_prompt_tokens
     from .evaluate import predict_matrix
-    from .core import tradeoff_lambda
 
     tradeoffs = [float(t) for t in str(args.tradeoff).split(",")] if args.tradeoff is not None else \
         [router.default_tradeoff]

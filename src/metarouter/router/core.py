@@ -9,9 +9,10 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,11 @@ class Router:
         self.default_tradeoff = float(meta.get("default_tradeoff", 3.0))
         self.encoder = StaticEncoder(vocab, arrays["table"].astype(np.float32), arrays["sif"].astype(np.float32),
                                      arrays["feat_mean"], arrays["feat_std"])
+        self.Wc = arrays["Wc"].astype(np.float32)
+        self.bc = arrays["bc"].astype(np.float32)
+        self.cat_acc = arrays["cat_acc"].astype(np.float32)  # (models, categories)
+        self.cat_scale = float(meta.get("cat_scale", 3.0))
+        self.mf_weight = float(meta.get("mf_weight", 0.7))
         self.W = arrays["W"].astype(np.float32)
         self.b = arrays["b"].astype(np.float32)
         self.U = arrays["U"].astype(np.float32)
@@ -149,11 +155,13 @@ class Router:
             if i is not None:
                 u, c, lo, pq, pw = self.U[i], float(self.c[i]), float(self.len_offset[i]), float(self.prior_q[i]), \
                     float(self.prior_weight[i])
+                acc = self.cat_acc[i]
             else:
                 u, c, lo, pq = self._params_from_prior(m)
                 pw = 1.0
+                acc = np.full(self.cat_acc.shape[1], pq, np.float32)
             hidden = int(m.hidden_reasoning_tokens or 0)
-            row = (u, c, lo, pq, pw, m.input_pico / 1e12, m.output_pico / 1e12, hidden)
+            row = (u, c, lo, pq, pw, m.input_pico / 1e12, m.output_pico / 1e12, hidden, acc)
             with self._lock:
                 self._rows[m] = row
         return row
@@ -183,36 +191,53 @@ class Router:
         return None
 
     # -- prediction -----------------------------------------------------------------------------------------------
-    def familiarity(self, x: np.ndarray) -> float:
-        e = x[: self.dim]
-        sim = float((self.centroids @ e).max()) if self.centroids.size else 1.0
-        if self.conf_hi <= self.conf_lo:
-            return 1.0
-        return min(1.0, max(0.0, (sim - self.conf_lo) / (self.conf_hi - self.conf_lo)))
+    def familiarity(self, X: np.ndarray) -> np.ndarray:
+        """Per prompt: 1 = like the training prompts, 0 = unlike them (cosine to the training centroids)."""
+        if not self.centroids.size or self.conf_hi <= self.conf_lo:
+            return np.ones(len(X), np.float32)
+        sim = (X[:, : self.dim] @ self.centroids.T).max(1)
+        return np.clip((sim - self.conf_lo) / (self.conf_hi - self.conf_lo), 0.0, 1.0)
+
+    def predict_quality(self, X: np.ndarray, rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """P(good answer) (prompts × models), how much each leans on priors, and each prompt's familiarity."""
+        S = X @ self.Wc + self.bc
+        S -= S.max(1, keepdims=True)
+        Pk = np.exp(S)
+        Pk /= Pk.sum(1, keepdims=True)
+        Z = np.tanh(np.hstack([X, self.cat_scale * Pk]) @ self.W + self.b)
+        U = np.stack([r[0] for r in rows])
+        c = np.array([r[1] for r in rows], np.float32)
+        acc = np.stack([r[8] for r in rows])
+        q_learned = self.mf_weight * 0.5 * (1.0 + np.tanh(0.5 * (Z @ U.T + c))) + (1 - self.mf_weight) * (Pk @ acc.T)
+        pq = np.array([r[3] for r in rows], np.float32)
+        pw_model = np.array([r[4] for r in rows], np.float32)
+        fam = self.familiarity(X)
+        pw = 1.0 - fam[:, None] * (1.0 - pw_model[None, :])  # unfamiliar prompt or prior-only model → prior
+        # Prior-only models keep half of their (prior-parameter) prompt-dependent prediction.
+        Q = np.where(pw_model >= 1.0, 0.5 * q_learned + 0.5 * pq, (1 - pw) * q_learned + pw * pq)
+        return Q, pw, fam
+
+    def predict_cost(self, X: np.ndarray, rows: Sequence[tuple], prompt_tokens: np.ndarray,
+                     max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted cost in USD and billed output tokens (visible + hidden reasoning), prompts × models."""
+        shared = X @ self.len_w + self.len_w0
+        lo = np.array([r[2] for r in rows], np.float32)
+        out_tok = np.exp(shared[:, None] + lo[None, :]) / CHARS_PER_TOKEN
+        if max_tokens:
+            out_tok = np.minimum(out_tok, max_tokens)
+        hidden = np.array([r[7] for r in rows], np.float64)
+        pin = np.array([r[5] for r in rows], np.float64)
+        pout = np.array([r[6] for r in rows], np.float64)
+        billed = out_tok + hidden[None, :]
+        return np.asarray(prompt_tokens, np.float64)[:, None] * pin[None, :] + billed * pout[None, :], billed
 
     def predict(self, x: np.ndarray, rows: Sequence[tuple], prompt_tokens: int,
                 max_tokens: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-        """Quality, cost (USD), output tokens and prior weight for each row, plus the prompt's familiarity."""
-        z = np.tanh(x @ self.W + self.b)
-        U = np.stack([r[0] for r in rows])
-        c = np.fromiter((r[1] for r in rows), np.float32, len(rows))
-        q_learned = 0.5 * (1.0 + np.tanh(0.5 * (U @ z + c)))
-        pq = np.fromiter((r[3] for r in rows), np.float32, len(rows))
-        pw_model = np.fromiter((r[4] for r in rows), np.float32, len(rows))
-        fam = self.familiarity(x)
-        pw = 1.0 - fam * (1.0 - pw_model)  # unfamiliar prompt or prior-only model → lean on the prior quality
-        # Prior-only models keep their (prior) prompt-dependent prediction, blended with their prior mean.
-        q = np.where(pw_model >= 1.0, 0.5 * q_learned + 0.5 * pq, (1 - pw) * q_learned + pw * pq)
-        shared = float(x @ self.len_w + self.len_w0)
-        lo = np.fromiter((r[2] for r in rows), np.float32, len(rows))
-        out_tok = np.exp(shared + lo) / CHARS_PER_TOKEN
-        if max_tokens:
-            out_tok = np.minimum(out_tok, max_tokens)
-        hidden = np.fromiter((r[7] for r in rows), np.float32, len(rows))
-        pin = np.fromiter((r[5] for r in rows), np.float64, len(rows))
-        pout = np.fromiter((r[6] for r in rows), np.float64, len(rows))
-        cost = prompt_tokens * pin + (out_tok + hidden) * pout
-        return q, cost, out_tok + hidden, pw, fam
+        """One prompt: quality, cost (USD), billed output tokens, prior weight per row, and familiarity."""
+        X = x[None, :]
+        Q, pw, fam = self.predict_quality(X, rows)
+        C, out = self.predict_cost(X, rows, np.array([prompt_tokens]), max_tokens)
+        return Q[0], C[0], out[0], pw[0], float(fam[0])
 
     # -- the decision -----------------------------------------------------------------------------------------------
     def route(self, messages: list[dict] | str, models: Iterable[Model], constraints: Constraints | None = None,

@@ -46,7 +46,7 @@ class RoutingData:
     out_chars: np.ndarray  # float32 (n_prompts, n_models), NaN where unknown
     catalog_ids: dict[str, str] = field(default_factory=dict)  # column name -> catalog id (only aliased columns)
 
-    def subset(self, idx) -> "RoutingData":
+    def subset(self, idx) -> RoutingData:
         idx = np.asarray(idx)
         return RoutingData(
             [self.prompts[i] for i in idx], [self.sources[i] for i in idx], [self.datasets[i] for i in idx],

@@ -9,7 +9,7 @@ corpus) is run through the transformer on its own, mean-pooled, reduced by PCA a
 from __future__ import annotations
 
 import collections
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

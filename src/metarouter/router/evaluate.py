@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import Catalog, Model
-from .core import CHARS_PER_TOKEN, Router, tradeoff_lambda
+from .core import Router, tradeoff_lambda
 from .data import RoutingData, benchmark_cost_usd
 from .encoder import estimate_prompt_tokens
 from .metrics import PoolReference
@@ -72,25 +72,9 @@ def predict_matrix(router: Router, prompts: list, models: list[Model],
     if X is None:
         X = np.stack([router.encoder.encode(p) for p in prompts]).astype(np.float32)
     rows = [router._row(m) for m in models]
-    Z = np.tanh(X @ router.W + router.b)
-    U = np.stack([r[0] for r in rows])
-    c = np.array([r[1] for r in rows], np.float32)
-    ql = 0.5 * (1 + np.tanh(0.5 * (Z @ U.T + c)))
-    pq = np.array([r[3] for r in rows], np.float32)
-    pwm = np.array([r[4] for r in rows], np.float32)
-    E = X[:, : router.dim]
-    sims = (E @ router.centroids.T).max(1) if router.centroids.size else np.ones(len(X))
-    fam = np.clip((sims - router.conf_lo) / max(router.conf_hi - router.conf_lo, 1e-9), 0, 1)
-    pw = 1 - fam[:, None] * (1 - pwm[None, :])
-    Q = np.where(pwm[None, :] >= 1.0, 0.5 * ql + 0.5 * pq[None, :], (1 - pw) * ql + pw * pq[None, :])
-    shared = X @ router.len_w + router.len_w0
-    lo = np.array([r[2] for r in rows], np.float32)
-    out = np.exp(shared[:, None] + lo[None, :]) / CHARS_PER_TOKEN
-    hidden = np.array([r[7] for r in rows], np.float64)
-    pin = np.array([r[5] for r in rows], np.float64)
-    pout = np.array([r[6] for r in rows], np.float64)
+    Q, _, _ = router.predict_quality(X, rows)
     ptok = np.array([estimate_prompt_tokens(p) for p in prompts], np.float64)
-    C = ptok[:, None] * pin[None, :] + (out + hidden[None, :]) * pout[None, :]
+    C, _ = router.predict_cost(X, rows, ptok)
     return Q, C
 
 
@@ -164,7 +148,7 @@ def evaluate(router: Router, data: RoutingData, rows: np.ndarray, catalog: Catal
 def format_table(results: dict, extra_rows: dict | None = None) -> str:
     """Markdown table: per source, AIQ / OGR / Gain / Save of router and baselines."""
     lines = ["| source | method | AIQ | OGR | Gain (pts) | Save | best acc |", "|---|---|---|---|---|---|---|"]
-    f = lambda x, p=4: "—" if x is None else (f"{x:.{p}f}" if isinstance(x, float) else str(x))  # noqa: E731
+    f = lambda x, p=4: "—" if x is None else (f"{x:.{p}f}" if isinstance(x, float) else str(x))
     for src, r in results.items():
         rows = [("router", r["router"]), ("random", r["random"])]
         rows += [(k, v) for k, v in (extra_rows or {}).get(src, {}).items()]

@@ -50,7 +50,7 @@ class Summary:
     points: np.ndarray
 
     def as_dict(self) -> dict:
-        f = lambda x: None if (x is None or (isinstance(x, float) and math.isnan(x))) else round(float(x), 4)  # noqa: E731
+        f = lambda x: None if (x is None or (isinstance(x, float) and math.isnan(x))) else round(float(x), 4)
         return {"aiq": f(self.aiq), "ogr": f(self.ogr), "gain_pts": f(self.gain_pts), "save": f(self.save),
                 "best_acc": f(self.best_acc)}
 

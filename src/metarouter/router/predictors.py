@@ -28,7 +28,7 @@ class KNNPredictor:
         E = np.asarray(X, np.float32)[:, : self.emb_dims] if self.emb_dims else np.asarray(X, np.float32)
         return E / (np.linalg.norm(E, axis=1, keepdims=True) + 1e-9)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> "KNNPredictor":
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNPredictor:
         self.X_ = self._emb(X)
         self.mask_ = ~np.isnan(Y)
         self.Y_ = np.nan_to_num(Y).astype(np.float32)
@@ -52,7 +52,7 @@ class KNNPredictor:
                 "prior": self.prior_, "k": np.array(self.k), "alpha": np.array(self.alpha)}
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> "KNNPredictor":
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> KNNPredictor:
         p = cls(k=int(a["k"]), alpha=float(a["alpha"]))
         p.X_, p.Y_, p.mask_, p.prior_ = a["X"].astype(np.float32), a["Y"].astype(np.float32), a["mask"], a["prior"]
         return p
@@ -64,7 +64,7 @@ class MFPredictor:
         self.dim, self.l2, self.l2_model, self.lr, self.epochs, self.seed = dim, l2, l2_model, lr, epochs, seed
         self.sample_weight_power = sample_weight_power
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, col_weight: np.ndarray | None = None) -> "MFPredictor":
+    def fit(self, X: np.ndarray, Y: np.ndarray, col_weight: np.ndarray | None = None) -> MFPredictor:
         """``col_weight`` (models,) scales each model's loss (e.g. catalog models count more)."""
         X = np.asarray(X, np.float64)
         n, d = X.shape
@@ -110,7 +110,7 @@ class MFPredictor:
         return {"W": self.W_, "b": self.b_, "U": self.U_, "c": self.c_}
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> "MFPredictor":
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> MFPredictor:
         p = cls(dim=a["W"].shape[1])
         p.W_, p.b_, p.U_, p.c_ = (a[k].astype(np.float32) for k in ("W", "b", "U", "c"))
         return p
@@ -122,7 +122,7 @@ class LengthModel:
     def __init__(self, l2: float = 1.0, iters: int = 5):
         self.l2, self.iters = l2, iters
 
-    def fit(self, X: np.ndarray, L: np.ndarray) -> "LengthModel":
+    def fit(self, X: np.ndarray, L: np.ndarray) -> LengthModel:
         X = np.asarray(X, np.float64)
         mask = ~np.isnan(L) & (np.nan_to_num(L) > 0)
         logL = np.log(np.where(mask, L, 1.0))

@@ -27,6 +27,27 @@ from .predictors import LengthModel, MFPredictor
 
 SEED = 0
 MIN_LABELS = 150  # a model with fewer labels than this gets prior parameters
+CAT_SCALE = 3.0  # the category posterior enters the MF tower scaled by this
+MF_WEIGHT = 0.7  # quality = 0.7 · MF + 0.3 · category accuracy table (tuned on an inner validation split)
+
+
+def softmax(S: np.ndarray) -> np.ndarray:
+    S = S - S.max(1, keepdims=True)
+    E = np.exp(S)
+    return E / E.sum(1, keepdims=True)
+
+
+def fit_category_classifier(X: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (scikit-learn, C=10); a single class gives a constant posterior."""
+    if k < 2:
+        return np.zeros((X.shape[1], 1), np.float32), np.zeros(1, np.float32)
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=10.0, max_iter=3000, random_state=SEED).fit(X, y)
+    W, b = clf.coef_.T, clf.intercept_
+    if W.shape[1] == 1:  # binary: sklearn keeps one column
+        W, b = np.hstack([-W / 2, W / 2]), np.array([-b[0] / 2, b[0] / 2])
+    return W.astype(np.float32), b.astype(np.float32)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -132,11 +153,16 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
     X[:, dims:] = (raw[:, dims:] - fmean) / fstd
     _log(f"encoder: {len(vocab)} rows × {dims}; encoded in {time.time() - t0:.0f}s", quiet)
 
-    # 2. quality: MF over every labelled column (catalog models weigh double)
+    # 2. quality: a prompt-category classifier (dataset labels; one class for a single-source CSV), then MF over
+    #    every labelled column (catalog models weigh double) with the category posterior as extra input.
     cat = default_catalog()
+    cats = sorted(set(tr.datasets))
+    Wc, bc = fit_category_classifier(X, np.array([cats.index(x) for x in tr.datasets]), len(cats))
+    Pk = softmax(X @ Wc + bc)
+    X2 = np.hstack([X, CAT_SCALE * Pk]).astype(np.float32)
     col_is_cat = np.array([m in tr.catalog_ids for m in tr.models])
     cw = np.where(col_is_cat, 2.0, 1.0)
-    mf = MFPredictor(dim=mf_dim, epochs=epochs, seed=SEED).fit(X, tr.correct, col_weight=cw)
+    mf = MFPredictor(dim=mf_dim, l2=1e-4, l2_model=1e-4, epochs=epochs, seed=SEED).fit(X2, tr.correct, col_weight=cw)
     lm = LengthModel().fit(X, tr.out_chars)
     _log(f"predictors fitted in {time.time() - t0:.0f}s", quiet)
 
@@ -150,7 +176,7 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
                                 max_output_tokens=None, input_pico=0, output_pico=0))
     n_lab = np.array([(~np.isnan(tr.correct[:, col_of[m.id.lower()]])).sum() if m.id.lower() in col_of else 0
                       for m in models])
-    Z = mf.embed(X)
+    Z = mf.embed(X2)
     H = mf_dim
     U = np.zeros((len(models), H), np.float32)
     c = np.zeros(len(models), np.float32)
@@ -188,6 +214,16 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
                 lo[i] = p[H + 1]
             prior_weight[i] = 1.0
     lo = np.where(np.isnan(lo), fill, lo)
+    # per-category accuracy of each routable model: labels where present, else the MF prediction
+    ki = np.array([cats.index(x) for x in tr.datasets])
+    Ql = 1 / (1 + np.exp(-(Z @ U.T + c)))
+    Yf = Ql.copy()
+    for i, m in enumerate(models):
+        j = col_of.get(m.id.lower())
+        if j is not None and good[i]:
+            Yf[:, i] = np.where(np.isnan(tr.correct[:, j]), Ql[:, i], tr.correct[:, j])
+    A = np.stack([Yf[ki == k].mean(0) for k in range(len(cats))]).astype(np.float32)
+    pq = (MF_WEIGHT * Ql.mean(0) + (1 - MF_WEIGHT) * (Pk @ A).mean(0)).astype(np.float32)
 
     # 4. familiarity: cosine to k-means centroids of the training prompts
     E = X[:, :dims] / (np.linalg.norm(X[:, :dims], axis=1, keepdims=True) + 1e-9)
@@ -198,7 +234,8 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
 
     arrays = {
         "table": table.astype(np.float16), "sif": sif.astype(np.float16), "feat_mean": fmean.astype(np.float32),
-        "feat_std": fstd.astype(np.float32), "W": mf.W_, "b": mf.b_, "U": U, "c": c, "prior_q": pq,
+        "feat_std": fstd.astype(np.float32), "Wc": Wc.astype(np.float32), "bc": bc.astype(np.float32),
+        "cat_acc": A.T.copy(), "W": mf.W_, "b": mf.b_, "U": U, "c": c, "prior_q": pq,
         "prior_weight": prior_weight, "len_w": lm.w_, "len_w0": np.array(lm.w0_, np.float32), "len_offset": lo,
         "prior_coef": prior_coef.astype(np.float32), "centroids": cents.astype(np.float32),
         "conf_range": np.array([conf_lo, conf_hi], np.float32),
@@ -208,7 +245,8 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         digest.update(np.ascontiguousarray(arrays[k]).tobytes())
     meta = {
         "version": "mf-" + digest.hexdigest()[:12], "default_tradeoff": 3.0, "dims": dims, "mf_dim": mf_dim,
-        "epochs": epochs, "seed": SEED, "holdout": holdout, "n_train_prompts": len(tr),
+        "epochs": epochs, "seed": SEED, "categories": cats,
+        "cat_scale": CAT_SCALE, "mf_weight": MF_WEIGHT, "holdout": holdout, "n_train_prompts": len(tr),
         "train_sources": sorted(set(tr.sources)), "arena_scores": arena, "n_labels": {m.id: int(n) for m, n in zip(models, n_lab)},
     }
     out = Path(out)
