@@ -112,6 +112,10 @@ class Router:
         self.mf_weight = float(meta.get("mf_weight", 0.7))
         self.W = arrays["W"].astype(np.float32)
         self.b = arrays["b"].astype(np.float32)
+        d_in = arrays["feat_mean"].shape[0] + arrays["table"].shape[1]
+        self.W_x = np.ascontiguousarray(self.W[:d_in])  # prompt vector part of the MF tower
+        self.W_k = np.ascontiguousarray(self.cat_scale * self.W[d_in:])  # category-posterior part
+        self._stacked: dict[tuple, dict[str, np.ndarray]] = {}
         self.U = arrays["U"].astype(np.float32)
         self.c = arrays["c"].astype(np.float32)
         self.prior_q = arrays["prior_q"].astype(np.float32)
@@ -125,7 +129,7 @@ class Router:
         self.arena = {k: float(v) for k, v in meta.get("arena_scores", {}).items()}
         self.index = {m.lower(): i for i, m in enumerate(model_ids)}
         self.model_ids = list(model_ids)
-        self._rows: dict[Model, tuple] = {}
+        self._rows: dict[str, tuple[Model, tuple]] = {}
         self._lock = threading.Lock()
         self.dim = self.encoder.dim
 
@@ -143,13 +147,15 @@ class Router:
             f = np.delete(f, 1)
         else:
             coef = self.prior_coef[0]
-            f = f
         out = f @ coef[: len(f)]
         h = self.U.shape[1]
         return out[:h], float(out[h]), float(out[h + 1]), float(out[h + 2])
 
     def _row(self, m: Model) -> tuple:
-        row = self._rows.get(m)
+        hit = self._rows.get(m.id)  # keyed by id, checked by identity: hashing a Model hashes all its fields
+        if hit is not None and (hit[0] is m or hit[0] == m):
+            return hit[1]
+        row = None
         if row is None:
             i = self.index.get(m.id.lower())
             if i is not None:
@@ -163,7 +169,7 @@ class Router:
             hidden = int(m.hidden_reasoning_tokens or 0)
             row = (u, c, lo, pq, pw, m.input_pico / 1e12, m.output_pico / 1e12, hidden, acc)
             with self._lock:
-                self._rows[m] = row
+                self._rows[m.id] = (m, row)
         return row
 
     # -- checks ---------------------------------------------------------------------------------------------------
@@ -198,19 +204,36 @@ class Router:
         sim = (X[:, : self.dim] @ self.centroids.T).max(1)
         return np.clip((sim - self.conf_lo) / (self.conf_hi - self.conf_lo), 0.0, 1.0)
 
+    def stacked(self, rows: Sequence[tuple]) -> dict[str, np.ndarray]:
+        """Per-model parameters of a candidate set as arrays (cached: the same sets recur request after request)."""
+        key = tuple(map(id, rows))
+        st = self._stacked.get(key)
+        if st is None:
+            st = {
+                "UT": np.ascontiguousarray(np.stack([r[0] for r in rows]).T), "c": np.array([r[1] for r in rows], np.float32),
+                "accT": np.ascontiguousarray(np.stack([r[8] for r in rows]).T),
+                "lo": np.array([r[2] for r in rows], np.float32), "pq": np.array([r[3] for r in rows], np.float32),
+                "pw": np.array([r[4] for r in rows], np.float32), "pin": np.array([r[5] for r in rows], np.float64),
+                "pout": np.array([r[6] for r in rows], np.float64), "hidden": np.array([r[7] for r in rows], np.float64),
+                "rows": rows,  # keeps the ids in the key alive
+            }
+            with self._lock:
+                if len(self._stacked) > 256:
+                    self._stacked.clear()
+                self._stacked[key] = st
+        return st
+
     def predict_quality(self, X: np.ndarray, rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(good answer) (prompts × models), how much each leans on priors, and each prompt's familiarity."""
+        st = self.stacked(rows)
         S = X @ self.Wc + self.bc
         S -= S.max(1, keepdims=True)
         Pk = np.exp(S)
         Pk /= Pk.sum(1, keepdims=True)
-        Z = np.tanh(np.hstack([X, self.cat_scale * Pk]) @ self.W + self.b)
-        U = np.stack([r[0] for r in rows])
-        c = np.array([r[1] for r in rows], np.float32)
-        acc = np.stack([r[8] for r in rows])
-        q_learned = self.mf_weight * 0.5 * (1.0 + np.tanh(0.5 * (Z @ U.T + c))) + (1 - self.mf_weight) * (Pk @ acc.T)
-        pq = np.array([r[3] for r in rows], np.float32)
-        pw_model = np.array([r[4] for r in rows], np.float32)
+        Z = np.tanh(X @ self.W_x + Pk @ self.W_k + self.b)
+        q_learned = self.mf_weight * 0.5 * (1.0 + np.tanh(0.5 * (Z @ st["UT"] + st["c"]))) + \
+            (1 - self.mf_weight) * (Pk @ st["accT"])
+        pq, pw_model = st["pq"], st["pw"]
         fam = self.familiarity(X)
         pw = 1.0 - fam[:, None] * (1.0 - pw_model[None, :])  # unfamiliar prompt or prior-only model → prior
         # Prior-only models keep half of their (prior-parameter) prompt-dependent prediction.
@@ -220,16 +243,14 @@ class Router:
     def predict_cost(self, X: np.ndarray, rows: Sequence[tuple], prompt_tokens: np.ndarray,
                      max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Predicted cost in USD and billed output tokens (visible + hidden reasoning), prompts × models."""
+        st = self.stacked(rows)
         shared = X @ self.len_w + self.len_w0
-        lo = np.array([r[2] for r in rows], np.float32)
-        out_tok = np.exp(shared[:, None] + lo[None, :]) / CHARS_PER_TOKEN
+        out_tok = np.exp(shared[:, None] + st["lo"][None, :]) / CHARS_PER_TOKEN
         if max_tokens:
             out_tok = np.minimum(out_tok, max_tokens)
-        hidden = np.array([r[7] for r in rows], np.float64)
-        pin = np.array([r[5] for r in rows], np.float64)
-        pout = np.array([r[6] for r in rows], np.float64)
-        billed = out_tok + hidden[None, :]
-        return np.asarray(prompt_tokens, np.float64)[:, None] * pin[None, :] + billed * pout[None, :], billed
+        billed = out_tok + st["hidden"][None, :]
+        return np.asarray(prompt_tokens, np.float64)[:, None] * st["pin"][None, :] + billed * st["pout"][None, :], \
+            billed
 
     def predict(self, x: np.ndarray, rows: Sequence[tuple], prompt_tokens: int,
                 max_tokens: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
@@ -262,7 +283,7 @@ class Router:
                 excluded.append((m.id, why))
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
-        x = self.encoder.encode(messages)
+        x = self.encoder.encode(messages, segs)
         rows = [self._row(m) for m in kept]
         q, cost, out_tok, pw, fam = self.predict(x, rows, prompt_tokens, c.max_tokens)
         if c.max_price_request is not None:
@@ -278,14 +299,13 @@ class Router:
                     return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
         lam = tradeoff_lambda(t)
         score = q - lam * cost
-        order = np.lexsort((cost, -score))
+        order = np.lexsort((cost, -score)).tolist()
         qmax, cmin = float(q.max()), float(cost.min())
+        ql, cl, sl, pl, ol = q.tolist(), cost.tolist(), score.tolist(), pw.tolist(), np.rint(out_tok).tolist()
         ranked: list[Candidate] = []
         for rank, i in enumerate(order):
-            qi, ci = float(q[i]), float(cost[i])
-            reason = self._reason(rank, qi, ci, qmax, cmin, float(pw[i]), t, len(kept)) if explain else ""
-            ranked.append(Candidate(kept[i].id, qi, ci, prompt_tokens, int(round(float(out_tok[i]))), reason,
-                                    float(score[i]), float(pw[i])))
+            reason = self._reason(rank, ql[i], cl[i], qmax, cmin, pl[i], t, len(kept)) if explain else ""
+            ranked.append(Candidate(kept[i].id, ql[i], cl[i], prompt_tokens, int(ol[i]), reason, sl[i], pl[i]))
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
 
     @staticmethod

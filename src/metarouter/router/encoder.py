@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable
 from typing import Any
@@ -21,20 +22,33 @@ import numpy as np
 
 HEAD_CHARS = 12_000  # ≈ 3,000 tokens
 TAIL_CHARS = 12_000
+FEATURE_WINDOW = 1_000
 
 _TOKEN_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_", re.UNICODE)
 
-# Hand features: each a cheap regex count or length, on the last user message (or whole text).
-_CODE_RE = re.compile(r"```|\bdef |\breturn\b|\bassert\b|\bimport |\bfunction\b|[{};]|=>|==|\bclass ")
-_MATH_RE = re.compile(r"\\frac|\\sqrt|\\[a-z]+\{|\$|\^|\\\(|\d\s*[-+*/=]\s*\d")
-_DIGIT_RE = re.compile(r"\d")
-_OPTION_RE = re.compile(r"(?m)^\s*(?:\(?[A-J][).:]|[A-J]\s*[-:])\s")
-_NONASCII_RE = re.compile(r"[^\x00-\x7f]")
+# Hand features come from token counts: each table row carries, after its embedding, a few count columns
+# (is it a code marker, a maths marker, a number, ...), so one gather gives both the embedding and the counts.
+_CODE_TOKENS = frozenset(["{", "}", ";", "`", "def", "return", "assert", "import", "function", "class", "lambda", "self", "print", "const", "var", "void", "elif"])
+_MATH_TOKENS = frozenset(["\\", "$", "^", "+", "=", "*", "/", "<", ">", "frac", "sqrt", "cdot", "times", "pi", "theta", "equation", "integral"])
+_COUNT_COLUMNS = ("code", "math", "number", "question", "nonascii", "punct")
 
 FEATURE_NAMES = (
-    "log_chars", "log_total_chars", "n_turns", "code_density", "math_density", "digit_frac", "question_marks",
-    "options", "non_ascii_frac", "newline_density", "has_system", "has_image",
+    "log_chars", "log_total_chars", "log_turns", "log_tokens", "code_density", "math_density", "number_density",
+    "question_marks", "nonascii_density", "punct_density", "newline_density", "has_system", "has_image",
 )
+
+
+def count_columns(token: str) -> list[float]:
+    """The count columns of one vocabulary entry (``##`` pieces count as their text)."""
+    t = token.removeprefix("##")
+    return [
+        float(t in _CODE_TOKENS),
+        float(t in _MATH_TOKENS),
+        float(t.isdigit()),
+        float(t == "?"),
+        float(not t.isascii()),
+        float(len(t) == 1 and not t.isalnum()),
+    ]
 
 ROLE_WEIGHT = {"system": 0.3, "developer": 0.3, "assistant": 0.5, "tool": 0.3, "user": 0.7}
 LAST_USER_WEIGHT = 2.0
@@ -76,13 +90,22 @@ class StaticEncoder:
     """Static-embedding encoder. ``vocab`` maps table rows to strings (``##x`` = continuation piece)."""
 
     def __init__(self, vocab: list[str], table: np.ndarray, weights: np.ndarray, feat_mean: np.ndarray,
-                 feat_std: np.ndarray, cache_size: int = 200_000):
+                 feat_std: np.ndarray, cache_size: int = 100_000, chunk_rows: int = 32_768):
         self.vocab = list(vocab)
-        self.table = np.ascontiguousarray(table, dtype=np.float32)  # rows already scaled by their SIF weight
-        self.weights = np.asarray(weights, np.float32)
+        v, self.dim = np.asarray(table).shape
+        self.n_vocab = v
+        # Rows already scaled by their SIF weight, then the raw count columns. Spare rows at the end hold whole
+        # multi-piece chunks ("eggs.", "tokenisation") as the sum of their pieces: every whitespace chunk is one row.
+        nc = len(_COUNT_COLUMNS)
+        self.table = np.zeros((v + chunk_rows, self.dim + nc), np.float32)
+        self.table[:v, : self.dim] = table
+        self.table[:v, self.dim:] = [count_columns(t) for t in self.vocab]
+        self.weights = np.zeros(v + chunk_rows, np.float32)
+        self.weights[:v] = weights
+        self._zero_row = v  # stays all-zero, weight 0: chunks without content (e.g. a lone "_")
+        self._n_rows = v + 1
         self.feat_mean = np.asarray(feat_mean, np.float32)
         self.feat_std = np.asarray(feat_std, np.float32)
-        self.dim = self.table.shape[1]
         self.n_features = len(FEATURE_NAMES)
         self.out_dim = self.dim + self.n_features
         self._word: dict[str, int] = {}
@@ -92,9 +115,12 @@ class StaticEncoder:
                 self._piece[tok[2:]] = i
             else:
                 self._word.setdefault(tok, i)
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._cache: dict[str, tuple[int, ...]] = {}  # word / chunk -> vocabulary ids (bounded)
         self._cache_size = cache_size
+        self._chunk_row: dict[str, int] = dict(self._word)  # whitespace chunk -> one table row
+        self._lock = threading.Lock()
         self._unk = self._word.get("[UNK]", 0)
+        self._ones = np.ones(8192, np.float32)
 
     # -- tokenisation -------------------------------------------------------------------------------------------
     def _wordpiece(self, word: str) -> tuple[int, ...]:
@@ -124,46 +150,108 @@ class StaticEncoder:
                 out.append(found)
                 start = end
             ids = tuple(out[:8])
-        if len(self._cache) < self._cache_size:
-            self._cache[word] = ids
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[word] = ids
         return ids
 
-    def token_ids(self, text: str) -> list[int]:
+    def _chunk_ids(self, chunk: str) -> tuple[int, ...]:
+        """Vocabulary ids of one whitespace-free chunk (``eggs.`` → ``eggs`` ``.``)."""
+        ids = self._cache.get(chunk)
+        if ids is not None:
+            return ids
         get = self._word.get
         out: list[int] = []
-        append = out.append
-        for tok in _TOKEN_RE.findall(clip(text).lower()):
+        for tok in _TOKEN_RE.findall(chunk):
             j = get(tok)
             if j is not None:
-                append(j)
+                out.append(j)
             elif tok.isdigit() and len(tok) > 4:
-                append(get(tok[:4], self._unk))
+                out.append(get(tok[:4], self._unk))
             else:
                 out.extend(self._wordpiece(tok))
+        ids = tuple(out)
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[chunk] = ids
+        return ids
+
+    def token_ids(self, text: str, lowered: bool = False) -> list[int]:
+        """Vocabulary ids of a text: whitespace chunks, each a vocabulary word or split by regex + WordPiece."""
+        get = self._word.get
+        out: list[int] = []
+        for chunk in (text if lowered else clip(text).lower()).split():
+            j = get(chunk)
+            if j is not None:
+                out.append(j)
+            else:
+                out.extend(self._chunk_ids(chunk))
         return out
 
-    # -- encoding -----------------------------------------------------------------------------------------------
-    def _embed_ids(self, ids: list[int]) -> tuple[np.ndarray, float]:
-        if not ids:
-            return np.zeros(self.dim, np.float32), 0.0
-        arr = np.fromiter(ids, np.intp, len(ids))
-        return self.table[arr].sum(0), float(self.weights[arr].sum())
+    def _chunk_to_row(self, chunk: str) -> int:
+        """A table row for a chunk outside the vocabulary: its single piece, or a new row summing its pieces."""
+        ids = self._chunk_ids(chunk)
+        if len(ids) == 1:
+            row = ids[0]
+        elif not ids:
+            row = self._zero_row
+        else:
+            with self._lock:
+                row = self._chunk_row.get(chunk)
+                if row is not None:
+                    return row
+                if self._n_rows >= len(self.table):
+                    self._new_generation()
+                row = self._n_rows
+                idx = np.array(ids)
+                self.table[row] = self.table[idx].sum(0)  # embedding and counts alike
+                self.weights[row] = self.weights[idx].sum()
+                self._n_rows += 1
+        self._chunk_row[chunk] = row
+        return row
 
-    def hand_features(self, last: str, total_chars: int, n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
-        n = max(len(last), 1)
+    def _new_generation(self) -> None:
+        """Spare rows exhausted: forget the chunks that use them (vocabulary words stay) and start refilling.
+
+        Keeps memory bounded; chunks seen again get a row again on their next use. (Called under the lock; a
+        concurrent reader may, in a rare race, read one re-used row: a one-chunk error in one embedding.)
+        """
+        first = self._zero_row + 1
+        self._chunk_row = {k: r for k, r in self._chunk_row.items() if r < first}
+        self._n_rows = first
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+
+    def rows(self, low: str) -> list[int]:
+        """One table row per whitespace chunk of a lower-cased text."""
+        chunks = low.split()
+        rows = list(map(self._chunk_row.get, chunks))
+        if None in rows:
+            for k, r in enumerate(rows):
+                if r is None:
+                    rows[k] = self._chunk_to_row(chunks[k])
+        return rows
+
+    # -- encoding -----------------------------------------------------------------------------------------------
+    def _embed_text(self, low: str) -> tuple[np.ndarray, float, int]:
+        """Sum of the rows of a lower-cased text (SIF-scaled embedding + counts), their weight sum, row count."""
+        rows = self.rows(low)
+        n = len(rows)
+        if not n:
+            return np.zeros(self.table.shape[1], np.float32), 0.0, 0
+        arr = np.array(rows, np.intp)
+        tot = self._ones[:n] @ self.table[arr] if n <= len(self._ones) else self.table[arr].sum(0)
+        return tot, float(self.weights[arr].sum()), n
+
+    def hand_features(self, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int, total_chars: int,
+                      n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
+        """Prompt statistics of the last user message from its token counts (standardised)."""
+        n = max(n_tokens, 1)
+        code, mathm, number, question, nonascii, punct = counts.tolist()
         f = np.array([
-            math.log1p(len(last)),
-            math.log1p(total_chars),
-            math.log1p(n_turns),
-            len(_CODE_RE.findall(last)) * 100.0 / n,
-            len(_MATH_RE.findall(last)) * 100.0 / n,
-            len(_DIGIT_RE.findall(last)) / n,
-            min(last.count("?"), 10),
-            min(len(_OPTION_RE.findall(last)), 10),
-            len(_NONASCII_RE.findall(last)) / n,
-            last.count("\n") * 100.0 / n,
-            float(has_system),
-            float(has_image),
+            math.log1p(n_chars), math.log1p(total_chars), math.log1p(n_turns), math.log1p(n_tokens),
+            code * 100.0 / n, mathm * 100.0 / n, number * 100.0 / n, min(question, 10.0), nonascii * 100.0 / n,
+            punct * 100.0 / n, newlines * 100.0 / max(n_chars, 1), float(has_system), float(has_image),
         ], np.float32)
         return (f - self.feat_mean) / self.feat_std
 
@@ -198,35 +286,31 @@ class StaticEncoder:
         has_system = any(r in ("system", "developer") for r, _ in texts)
         return segs, last, total, n_turns, has_system, has_image
 
-    def encode(self, messages: list[dict] | str) -> np.ndarray:
+    def encode(self, messages: list[dict] | str, parsed: tuple | None = None, raw: bool = False) -> np.ndarray:
         """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features)."""
-        segs, last, total, n_turns, has_system, has_image = self.parse(messages)
-        vec = np.zeros(self.dim, np.float32)
-        wsum = 0.0
+        segs, last, total, n_turns, has_system, has_image = parsed or self.parse(messages)
+        d = self.dim
+        vec = np.zeros(d, np.float32)
+        counts, n_tok, n_chars, newlines = None, 0, len(last), last.count("\n")
         for text, w in segs:
-            v, s = self._embed_ids(self.token_ids(text))
+            tot, s, n = self._embed_text(clip(text).lower())
             if s > 0:
-                vec += (w / s) * v
-                wsum += w
-        if wsum > 0:
-            norm = float(np.sqrt(vec @ vec))
-            if norm > 0:
-                vec /= norm
-        feats = self.hand_features(clip(last), total, n_turns, has_system, has_image)
+                vec += (w / s) * tot[:d]
+            if counts is None and w == LAST_USER_WEIGHT:
+                counts, n_tok = tot[d:], n
+        norm = float(np.sqrt(vec @ vec))
+        if norm > 0:
+            vec /= norm
+        if counts is None:
+            counts = np.zeros(len(_COUNT_COLUMNS), np.float32)
+        feats = self.hand_features(counts, n_tok, n_chars, newlines, total, n_turns, has_system, has_image)
+        if raw:
+            feats = feats * self.feat_std + self.feat_mean
         return np.concatenate([vec, feats])
 
     def encode_many(self, items: Iterable[list[dict] | str]) -> np.ndarray:
+        items = list(items)
         return np.stack([self.encode(x) for x in items]) if items else np.zeros((0, self.out_dim), np.float32)
-
-    def raw_features(self, messages: list[dict] | str) -> np.ndarray:
-        """Unstandardised hand features (training computes their mean and std from these)."""
-        segs, last, total, n_turns, has_system, has_image = self.parse(messages)
-        mean, std = self.feat_mean, self.feat_std
-        self.feat_mean, self.feat_std = np.zeros_like(mean), np.ones_like(std)
-        try:
-            return self.hand_features(clip(last), total, n_turns, has_system, has_image)
-        finally:
-            self.feat_mean, self.feat_std = mean, std
 
 
 def estimate_prompt_tokens(messages: list[dict] | str) -> int:
