@@ -126,6 +126,8 @@ class Router:
         self.prior_coef = arrays["prior_coef"].astype(np.float32)  # meta features -> [U | c | len_offset | prior_q]
         self.centroids = arrays["centroids"].astype(np.float32)
         self.conf_lo, self.conf_hi = float(arrays["conf_range"][0]), float(arrays["conf_range"][1])
+        self.cov_lo, self.cov_hi = float(arrays["cov_range"][0]), float(arrays["cov_range"][1])
+        self.fam_mu = arrays["fam_mu"].astype(np.float32)
         self.arena = {k: float(v) for k, v in meta.get("arena_scores", {}).items()}
         self.index = {m.lower(): i for i, m in enumerate(model_ids)}
         self.model_ids = list(model_ids)
@@ -197,12 +199,20 @@ class Router:
         return None
 
     # -- prediction -----------------------------------------------------------------------------------------------
-    def familiarity(self, X: np.ndarray) -> np.ndarray:
-        """Per prompt: 1 = like the training prompts, 0 = unlike them (cosine to the training centroids)."""
-        if not self.centroids.size or self.conf_hi <= self.conf_lo:
-            return np.ones(len(X), np.float32)
-        sim = (X[:, : self.dim] @ self.centroids.T).max(1)
-        return np.clip((sim - self.conf_lo) / (self.conf_hi - self.conf_lo), 0.0, 1.0)
+    def familiarity(self, X: np.ndarray, coverage: np.ndarray | None = None) -> np.ndarray:
+        """Per prompt: 1 = like the training prompts, 0 = unlike them.
+
+        The lower of two signs: cosine of the (centred) embedding to the nearest training centroid, and the share
+        of the last message's words that training saw (``coverage``).
+        """
+        E = X[:, : self.dim] - self.fam_mu
+        E /= np.sqrt((E * E).sum(1, keepdims=True)) + 1e-9
+        sim = (E @ self.centroids.T).max(1)
+        fam = np.clip((sim - self.conf_lo) / max(self.conf_hi - self.conf_lo, 1e-6), 0.0, 1.0)
+        if coverage is not None:
+            cov = np.clip((np.asarray(coverage, np.float32) - self.cov_lo) / (self.cov_hi - self.cov_lo), 0.0, 1.0)
+            fam = np.minimum(fam, cov)
+        return fam
 
     def stacked(self, rows: Sequence[tuple]) -> dict[str, np.ndarray]:
         """Per-model parameters of a candidate set as arrays (cached: the same sets recur request after request)."""
@@ -223,7 +233,8 @@ class Router:
                 self._stacked[key] = st
         return st
 
-    def predict_quality(self, X: np.ndarray, rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_quality(self, X: np.ndarray, rows: Sequence[tuple], coverage: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """P(good answer) (prompts × models), how much each leans on priors, and each prompt's familiarity."""
         st = self.stacked(rows)
         S = X @ self.Wc + self.bc
@@ -234,7 +245,7 @@ class Router:
         q_learned = self.mf_weight * 0.5 * (1.0 + np.tanh(0.5 * (Z @ st["UT"] + st["c"]))) + \
             (1 - self.mf_weight) * (Pk @ st["accT"])
         pq, pw_model = st["pq"], st["pw"]
-        fam = self.familiarity(X)
+        fam = self.familiarity(X, coverage)
         pw = 1.0 - fam[:, None] * (1.0 - pw_model[None, :])  # unfamiliar prompt or prior-only model → prior
         # Prior-only models keep half of their (prior-parameter) prompt-dependent prediction.
         Q = np.where(pw_model >= 1.0, 0.5 * q_learned + 0.5 * pq, (1 - pw) * q_learned + pw * pq)
@@ -252,11 +263,11 @@ class Router:
         return np.asarray(prompt_tokens, np.float64)[:, None] * st["pin"][None, :] + billed * st["pout"][None, :], \
             billed
 
-    def predict(self, x: np.ndarray, rows: Sequence[tuple], prompt_tokens: int,
-                max_tokens: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    def predict(self, x: np.ndarray, rows: Sequence[tuple], prompt_tokens: int, max_tokens: int | None,
+                coverage: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """One prompt: quality, cost (USD), billed output tokens, prior weight per row, and familiarity."""
         X = x[None, :]
-        Q, pw, fam = self.predict_quality(X, rows)
+        Q, pw, fam = self.predict_quality(X, rows, np.array([coverage]))
         C, out = self.predict_cost(X, rows, np.array([prompt_tokens]), max_tokens)
         return Q[0], C[0], out[0], pw[0], float(fam[0])
 
@@ -283,9 +294,9 @@ class Router:
                 excluded.append((m.id, why))
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
-        x = self.encoder.encode(messages, segs)
+        x, coverage = self.encoder.encode(messages, segs, with_coverage=True)
         rows = [self._row(m) for m in kept]
-        q, cost, out_tok, pw, fam = self.predict(x, rows, prompt_tokens, c.max_tokens)
+        q, cost, out_tok, pw, fam = self.predict(x, rows, prompt_tokens, c.max_tokens, coverage)
         if c.max_price_request is not None:
             over = cost > c.max_price_request
             if over.any():

@@ -30,7 +30,7 @@ _TOKEN_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_", re.UNICODE)
 # (is it a code marker, a maths marker, a number, ...), so one gather gives both the embedding and the counts.
 _CODE_TOKENS = frozenset(["{", "}", ";", "`", "def", "return", "assert", "import", "function", "class", "lambda", "self", "print", "const", "var", "void", "elif"])
 _MATH_TOKENS = frozenset(["\\", "$", "^", "+", "=", "*", "/", "<", ">", "frac", "sqrt", "cdot", "times", "pi", "theta", "equation", "integral"])
-_COUNT_COLUMNS = ("code", "math", "number", "question", "nonascii", "punct")
+_COUNT_COLUMNS = ("code", "math", "number", "question", "nonascii", "punct", "unseen")
 
 FEATURE_NAMES = (
     "log_chars", "log_total_chars", "log_turns", "log_tokens", "code_density", "math_density", "number_density",
@@ -99,7 +99,10 @@ class StaticEncoder:
         nc = len(_COUNT_COLUMNS)
         self.table = np.zeros((v + chunk_rows, self.dim + nc), np.float32)
         self.table[:v, : self.dim] = table
-        self.table[:v, self.dim:] = [count_columns(t) for t in self.vocab]
+        self.table[:v, self.dim: self.dim + nc - 1] = [count_columns(t) for t in self.vocab]
+        # "unseen": never in the training corpus (SIF weight 1) or unknown — measures how familiar a prompt's words are
+        w = np.asarray(weights, np.float32)
+        self.table[:v, -1] = (w >= 0.999) | (np.array(self.vocab) == "[UNK]")
         self.weights = np.zeros(v + chunk_rows, np.float32)
         self.weights[:v] = weights
         self._zero_row = v  # stays all-zero, weight 0: chunks without content (e.g. a lone "_")
@@ -247,7 +250,7 @@ class StaticEncoder:
                       n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
         """Prompt statistics of the last user message from its token counts (standardised)."""
         n = max(n_tokens, 1)
-        code, mathm, number, question, nonascii, punct = counts.tolist()
+        code, mathm, number, question, nonascii, punct = counts.tolist()[:6]
         f = np.array([
             math.log1p(n_chars), math.log1p(total_chars), math.log1p(n_turns), math.log1p(n_tokens),
             code * 100.0 / n, mathm * 100.0 / n, number * 100.0 / n, min(question, 10.0), nonascii * 100.0 / n,
@@ -286,8 +289,12 @@ class StaticEncoder:
         has_system = any(r in ("system", "developer") for r, _ in texts)
         return segs, last, total, n_turns, has_system, has_image
 
-    def encode(self, messages: list[dict] | str, parsed: tuple | None = None, raw: bool = False) -> np.ndarray:
-        """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features)."""
+    def encode(self, messages: list[dict] | str, parsed: tuple | None = None, raw: bool = False,
+               with_coverage: bool = False):
+        """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features).
+
+        ``with_coverage``: also return the share of the last user message's tokens seen in training (0–1).
+        """
         segs, last, total, n_turns, has_system, has_image = parsed or self.parse(messages)
         d = self.dim
         vec = np.zeros(d, np.float32)
@@ -306,7 +313,10 @@ class StaticEncoder:
         feats = self.hand_features(counts, n_tok, n_chars, newlines, total, n_turns, has_system, has_image)
         if raw:
             feats = feats * self.feat_std + self.feat_mean
-        return np.concatenate([vec, feats])
+        x = np.concatenate([vec, feats])
+        if with_coverage:
+            return x, (1.0 - float(counts[-1]) / n_tok) if n_tok else 1.0
+        return x
 
     def encode_many(self, items: Iterable[list[dict] | str]) -> np.ndarray:
         items = list(items)

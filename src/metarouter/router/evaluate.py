@@ -69,10 +69,13 @@ def pool_for_source(data: RoutingData, source: str, catalog: Catalog, rows: np.n
 def predict_matrix(router: Router, prompts: list, models: list[Model],
                    X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :meth:`Router.predict` for many prompts: quality and predicted cost (prompts × models)."""
+    cov = None
     if X is None:
-        X = np.stack([router.encoder.encode(p) for p in prompts]).astype(np.float32)
+        enc = [router.encoder.encode(p, with_coverage=True) for p in prompts]
+        X = np.stack([e[0] for e in enc]).astype(np.float32)
+        cov = np.array([e[1] for e in enc], np.float32)
     rows = [router._row(m) for m in models]
-    Q, _, _ = router.predict_quality(X, rows)
+    Q, _, _ = router.predict_quality(X, rows, cov)
     ptok = np.array([estimate_prompt_tokens(p) for p in prompts], np.float64)
     C, _ = router.predict_cost(X, rows, ptok)
     return Q, C

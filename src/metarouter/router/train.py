@@ -27,6 +27,7 @@ from .predictors import LengthModel, MFPredictor
 
 SEED = 0
 MIN_LABELS = 150  # a model with fewer labels than this gets prior parameters
+COV_LO, COV_HI = 0.5, 0.9  # share of words seen in training: ≤ 0.5 → unfamiliar, ≥ 0.9 → familiar
 CAT_SCALE = 3.0  # the category posterior enters the MF tower scaled by this
 MF_WEIGHT = 0.7  # quality = 0.7 · MF + 0.3 · category accuracy table (tuned on an inner validation split)
 
@@ -122,18 +123,28 @@ def sweep_choices(Q: np.ndarray, C: np.ndarray, tradeoffs: np.ndarray) -> np.nda
 
 def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: int = 128, mf_dim: int = 48,
           epochs: int = 600, distilled: str | Path | None = None, quiet: bool = False,
-          calibrate: bool = True) -> dict[str, Any]:
+          calibrate: bool = True, encoder_from: str | Path | None = None,
+          sources: list[str] | None = None) -> dict[str, Any]:
+    """Train and write an artifact; ``sources`` limits training to those sources (leave-one-source-out runs)."""
     t0 = time.time()
     data_dir = Path(data_dir)
     data = load_any(data_dir)
     test = split_mask(data) if holdout else np.zeros(len(data), bool)
-    tr = data.subset(np.flatnonzero(~test))
+    keep = ~test
+    if sources:
+        keep &= np.isin(np.array(data.sources), sources)
+    tr = data.subset(np.flatnonzero(keep))
     shared_dir = data_dir if data_dir.is_dir() else None
     arena_prompts = load_arena_hard(shared_dir)[0] if shared_dir else []
     _log(f"data: {len(data)} prompts, {len(data.models)} models; training on {len(tr)} (held out {test.sum()})", quiet)
 
     # 1. encoder
-    if distilled and Path(distilled).exists():
+    if encoder_from:
+        a, _, vocab, _ = art.load(encoder_from)
+        table, sif = a["table"].astype(np.float32), a["sif"].astype(np.float32)
+        dims = table.shape[1]
+        _log(f"encoder: reusing the embedding table of {encoder_from}", quiet)
+    elif distilled and Path(distilled).exists():
         z = np.load(distilled, allow_pickle=False)
         vocab, table, sif = [str(v) for v in z["vocab"]], z["table"], z["weights"]
         _log(f"encoder: reusing distilled table {distilled}", quiet)
@@ -144,6 +155,7 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         if distilled:
             np.savez(distilled, vocab=np.array(vocab), table=table, weights=sif)
     table = table.astype(np.float16).astype(np.float32)  # what ships
+    sif = sif.astype(np.float16).astype(np.float32)
     nf = len(FEATURE_NAMES)
     enc = StaticEncoder(vocab, table, sif, np.zeros(nf), np.ones(nf))
     raw = encode_prompts(enc, tr.prompts)
@@ -187,7 +199,8 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         if j is not None:
             U[i], c[i], lo[i] = mf.U_[j], mf.c_[j], lm.offset_[j]
             pq[i] = float(np.mean(1 / (1 + np.exp(-(Z @ U[i] + c[i])))))
-    good = n_lab >= MIN_LABELS
+    min_labels = min(MIN_LABELS, max(20, len(tr) // 4))  # small custom data sets: relative threshold
+    good = n_lab >= min_labels
     # lengths: models without length data get one from Arena-Hard verbosity relative to the models with both
     has_len = ~np.isnan(lo)
     both = [i for i, m in enumerate(models) if has_len[i] and m.id.lower() in arena_len]
@@ -202,7 +215,7 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
     real = [i for i, m in enumerate(models) if good[i] and m.input_pico > 0]
     prior_coef = fit_priors([models[i] for i in real], targets[real], arena) if len(real) >= 4 else \
         np.zeros((2, 4, H + 3), np.float32)
-    prior_weight = (MIN_LABELS / (n_lab + MIN_LABELS)).astype(np.float32)
+    prior_weight = (min_labels / (n_lab + min_labels)).astype(np.float32)
     for i, m in enumerate(models):
         if not good[i]:
             f = _meta(m, arena)
@@ -226,11 +239,13 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
     pq = (MF_WEIGHT * Ql.mean(0) + (1 - MF_WEIGHT) * (Pk @ A).mean(0)).astype(np.float32)
 
     # 4. familiarity: cosine to k-means centroids of the training prompts
-    E = X[:, :dims] / (np.linalg.norm(X[:, :dims], axis=1, keepdims=True) + 1e-9)
+    fam_mu = X[:, :dims].mean(0)
+    E = X[:, :dims] - fam_mu
+    E /= np.linalg.norm(E, axis=1, keepdims=True) + 1e-9
     cents = kmeans(E, 64)
     sims = (E @ cents.T).max(1)
-    conf_hi = float(np.percentile(sims, 5))
-    conf_lo = conf_hi - 0.25
+    conf_hi = float(np.percentile(sims, 5))  # 95 % of training prompts count as fully familiar
+    conf_lo = conf_hi - 0.3
 
     arrays = {
         "table": table.astype(np.float16), "sif": sif.astype(np.float16), "feat_mean": fmean.astype(np.float32),
@@ -238,7 +253,8 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         "cat_acc": A.T.copy(), "W": mf.W_, "b": mf.b_, "U": U, "c": c, "prior_q": pq,
         "prior_weight": prior_weight, "len_w": lm.w_, "len_w0": np.array(lm.w0_, np.float32), "len_offset": lo,
         "prior_coef": prior_coef.astype(np.float32), "centroids": cents.astype(np.float32),
-        "conf_range": np.array([conf_lo, conf_hi], np.float32),
+        "conf_range": np.array([conf_lo, conf_hi], np.float32), "fam_mu": fam_mu.astype(np.float32),
+        "cov_range": np.array([COV_LO, COV_HI], np.float32),
     }
     digest = hashlib.sha256()
     for k in sorted(arrays):
@@ -295,13 +311,21 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", required=True, help="artifact path (.npz)")
     ap.add_argument("--all-data", action="store_true", help="train on every prompt (no held-out split)")
     ap.add_argument("--distilled", default=None, help="cache file for the distilled embedding table")
+    ap.add_argument("--encoder-from", default=None, metavar="ARTIFACT",
+                    help="reuse the embedding table of an artifact ('shipped' = the packaged one) instead of "
+                         "distilling all-MiniLM-L6-v2 again (no torch needed; e.g. for your own CSV data)")
     ap.add_argument("--epochs", type=int, default=600)
     ap.add_argument("--quiet", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    enc = args.encoder_from
+    if enc == "shipped":
+        from .core import DEFAULT_ARTIFACT
+
+        enc = DEFAULT_ARTIFACT
     train(args.data, args.out, holdout=not args.all_data, distilled=args.distilled, epochs=args.epochs,
-          quiet=args.quiet)
+          quiet=args.quiet, encoder_from=enc)
     return 0
 
 
