@@ -248,3 +248,40 @@ async def test_reopen_keeps_data_and_migrations_are_idempotent(store, backend):
     versions = await backend.sql("SELECT version FROM schema_version ORDER BY version")
     assert [v[0] for v in versions] == list(range(1, len(versions) + 1)) and versions
     await store.open()  # the fixture closes it again
+
+
+async def test_app_ranking_by_tokens(store):
+    _, a = await store.create_key("a")
+    for title, referer, tokens in (("Big", None, 100), ("Small", None, 10), (None, "https://ref.example", 50),
+                                   ("Big", None, 100), (None, None, 1000)):
+        store.record_generation(gen(a.public_id, 1, prompt=tokens, completion=0, app_title=title,
+                                    app_referer=referer))
+    ranking = await store.app_ranking()
+    assert [(r["app"], int(r["requests"]), int(r["tokens"])) for r in ranking] == [
+        ("Big", 2, 200), ("https://ref.example", 1, 50), ("Small", 1, 10)]
+    assert await store.app_ranking(key_id="nobody") == []
+    assert len(await store.app_ranking(limit=1)) == 1
+
+
+async def test_another_process_opening_the_store_keeps_live_holds(backend, store):
+    """A second process (a worker, the CLI) opening the database must not wipe the first one's holds."""
+    _, rec = await store.create_key("k", limit_pico=100)
+    assert await store.reserve(rec.public_id, 60)
+    other = backend.open_store()
+    await other.open()
+    try:
+        assert not await other.reserve(rec.public_id, 60)  # the first hold still counts
+    finally:
+        await other.close()
+    assert (await store.get_key(rec.public_id)).reserved_pico == 60
+
+
+async def test_abandoned_holds_expire_and_late_releases_give_nothing_back_twice(store):
+    _, rec = await store.create_key("k", limit_pico=100)
+    assert await store.reserve(rec.public_id, 70)
+    assert await store.expire_reservations(older_than=0) == 1
+    k = await store.get_key(rec.public_id)
+    assert k.reserved_pico == 0
+    await store.release(rec.public_id, 70)  # the late release of the expired hold
+    assert await store.reserve(rec.public_id, 100)
+    assert (await store.get_key(rec.public_id)).reserved_pico == 100

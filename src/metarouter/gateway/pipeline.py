@@ -198,7 +198,7 @@ class Gateway:
         now = time.monotonic()
         cached = self._credit_cache
         if cached is None or now - cached[0] > 1.0:
-            credits, usage = await self.store.get_credits()
+            credits, usage = await self.store.get_credits(flush=False)
             self._credit_cache = (now, credits, usage)
             return credits, usage
         return cached[1], cached[2]

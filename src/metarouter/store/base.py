@@ -122,8 +122,13 @@ class Store(Protocol):
 
     async def release(self, key_id: str, amount_pico: int) -> None: ...
 
-    async def get_credits(self) -> tuple[int | None, int]:
-        """(total credits or None when unlimited, total usage), picodollars."""
+    async def expire_reservations(self, older_than: float | None = None) -> int:
+        """Give back holds older than ``older_than`` seconds (default: the store's reservation TTL)."""
+        ...
+
+    async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
+        """(total credits or None when unlimited, total usage), picodollars; ``flush=False`` may miss records
+        still queued (the gateway's cached budget check, which must not wait on the ledger)."""
         ...
 
     async def add_credits(self, amount_pico: int) -> tuple[int | None, int]: ...

@@ -353,8 +353,9 @@ class PostgresStore:
             except (*_RETRYABLE, asyncpg.PostgresError) as exc:  # the database may be briefly away
                 log.warning("expiring reservations failed: %s", type(exc).__name__)
 
-    async def get_credits(self) -> tuple[int | None, int]:
-        await self.flush()
+    async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
+        if flush:
+            await self.flush()
         row = await self._require().fetchrow("SELECT credits_pico, usage_pico FROM account WHERE id = 1")
         return row["credits_pico"], row["usage_pico"]
 
@@ -506,6 +507,24 @@ class PostgresStore:
             *args,
         )
         return [_generation(r) for r in rows]
+
+    async def app_ranking(
+        self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        where, args = ["COALESCE(app_title, app_referer) IS NOT NULL"], []
+        for cond, val in (("created_at >= ${}", since), ("key_id = ${}", key_id)):
+            if val is not None:
+                args.append(val)
+                where.append(cond.format(len(args)))
+        args.append(int(limit))
+        await self.flush()
+        rows = await self._require().fetch(
+            "SELECT COALESCE(app_title, app_referer) AS app, COUNT(*)::bigint AS requests, "
+            "SUM(prompt_tokens + completion_tokens)::bigint AS tokens, SUM(cost_pico)::bigint AS cost_pico "
+            f"FROM generations WHERE {' AND '.join(where)} GROUP BY 1 ORDER BY tokens DESC, app LIMIT ${len(args)}",
+            *args,
+        )
+        return [dict(r) for r in rows]
 
     async def activity(
         self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,

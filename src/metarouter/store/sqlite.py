@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -76,9 +78,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generations_created ON generations (created_at);
     CREATE INDEX generations_key ON generations (key_id, created_at);
     """,
+    # 2: each budget hold is a row, so a process that dies (or another process opening the file: a worker, the
+    # CLI) neither leaks nor wipes holds; rows older than the TTL are given back by whichever process sees them.
+    """
+    CREATE TABLE reservations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        holder TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        amount_pico INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX reservations_holder ON reservations (holder, key_id, amount_pico);
+    CREATE INDEX reservations_created ON reservations (created_at);
+    UPDATE keys SET reserved_pico = 0;
+    UPDATE account SET reserved_pico = 0;
+    """,
 ]
 
 _BATCH = 512
+REAP_INTERVAL = 60.0  # seconds between sweeps for expired holds
 _STOP = object()
 
 
@@ -118,8 +136,12 @@ def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, reservation_ttl: float | None = None):
         self.path = str(path)
+        self.reservation_ttl = float(reservation_ttl if reservation_ttl is not None
+                                     else os.environ.get("METAROUTER_RESERVATION_TTL", 900))
+        self.holder = f"{os.getpid()}-{secrets.token_hex(6)}"  # this process, in ``reservations.holder``
+        self._next_expiry = float("inf")  # set once the schema is migrated
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -165,9 +187,7 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        # One process owns an SQLite database: reservations left by a crashed run are void.
-        conn.execute("UPDATE keys SET reserved_pico = 0 WHERE reserved_pico != 0")
-        conn.execute("UPDATE account SET reserved_pico = 0 WHERE reserved_pico != 0")
+        self._expire(conn)
         return len(MIGRATIONS)
 
     # --- the writer thread -------------------------------------------------------------------------------------
@@ -176,7 +196,17 @@ class SQLiteStore:
         conn = self._conn
         try:
             while True:
-                item = self._q.get()
+                try:
+                    item = self._q.get(timeout=REAP_INTERVAL)
+                except queue.Empty:
+                    item = None
+                if time.monotonic() >= self._next_expiry:
+                    try:
+                        self._expire(conn)
+                    except Exception:  # the sweep must never stop the writer
+                        log.exception("expiring reservations failed")
+                if item is None:
+                    continue
                 if item is _STOP:
                     return
                 if item[0] == "rec":
@@ -212,37 +242,89 @@ class SQLiteStore:
 
     def _write_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for record, reserved in batch:
-                cur = conn.execute(_GEN_INSERT, generation_row(record))
-                cost = int(record.get("cost_pico") or 0)
-                if cur.rowcount != 1:
-                    continue  # already written: charged then
-                key_id = record.get("key_id")
-                if key_id:
-                    conn.execute(
-                        "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
-                        "WHERE public_id = ?",
-                        (cost, reserved, key_id),
-                    )
-                conn.execute(
-                    "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
-                    "WHERE id = 1",
-                    (cost, reserved),
-                )
-            conn.execute("COMMIT")
-        except Exception:
-            log.exception("writing %d generation records failed; retrying one by one", len(batch))
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if len(batch) > 1:
+            try:
+                self._apply_records(conn, batch)
+            except Exception:
+                log.exception("writing %d generation records failed; retrying one by one", len(batch))
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if len(batch) == 1:
+                    return
                 for one in batch:
-                    self._write_records(conn, [one])
+                    try:
+                        self._apply_records(conn, [one])
+                    except Exception:
+                        log.exception("generation record %s could not be written", one[0].get("id"))
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
         finally:
             with self._pending_lock:
                 self._pending -= len(batch)
                 if self._pending <= 0:
                     self._drained.notify_all()
+
+    def _apply_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
+        """One transaction: insert the records, charge only those newly inserted, settle their holds."""
+        conn.execute("BEGIN IMMEDIATE")
+        for record, reserved in batch:
+            cur = conn.execute(_GEN_INSERT, generation_row(record))
+            if cur.rowcount != 1:
+                continue  # already written: charged then
+            cost = int(record.get("cost_pico") or 0)
+            key_id = record.get("key_id")
+            held = self._drop_hold(conn, key_id, reserved) if key_id and reserved else 0
+            if key_id:
+                conn.execute(
+                    "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
+                    "WHERE public_id = ?",
+                    (cost, held, key_id),
+                )
+            conn.execute(
+                "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
+                "WHERE id = 1",
+                (cost, held),
+            )
+        conn.execute("COMMIT")
+
+    def _drop_hold(self, conn: sqlite3.Connection, key_id: str, amount: int) -> int:
+        """Delete this process's oldest matching hold; its amount, or 0 if it had already expired."""
+        row = conn.execute(
+            "SELECT id FROM reservations WHERE holder = ? AND key_id = ? AND amount_pico = ? ORDER BY id LIMIT 1",
+            (self.holder, key_id, amount),
+        ).fetchone()
+        if row is None:
+            return 0
+        conn.execute("DELETE FROM reservations WHERE id = ?", (row[0],))
+        return amount
+
+    def _expire(self, conn: sqlite3.Connection, older_than: float | None = None) -> int:
+        """Give back holds older than the TTL, whichever process made them."""
+        self._next_expiry = time.monotonic() + REAP_INTERVAL
+        cutoff = time.time() - (self.reservation_ttl if older_than is None else older_than)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute("SELECT id, key_id, amount_pico FROM reservations WHERE created_at < ?",
+                                (cutoff,)).fetchall()
+            per_key: dict[str, int] = {}
+            for _, key_id, amount in rows:
+                per_key[key_id] = per_key.get(key_id, 0) + amount
+            conn.executemany("DELETE FROM reservations WHERE id = ?", [(r[0],) for r in rows])
+            for key_id, amount in per_key.items():
+                conn.execute("UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?",
+                             (amount, key_id))
+            if rows:
+                conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1",
+                             (sum(per_key.values()),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if rows:
+            log.warning("expired %d abandoned budget reservations", len(rows))
+        return len(rows)
+
+    async def expire_reservations(self, older_than: float | None = None) -> int:
+        return await self._call(self._expire, older_than)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._thread is None:
@@ -317,6 +399,9 @@ class SQLiteStore:
             if cur.rowcount != 1:
                 conn.execute("ROLLBACK")
                 return False
+            if amount_pico:
+                conn.execute("INSERT INTO reservations (holder, key_id, amount_pico, created_at) VALUES (?, ?, ?, ?)",
+                             (self.holder, key_id, amount_pico, time.time()))
             conn.execute("COMMIT")
             return True
 
@@ -325,15 +410,18 @@ class SQLiteStore:
     async def release(self, key_id: str, amount_pico: int) -> None:
         def rel(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?", (amount_pico, key_id)
-            )
-            conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1", (amount_pico,))
+            held = self._drop_hold(conn, key_id, amount_pico)
+            if held:
+                conn.execute("UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?",
+                             (held, key_id))
+                conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1", (held,))
             conn.execute("COMMIT")
 
-        await self._call(rel)
+        if amount_pico > 0:
+            await self._call(rel)
 
-    async def get_credits(self) -> tuple[int | None, int]:
+    async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
+        # Operations run in arrival order on one thread, so earlier records are seen without a flush.
         def get(conn: sqlite3.Connection) -> tuple[int | None, int]:
             row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
             return row[0], row[1]
