@@ -93,6 +93,7 @@ class Gateway:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._client_timeout: aiohttp.ClientTimeout | None = None
         self._credit_cache: tuple[float, int | None, int] | None = None
+        self._background: set[asyncio.Task] = set()
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -114,6 +115,8 @@ class Gateway:
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
 
     async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -153,6 +156,12 @@ class Gateway:
         if p is None or not self.settings.provider_available(model.provider):
             return None
         return p
+
+    def _release_later(self, key_id: str, amount: int) -> None:
+        """Give a hold back without awaiting (safe in ``finally`` blocks of cancelled tasks)."""
+        task = asyncio.get_running_loop().create_task(self.store.release(key_id, amount))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _failed(self, attempts: list[Attempt], attempt: Attempt) -> None:
         attempts.append(attempt)
@@ -332,28 +341,33 @@ class Gateway:
                 last_error = exc
                 continue
             tries = 1 + (res.retries if i == n - 1 else 0)  # fall back first; retry only the last candidate
-            for k in range(tries):
-                t0 = time.perf_counter()
-                try:
-                    adapter, resp = await self._open(model, provider, capped or body, stream=stream)
-                    t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
-                    yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
-                    if t.error is None:
-                        return
-                    err = t.error
-                except _Fallback as fb:
-                    err = fb.error
-                self._failed(attempts, Attempt(model.id, provider.name, err.status, err.message,
-                                               round((time.perf_counter() - t0) * 1000, 2)))
-                last_error = err
-                if counts_against_provider(err):
-                    breaker.failure()
-                if k + 1 < tries and err.retryable and breaker.allow():
-                    await asyncio.sleep(backoff_delay(k, res.backoff_base, res.backoff_max, _retry_after_s(err)))
-                    continue
-                break
-            if reserved:
-                await self.store.release(ctx.key.public_id, reserved)
+            t: _Try | None = None
+            try:
+                for k in range(tries):
+                    t0 = time.perf_counter()
+                    try:
+                        adapter, resp = await self._open(model, provider, capped or body, stream=stream)
+                        t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
+                        yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
+                        if t.error is None:
+                            return
+                        err = t.error
+                    except _Fallback as fb:
+                        err = fb.error
+                    self._failed(attempts, Attempt(model.id, provider.name, err.status, err.message,
+                                                   round((time.perf_counter() - t0) * 1000, 2)))
+                    last_error = err
+                    if counts_against_provider(err):
+                        breaker.failure()
+                    if k + 1 < tries and err.retryable and breaker.allow():
+                        await asyncio.sleep(backoff_delay(k, res.backoff_base, res.backoff_max, _retry_after_s(err)))
+                        continue
+                    break
+            finally:
+                # A hold is settled by the generation record once an answer was handed over; otherwise — failure,
+                # or cancellation while waiting on the upstream — it is given back here.
+                if reserved and not (t is not None and t.succeeded):
+                    self._release_later(ctx.key.public_id, reserved)
         raise _final_error(last_error, attempts)
 
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
@@ -441,11 +455,12 @@ class Gateway:
                                  t.reserved, started, t.t0)
                 try:
                     async for frame in run.frames():
+                        if not t.succeeded:
+                            t.ok()  # handed over at the first byte: from here the record settles the hold
                         yield frame
                 except _Fallback as fb:
                     t.failed(fb.error)
                     continue
-                t.ok()
                 return
         finally:
             await tries.aclose()
@@ -461,8 +476,10 @@ class _Try:
     t0: float
     breaker: CircuitBreaker
     error: GatewayError | None = None
+    succeeded: bool = False
 
     def ok(self) -> None:
+        self.succeeded = True
         self.breaker.success()
 
     def failed(self, error: GatewayError) -> None:
