@@ -60,6 +60,15 @@ def targets(R: dict) -> list[tuple[str, str, str, str]]:
                          verdict(r["p99_ms"] <= 30, f"by {r['p99_ms'] - 30:.2f} ms")))
         elif R["availability"].get(f"{tgt}/json", "ok") != "ok":
             rows.append((f"throughput, 50 conns, {label}", f"≥ {goal:,} req/s", "unavailable", "**not measured**"))
+    rl = _run(R, "relay", "json", 50)
+    for tgt, goal, label in (("metarouter", 4000, "explicit"), ("metarouter-auto", 3000, "auto")):
+        r = _run(R, tgt, "json", 50)
+        if r and rl:
+            want = goal / 8800  # the issue's targets as a share of its bare relay's 8,800 req/s
+            got = r["rps"] / rl["rps"]
+            rows.append((f"same, as a share of the bare relay on this machine ({rl['rps']:,.0f} req/s), {label}",
+                         f"≥ {want:.0%} (= {goal:,} / 8,800)", f"{got:.0%}",
+                         verdict(got >= want, f"({got / want:.0%} of the target share)")))
     w = R.get("workers") or {}
     if "1" in w and "2" in w:
         ratio = w["2"]["rps"] / w["1"]["rps"]
@@ -74,7 +83,9 @@ def targets(R: dict) -> list[tuple[str, str, str, str]]:
     if inf:
         rows.append(("1,000 in flight, 200 ms upstream", "0 errors/timeouts",
                      f"{inf['errors']} errors ({inf['err_timeout']} timeouts, {inf['err_status']} non-2xx, "
-                     f"{inf['err_connect'] + inf['err_read'] + inf['err_write']} socket) in {inf['requests']:,} req",
+                     f"{inf['err_connect'] + inf['err_read'] + inf['err_write']} socket) in {inf['requests']:,} req; "
+                     f"p50 {inf['p50_ms']:.0f} ms, p99 {inf['p99_ms']:.0f} ms, max {inf['lat_max_us'] / 1000:.0f} ms "
+                     "(wrk timeout 10 s)",
                      verdict(inf["errors"] == 0, f"{inf['errors']} errors")))
     td, tm = _ttfb(R, "direct"), _ttfb(R, "metarouter")
     if td and tm and td["ttfb_ms"]["p50"] is not None and tm["ttfb_ms"]["p50"] is not None:
@@ -113,15 +124,15 @@ def render(R: dict) -> str:
             "(user+sys, all its processes) divided by the requests served; 1e6 / that = the req/s one dedicated core "
             "could serve (noise-robust). Others' CPU = the machine's busy time not used by the target, nginx or wrk "
             "(other work on the machine), as % of all CPUs: runs with much of it are disturbed.", "",
-            "| target | kind | conns | req/s | p50 ms | p90 ms | p99 ms | overhead p50 | overhead p99 | errors "
-            "| CPU µs/req | req/s per core | others' CPU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| target | kind | conns | req/s | p50 ms | p90 ms | p99 ms | max ms | overhead p50 | overhead p99 | errors "
+            "| CPU µs/req | req/s per core | others' CPU |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in R["runs"]:
         d = _run(R, "direct", r["scenario"], r["conns"])
         o50 = o99 = "—"
         if d and r["target"] != "direct":
             o50, o99 = f"{r['p50_ms'] - d['p50_ms']:+.3f}", f"{r['p99_ms'] - d['p99_ms']:+.3f}"
         out.append(f"| {r['target']} | {r['scenario']} | {r['conns']} | {r['rps']:,.0f} | {r['p50_ms']:.3f} | "
-                   f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {o50} | {o99} | {r['errors']} | "
+                   f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['lat_max_us'] / 1000:.1f} | {o50} | {o99} | {r['errors']} | "
                    f"{_f(r['cpu_us_per_req'], 0)} | {_f(1e6 / r['cpu_us_per_req'], 0) if r['cpu_us_per_req'] else '—'} | "
                    f"{r.get('foreign_cpu_pct', '—')}% |")
 
@@ -176,10 +187,15 @@ def render(R: dict) -> str:
             continue
         top = p["top"]
         load = p.get("load") or {}
-        out.append(f"py-spy at 250 Hz, {top['samples']:,} samples while wrk drove {p['conns']} connections "
+        out.append(f"py-spy at 250 Hz while wrk drove {p['conns']} connections "
                    f"({load.get('rps', 0):,.0f} req/s under the profiler). Files: "
                    + ", ".join(f"`{f}`" for f in p["files"]) + ".")
-        out += ["", "| thread | % of samples |", "|---|---:|"] + [f"| {n} | {v} |" for n, v in top.get("threads", [])]
+        cpu = load.get("cpu_us_per_req")
+        out.append("")
+        out.append(f"Shares are of the event-loop thread's {top['samples']:,} samples; the target used "
+                   f"{_f(cpu, 0)} µs of CPU per request in this run (so 10% ≈ {_f(cpu / 10 if cpu else None, 0)} µs)."
+                   " Other threads' busy samples, as % of the same count: "
+                   + (", ".join(f"{n} {v}%" for n, v in top.get("other_threads_busy", [])) or "none") + ".")
         out += ["", "| event-loop thread, by component (leaf frame) | % |", "|---|---:|"]
         out += [f"| {n} | {v} |" for n, v in top["by_component"][:12]]
         out += ["", "| event-loop thread, self (leaf) | % |", "|---|---:|"] + [f"| `{n}` | {v} |" for n, v in top["self"][:20]]
