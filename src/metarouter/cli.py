@@ -34,6 +34,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"metarouter: serving on http://{settings.host}:{settings.port} "
           f"(store: {settings.db_url.split('@')[-1]}; providers with keys: {', '.join(available) or 'none'})",
           file=sys.stderr)
+    if args.workers > 1 and not settings.redis_url:
+        print("metarouter: note: with several workers and no redis_url, rate limits and sticky sessions are kept "
+              "per worker; set METAROUTER_REDIS_URL to share them", file=sys.stderr)
     uvicorn.run(
         "metarouter.api.server:build_app",
         factory=True,
