@@ -103,8 +103,9 @@ class Router:
         self.meta = meta
         self.version = str(meta.get("version", ""))
         self.default_tradeoff = float(meta.get("default_tradeoff", 3.0))
+        seen = np.unpackbits(arrays["seen"])[: len(vocab)].astype(bool) if "seen" in arrays else None
         self.encoder = StaticEncoder(vocab, arrays["table"].astype(np.float32), arrays["sif"].astype(np.float32),
-                                     arrays["feat_mean"], arrays["feat_std"])
+                                     arrays["feat_mean"], arrays["feat_std"], seen=seen)
         self.Wc = arrays["Wc"].astype(np.float32)
         self.bc = arrays["bc"].astype(np.float32)
         self.cat_acc = arrays["cat_acc"].astype(np.float32)  # (models, categories)
@@ -123,7 +124,9 @@ class Router:
         self.len_w = arrays["len_w"].astype(np.float32)
         self.len_w0 = float(arrays["len_w0"])
         self.len_offset = arrays["len_offset"].astype(np.float32)
-        self.prior_coef = arrays["prior_coef"].astype(np.float32)  # meta features -> [U | c | len_offset | prior_q]
+        self.prior_u = arrays["prior_u"].astype(np.float32)
+        self.prior_scalars = arrays["prior_scalars"].astype(np.float32)  # c_avg, beta, arena mean, mean z·u, length
+        self.arena_coef = arrays["arena_coef"].astype(np.float32)
         self.centroids = arrays["centroids"].astype(np.float32)
         self.conf_lo, self.conf_hi = float(arrays["conf_range"][0]), float(arrays["conf_range"][1])
         self.cov_lo, self.cov_hi = float(arrays["cov_range"][0]), float(arrays["cov_range"][1])
@@ -136,22 +139,19 @@ class Router:
         self.dim = self.encoder.dim
 
     # -- per-model parameters -----------------------------------------------------------------------------------
-    def meta_features(self, m: Model) -> np.ndarray:
-        """Model description for the prior regression: arena score (or NaN), log prices, reasoning, hidden."""
-        score = self.arena.get(m.id.lower(), float("nan"))
-        price = math.log10(max(m.output_pico, 1) / 1e6)
-        return np.array([1.0, score, price, float(m.reasoning)], np.float32)
+    def arena_score(self, m: Model) -> float:
+        """Arena-Hard score (0–1): the leaderboard's, else imputed from price and reasoning."""
+        score = self.arena.get(m.id.lower())
+        if score is not None:
+            return score
+        f = np.array([1.0, math.log10(max(m.output_pico, 1) / 1e6), float(m.reasoning)], np.float32)
+        return float(np.clip(f @ self.arena_coef, 0.05, 0.95))
 
     def _params_from_prior(self, m: Model) -> tuple[np.ndarray, float, float, float]:
-        f = self.meta_features(m)
-        if math.isnan(f[1]):  # no leaderboard score: the price/reasoning-only prior row
-            coef = self.prior_coef[1]
-            f = np.delete(f, 1)
-        else:
-            coef = self.prior_coef[0]
-        out = f @ coef[: len(f)]
-        h = self.U.shape[1]
-        return out[:h], float(out[h]), float(out[h + 1]), float(out[h + 2])
+        """A model the artifact has no parameters for: average item response, ability from its Arena-Hard score."""
+        c_avg, beta, ar_mean, zbar_u, len_fill = self.prior_scalars.tolist()
+        c = c_avg + beta * (self.arena_score(m) - ar_mean)
+        return self.prior_u, c, len_fill, 1.0 / (1.0 + math.exp(-(zbar_u + c)))
 
     def _row(self, m: Model) -> tuple:
         hit = self._rows.get(m.id)  # keyed by id, checked by identity: hashing a Model hashes all its fields

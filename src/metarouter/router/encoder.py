@@ -90,7 +90,8 @@ class StaticEncoder:
     """Static-embedding encoder. ``vocab`` maps table rows to strings (``##x`` = continuation piece)."""
 
     def __init__(self, vocab: list[str], table: np.ndarray, weights: np.ndarray, feat_mean: np.ndarray,
-                 feat_std: np.ndarray, cache_size: int = 100_000, chunk_rows: int = 32_768):
+                 feat_std: np.ndarray, cache_size: int = 100_000, chunk_rows: int = 32_768,
+                 seen: np.ndarray | None = None):
         self.vocab = list(vocab)
         v, self.dim = np.asarray(table).shape
         self.n_vocab = v
@@ -100,9 +101,10 @@ class StaticEncoder:
         self.table = np.zeros((v + chunk_rows, self.dim + nc), np.float32)
         self.table[:v, : self.dim] = table
         self.table[:v, self.dim: self.dim + nc - 1] = [count_columns(t) for t in self.vocab]
-        # "unseen": never in the training corpus (SIF weight 1) or unknown — measures how familiar a prompt's words are
-        w = np.asarray(weights, np.float32)
-        self.table[:v, -1] = (w >= 0.999) | (np.array(self.vocab) == "[UNK]")
+        # "unseen": not in the router's training prompts (default: SIF weight 1, i.e. not in the distillation
+        # corpus) or unknown — how familiar a prompt's words are
+        unseen = ~np.asarray(seen, bool) if seen is not None else np.asarray(weights, np.float32) >= 0.999
+        self.table[:v, -1] = unseen | (np.array(self.vocab) == "[UNK]")
         self.weights = np.zeros(v + chunk_rows, np.float32)
         self.weights[:v] = weights
         self._zero_row = v  # stays all-zero, weight 0: chunks without content (e.g. a lone "_")

@@ -33,7 +33,11 @@ def fill_lengths(out_chars: np.ndarray) -> np.ndarray:
     """Unmeasured answer lengths: the prompt's median over measured models × the model's typical ratio to it."""
     L = np.array(out_chars, float)
     med = np.nanmedian(np.where(np.isnan(L).all(1, keepdims=True), 1.0, L), axis=1, keepdims=True)
-    ratio = np.nanmedian(L / med, axis=0)
+    R = L / med
+    has = ~np.isnan(R).all(0)
+    ratio = np.ones(L.shape[1])
+    if has.any():
+        ratio[has] = np.nanmedian(R[:, has], axis=0)
     ratio = np.where(np.isnan(ratio), 1.0, ratio)
     return np.where(np.isnan(L), med * ratio[None, :], L)
 

@@ -27,7 +27,8 @@ from .predictors import LengthModel, MFPredictor
 
 SEED = 0
 MIN_LABELS = 150  # a model with fewer labels than this gets prior parameters
-COV_LO, COV_HI = 0.5, 0.9  # share of words seen in training: ≤ 0.5 → unfamiliar, ≥ 0.9 → familiar
+COV_LO, COV_HI = 0.7, 0.95  # share of words seen in training: ≤ 0.7 → unfamiliar, ≥ 0.95 → familiar
+ARENA_PRIOR_WEIGHT = 1.0  # chosen on leave-one-source-out runs over the *training* rows of the other source
 CAT_SCALE = 3.0  # the category posterior enters the MF tower scaled by this
 MF_WEIGHT = 0.7  # quality = 0.7 · MF + 0.3 · category accuracy table (tuned on an inner validation split)
 
@@ -90,24 +91,8 @@ def arena_scores(data_dir: Path | None) -> tuple[dict[str, float], dict[str, flo
     return scores, lengths
 
 
-def _meta(m: Model, arena: dict[str, float]) -> np.ndarray:
-    return np.array([1.0, arena.get(m.id.lower(), float("nan")), math.log10(max(m.output_pico, 1) / 1e6),
-                     float(m.reasoning)])
-
-
-def fit_priors(models: list[Model], targets: np.ndarray, arena: dict[str, float], l2: float = 0.3) -> np.ndarray:
-    """Ridge from model descriptions to parameters: row 0 uses the arena score, row 1 price + reasoning only."""
-    F = np.stack([_meta(m, arena) for m in models])
-    T = targets
-    out = np.zeros((2, 4, T.shape[1]), np.float32)
-    has = ~np.isnan(F[:, 1])
-    for r, (cols, rows) in enumerate((([0, 1, 2, 3], has), ([0, 2, 3], np.ones(len(F), bool)))):
-        X = F[np.ix_(rows, cols)]
-        reg = l2 * np.eye(len(cols))
-        reg[0, 0] = 1e-6
-        coef = np.linalg.solve(X.T @ X + reg, X.T @ T[rows])
-        out[r, : len(cols)] = coef
-    return out
+def _price_feats(m: Model) -> np.ndarray:
+    return np.array([1.0, math.log10(max(m.output_pico, 1) / 1e6), float(m.reasoning)])
 
 
 def encode_prompts(enc: StaticEncoder, prompts: list[str]) -> np.ndarray:
@@ -211,20 +196,32 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
                 lo[i] = base + math.log(arena_len[m.id.lower()])
     has_len = ~np.isnan(lo)
     fill = float(np.nanmedian(lo)) if has_len.any() else math.log(1500)
-    targets = np.hstack([U, c[:, None], np.where(has_len, lo, fill)[:, None], pq[:, None]])
-    real = [i for i, m in enumerate(models) if good[i] and m.input_pico > 0]
-    prior_coef = fit_priors([models[i] for i in real], targets[real], arena) if len(real) >= 4 else \
-        np.zeros((2, 4, H + 3), np.float32)
+    # Priors. Every catalog model gets an Arena-Hard score (the leaderboard's, else imputed from price and
+    # reasoning); a model without enough labels is IRT-style: the labelled models' average item response (U_avg)
+    # with an ability offset from its score (slope fitted on the labelled models).
+    real = np.array([good[i] and m.input_pico > 0 for i, m in enumerate(models)])
+    ar = np.array([arena.get(m.id.lower(), np.nan) for m in models], float)
+    F = np.stack([_price_feats(m) for m in models])
+    has_ar = ~np.isnan(ar) & np.array([m.input_pico > 0 for m in models])
+    arena_coef = np.linalg.solve(F[has_ar].T @ F[has_ar] + 0.1 * np.eye(3), F[has_ar].T @ ar[has_ar]) \
+        if has_ar.sum() >= 3 else np.array([0.5, 0.0, 0.0])
+    ar = np.where(np.isnan(ar), np.clip(F @ arena_coef, 0.05, 0.95), ar)
+    if real.any():
+        u_avg, c_avg, ar_mean = U[real].mean(0), float(c[real].mean()), float(ar[real].mean())
+    else:
+        u_avg, c_avg, ar_mean = np.zeros(H, np.float32), 0.0, 0.5
+    beta = 5.0
+    if real.sum() >= 3 and np.ptp(ar[real]) > 0.05:
+        x_, y_ = ar[real] - ar[real].mean(), c[real] - c[real].mean()
+        beta = float(np.clip((x_ @ y_) / (x_ @ x_ + 0.01), 1.0, 15.0))
+    zbar_u = float((Z @ u_avg).mean())
+    c_prior = c_avg + beta * (ar - ar_mean)
+    pq_arena = np.array([np.mean(1 / (1 + np.exp(-(Z @ u_avg + cp)))) for cp in c_prior], np.float32)
+    fill = float(np.nanmedian(lo)) if has_len.any() else math.log(1500)
     prior_weight = (min_labels / (n_lab + min_labels)).astype(np.float32)
     for i, m in enumerate(models):
         if not good[i]:
-            f = _meta(m, arena)
-            row = prior_coef[0] if not math.isnan(f[1]) else prior_coef[1]
-            ff = f if not math.isnan(f[1]) else np.delete(f, 1)
-            p = ff @ row[: len(ff)]
-            U[i], c[i], pq[i] = p[:H], p[H], p[H + 2]
-            if not has_len[i]:
-                lo[i] = p[H + 1]
+            U[i], c[i] = u_avg, c_prior[i]
             prior_weight[i] = 1.0
     lo = np.where(np.isnan(lo), fill, lo)
     # per-category accuracy of each routable model: labels where present, else the MF prediction
@@ -236,7 +233,16 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         if j is not None and good[i]:
             Yf[:, i] = np.where(np.isnan(tr.correct[:, j]), Ql[:, i], tr.correct[:, j])
     A = np.stack([Yf[ki == k].mean(0) for k in range(len(cats))]).astype(np.float32)
-    pq = (MF_WEIGHT * Ql.mean(0) + (1 - MF_WEIGHT) * (Pk @ A).mean(0)).astype(np.float32)
+    pq_train = MF_WEIGHT * Ql.mean(0) + (1 - MF_WEIGHT) * (Pk @ A).mean(0)
+    # what an unfamiliar prompt leans on: mostly the general (Arena-Hard) prior, a little the training-domain mean
+    pq = np.where(good, (1 - ARENA_PRIOR_WEIGHT) * pq_train + ARENA_PRIOR_WEIGHT * pq_arena, pq_arena)
+    pq = pq.astype(np.float32)
+    # words of this training set, for the coverage part of familiarity
+    seen = np.zeros(len(vocab), bool)
+    for p_ in tr.prompts:
+        ids = enc.token_ids(p_)
+        if ids:
+            seen[ids] = True
 
     # 4. familiarity: cosine to k-means centroids of the training prompts
     fam_mu = X[:, :dims].mean(0)
@@ -245,14 +251,16 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
     cents = kmeans(E, 64)
     sims = (E @ cents.T).max(1)
     conf_hi = float(np.percentile(sims, 5))  # 95 % of training prompts count as fully familiar
-    conf_lo = conf_hi - 0.3
+    conf_lo = conf_hi - 0.15
 
     arrays = {
         "table": table.astype(np.float16), "sif": sif.astype(np.float16), "feat_mean": fmean.astype(np.float32),
         "feat_std": fstd.astype(np.float32), "Wc": Wc.astype(np.float32), "bc": bc.astype(np.float32),
         "cat_acc": A.T.copy(), "W": mf.W_, "b": mf.b_, "U": U, "c": c, "prior_q": pq,
         "prior_weight": prior_weight, "len_w": lm.w_, "len_w0": np.array(lm.w0_, np.float32), "len_offset": lo,
-        "prior_coef": prior_coef.astype(np.float32), "centroids": cents.astype(np.float32),
+        "prior_u": u_avg.astype(np.float32),
+        "prior_scalars": np.array([c_avg, beta, ar_mean, zbar_u, fill], np.float32),
+        "arena_coef": arena_coef.astype(np.float32), "seen": np.packbits(seen), "centroids": cents.astype(np.float32),
         "conf_range": np.array([conf_lo, conf_hi], np.float32), "fam_mu": fam_mu.astype(np.float32),
         "cov_range": np.array([COV_LO, COV_HI], np.float32),
     }
