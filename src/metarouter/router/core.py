@@ -45,6 +45,9 @@ class Constraints:
     max_price_request: float | None = None  # USD per request (predicted cost)
 
 
+_NO_CONSTRAINTS = Constraints()
+
+
 @dataclass
 class Candidate:
     model_id: str
@@ -283,10 +286,14 @@ class Router:
         excluded: list[tuple[str, str]] = []
         kept: list[Model] = []
         seen: set[str] = set()
+        plain = not needs_vision and c == _NO_CONSTRAINTS  # fast path: only the context window to check
         for m in models:
             if m.id in seen:
                 continue
             seen.add(m.id)
+            if plain and prompt_tokens <= m.context_length:
+                kept.append(m)
+                continue
             why = self._violation(m, c, prompt_tokens, needs_vision)
             if why is None:
                 kept.append(m)
