@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import httpx
-import openai
 import pytest
 
 from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
