@@ -95,7 +95,9 @@ def is_deepseek_reasoner(native: str) -> bool:
 
 class DeepSeekAdapter(OpenAICompatAdapter):
     parameters = DEEPSEEK_PARAMETERS
-    param_notes: ClassVar[dict[str, str]] = {"max_completion_tokens": "→ max_tokens", "response_format": "json_schema → json_object"}
+    param_notes: ClassVar[dict[str, str]] = {
+        "max_completion_tokens": "→ max_tokens", "response_format": "json_schema → json_object",
+    }
 
     def supported_parameters(self, model: Model) -> list[str]:
         params = super().supported_parameters(model) + ["max_completion_tokens"]
