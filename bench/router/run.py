@@ -245,13 +245,58 @@ def main() -> int:
     return 0
 
 
+NOTES = """## Where targets are missed, and what was tried
+
+- **MMLU-Pro OGR.** Tried, measured on an inner validation slice of the training rows: kNN over real MiniLM
+  embeddings and over the static encoder (OGR ≈ 0.03–0.10), an MF/IRT predictor over all 86 labelled models
+  (≈ 0.10–0.15), the same with MiniLM embeddings as input instead of the static encoder (no better: the encoder is
+  not the bottleneck), latent size 32–96, L2 1e-5–3e-4, longer training, seed ensembles (no change), and a prompt
+  category classifier whose posterior feeds the MF tower and weights a per-category accuracy table (≈ 0.18–0.21:
+  kept). A ceiling check: routing on each prompt's *true* MMLU-Pro category with per-category accuracies reaches only
+  OGR 0.235 on this 5-model pool; the rest of the oracle gap (oracle = "any of the five was right", 0.873) is
+  item-level variation among five similar models that the prompt text barely predicts.
+- **ZeroEval Save.** The router reaches o1-mini's accuracy at about half its cost; the 60 % target needs the
+  cheaper models to be trusted on more of the GSM8K/CRUXEval items than the predictions allow.
+- **Out of distribution.** Unfamiliar prompts (low cosine to the training centroids, or words the training set never
+  saw) lean on each model's general prior (Arena-Hard score mapped to the training accuracy scale). Shrinking to the
+  training-domain mean instead gave OGR −0.20 (ZeroEval → MMLU-Pro); half/half −0.08; the Arena-Hard prior alone
+  ≈ 0 (kept). MMLU-Pro → ZeroEval suffers from seven of its twelve pool models having no labels in MMLU-Pro at all
+  (pure priors), o1-mini among them.
+- **Latency.** An idle core decides a 1,000-token prompt in about 0.3 ms (one table row per whitespace chunk, count
+  columns instead of regex features, cached per-candidate-set parameters, a fast path without constraints); the
+  recorded figures are for 2,000 *distinct* prompts (colder word caches) on a 2-core machine shared with other
+  load tests. What remains is Python-level: ~700 dict look-ups per prompt and ~20 small numpy calls.
+"""
+
+
+def _targets(s: dict) -> list[str]:
+    res, lat, mem = s["per_source"], s["latency"], s["memory"]
+    ok = lambda b: "met" if b else "**missed**"  # noqa: E731
+    rows = ["| target | value | |", "|---|---|---|"]
+    for src, r in res.items():
+        o, g, sv = r["router"]["ogr"], r["router"]["gain_pts"], r["router"]["save"]
+        rows.append(f"| {src}: OGR ≥ 0.35 | {o:.3f} | {ok(o >= 0.35)} |")
+        rows.append(f"| {src}: Gain ≥ +1 pt | {g:+.2f} | {ok(g >= 1)} |")
+        rows.append(f"| {src}: Save ≥ 60 % | {'—' if sv is None else f'{sv:.0%}'} | {ok(sv is not None and sv >= 0.6)} |")
+    for k, v in s["loso"].items():
+        rows.append(f"| OOD {k}: OGR ≥ 0 | {v['router']['ogr']:.3f} | {ok(v['router']['ogr'] >= 0)} |")
+    rows.append(f"| latency p50 ≤ 0.3 ms (wall / CPU) | {lat['p50_ms']:.3f} / {lat['cpu_p50_ms']:.3f} ms | "
+                f"{ok(lat['p50_ms'] <= 0.3)} |")
+    rows.append(f"| latency p99 ≤ 1 ms (wall / CPU) | {lat['p99_ms']:.3f} / {lat['cpu_p99_ms']:.3f} ms | "
+                f"{ok(lat['p99_ms'] <= 1.0)} |")
+    rows.append(f"| artifact ≤ 20 MB | {s['artifact_mb']:.1f} MiB | {ok(s['artifact_mb'] <= 20)} |")
+    rows.append(f"| router memory ≤ 100 MB | {mem['after_3000_routes_mb']:.0f} MiB | "
+                f"{ok(mem['after_3000_routes_mb'] <= 100)} |")
+    return rows
+
+
 def render(s: dict, extra_rows: dict) -> str:
     res = s["per_source"]
     L = ["# Router benchmark results", "",
          f"Artifact `{s['artifact_version']}` (`src/metarouter/router/artifacts/router.npz`), default tradeoff "
          f"{s['default_tradeoff']:g}. Held-out split: 20 % of each source by hash of the item id, never used in "
-         "training or tuning. Regenerate: see README.md.", "",
-         "## In distribution (held-out prompts of each source)", "", format_table(res, extra_rows), ""]
+         "training or tuning. Regenerate: see README.md.", "", "## Targets", ""] + _targets(s) + [
+         "", "## In distribution (held-out prompts of each source)", "", format_table(res, extra_rows), ""]
     L += ["| source | pool | prompts | router at default tradeoff | best single model |", "|---|---|---|---|---|"]
     for src, r in res.items():
         b = r["single"][r["best_single"]]
@@ -281,7 +326,8 @@ def render(s: dict, extra_rows: dict) -> str:
           f"- batch CLI (`metarouter route --batch`, 2,000 held-out prompts, process start included): "
           f"{s['batch_prompts_per_s']:,.0f} prompts/s",
           f"- artifact: {s['artifact_mb']:.1f} MiB; router memory: {mem['router_loaded_mb']:.0f} MiB loaded, "
-          f"{mem['after_3000_routes_mb']:.0f} MiB after 3,000 routes (RSS over a numpy + catalog baseline)", ""]
+          f"{mem['after_3000_routes_mb']:.0f} MiB after 3,000 routes (RSS over a numpy + catalog baseline)", "",
+          NOTES]
     return "\n".join(L)
 
 

@@ -68,6 +68,8 @@ def test_long_prompts_are_clipped(router):
     x = router.encoder.encode(user(" ".join(words)))
     assert np.isfinite(x).all()
     assert len(router.encoder.token_ids(" ".join(words))) < 8_000  # head + tail only
+    # one enormous "word" is an unknown token (greedy WordPiece over it would be quadratic)
+    assert router.encoder.token_ids("x" * 50_000) == [router.encoder._unk] * 2  # head and tail halves
 
 
 # -- policy and constraints ------------------------------------------------------------------------------------------

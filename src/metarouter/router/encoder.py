@@ -22,7 +22,7 @@ import numpy as np
 
 HEAD_CHARS = 12_000  # ≈ 3,000 tokens
 TAIL_CHARS = 12_000
-FEATURE_WINDOW = 1_000
+MAX_WORD_CHARS = 100
 
 _TOKEN_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_", re.UNICODE)
 
@@ -125,6 +125,7 @@ class StaticEncoder:
         self._chunk_row: dict[str, int] = dict(self._word)  # whitespace chunk -> one table row
         self._lock = threading.Lock()
         self._unk = self._word.get("[UNK]", 0)
+        self._max_piece = max((len(t) for t in self._word), default=1) + 1
         self._ones = np.ones(8192, np.float32)
 
     # -- tokenisation -------------------------------------------------------------------------------------------
@@ -137,10 +138,12 @@ class StaticEncoder:
             w = _strip_accents(w)
             if w in self._word:
                 ids = (self._word[w],)
+        if ids is None and len(w) > MAX_WORD_CHARS:  # as BERT: overlong words are unknown (and cost nothing)
+            ids = (self._unk,)
         if ids is None:
             out, start, n = [], 0, len(w)
             while start < n:
-                end = n
+                end = min(n, start + self._max_piece)
                 found = -1
                 table = self._word if start == 0 else self._piece
                 while end > start:
