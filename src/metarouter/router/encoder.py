@@ -28,8 +28,14 @@ _TOKEN_RE = re.compile(r"[^\W\d_]+|\d+|[^\w\s]|_", re.UNICODE)
 
 # Hand features come from token counts: each table row carries, after its embedding, a few count columns
 # (is it a code marker, a maths marker, a number, ...), so one gather gives both the embedding and the counts.
-_CODE_TOKENS = frozenset(["{", "}", ";", "`", "def", "return", "assert", "import", "function", "class", "lambda", "self", "print", "const", "var", "void", "elif"])
-_MATH_TOKENS = frozenset(["\\", "$", "^", "+", "=", "*", "/", "<", ">", "frac", "sqrt", "cdot", "times", "pi", "theta", "equation", "integral"])
+_CODE_TOKENS = frozenset([
+    "{", "}", ";", "`", "def", "return", "assert", "import", "function", "class", "lambda", "self", "print",
+    "const", "var", "void", "elif",
+])
+_MATH_TOKENS = frozenset([
+    "\\", "$", "^", "+", "=", "*", "/", "<", ">", "frac", "sqrt", "cdot", "times", "pi", "theta", "equation",
+    "integral",
+])
 _COUNT_COLUMNS = ("code", "math", "number", "question", "nonascii", "punct", "unseen")
 
 FEATURE_NAMES = (

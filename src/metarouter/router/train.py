@@ -219,7 +219,7 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
     pq_arena = np.array([np.mean(1 / (1 + np.exp(-(Z @ u_avg + cp)))) for cp in c_prior], np.float32)
     fill = float(np.nanmedian(lo)) if has_len.any() else math.log(1500)
     prior_weight = (min_labels / (n_lab + min_labels)).astype(np.float32)
-    for i, m in enumerate(models):
+    for i in range(len(models)):
         if not good[i]:
             U[i], c[i] = u_avg, c_prior[i]
             prior_weight[i] = 1.0
@@ -271,7 +271,8 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, dims: 
         "version": "mf-" + digest.hexdigest()[:12], "default_tradeoff": 3.0, "dims": dims, "mf_dim": mf_dim,
         "epochs": epochs, "seed": SEED, "categories": cats,
         "cat_scale": CAT_SCALE, "mf_weight": MF_WEIGHT, "holdout": holdout, "n_train_prompts": len(tr),
-        "train_sources": sorted(set(tr.sources)), "arena_scores": arena, "n_labels": {m.id: int(n) for m, n in zip(models, n_lab)},
+        "train_sources": sorted(set(tr.sources)), "arena_scores": arena,
+        "n_labels": {m.id: int(n) for m, n in zip(models, n_lab)},
     }
     out = Path(out)
     art.save(out, arrays, meta, vocab, [m.id for m in models])
