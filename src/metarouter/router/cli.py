@@ -143,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``route``, ``train`` and ``eval`` on the main parser's subparsers."""
+    """Register ``route``, ``train`` and ``eval`` (each sets ``func`` and ``fn`` to its handler(args) -> int)."""
     p = subparsers.add_parser("route", help="choose a model for a prompt (or a JSONL batch)")
     p.add_argument("prompt", nargs="*", help="the prompt text")
     p.add_argument("--models", help="comma-separated catalog ids or wildcards (default: whole catalog)")
@@ -157,13 +157,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.add_argument("--artifact", help="router artifact (default: the shipped one)")
-    p.set_defaults(func=cmd_route)
+    p.set_defaults(func=cmd_route, fn=cmd_route)
 
     from .train import add_arguments
 
     p = subparsers.add_parser("train", help="train a router artifact from routing data")
     add_arguments(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, fn=cmd_train)
 
     p = subparsers.add_parser("eval", help="benchmark the router on the held-out split")
     p.add_argument("--data", required=True, help="shared routing folder or Not Diamond CSV")
@@ -173,7 +173,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", help="write the results as JSON")
     p.add_argument("--all-rows", action="store_true", help="evaluate on every prompt, not only the held-out split")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, fn=cmd_eval)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def sweep(Q: np.ndarray, C: np.ndarray, tradeoffs) -> np.ndarray:
     return np.stack(out)
 
 
-TRADEOFF_GRID = np.round(np.concatenate([np.arange(0, 10.001, 0.1)]), 2)
+TRADEOFF_GRID = np.round(np.arange(0, 10.001, 0.05), 2)  # the dial is continuous: 201 settings
 
 
 def random_points(pool: Pool, n_mix: int = 21, seed: int = 0) -> np.ndarray:
