@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +48,40 @@ class Constraints:
 _NO_CONSTRAINTS = Constraints()
 
 
-@dataclass
 class Candidate:
-    model_id: str
-    quality: float
-    cost_usd: float
-    prompt_tokens: int
-    output_tokens: int
-    reason: str
-    score: float
-    prior_weight: float = 0.0  # how much the quality leans on the model/prompt priors (0 = all learned)
+    """One ranked model: predicted quality (P(good answer)), predicted cost in USD, tokens, score and reason.
+
+    ``reason`` is formatted on first access (the ranking does not wait for the prose of 20 fallbacks).
+    """
+
+    __slots__ = ("model_id", "quality", "cost_usd", "prompt_tokens", "output_tokens", "score", "prior_weight",
+                 "_reason", "_why")
+
+    def __init__(self, model_id: str, quality: float, cost_usd: float, prompt_tokens: int, output_tokens: int,
+                 reason: str | None, score: float, prior_weight: float = 0.0, why: tuple | None = None):
+        self.model_id, self.quality, self.cost_usd = model_id, quality, cost_usd
+        self.prompt_tokens, self.output_tokens, self.score = prompt_tokens, output_tokens, score
+        self.prior_weight = prior_weight  # how much the quality leans on priors (0 = all learned)
+        self._reason, self._why = reason, why
+
+    @property
+    def reason(self) -> str:
+        if self._reason is None:
+            self._reason = Router._reason(*self._why) if self._why else ""
+        return self._reason
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["quality"] = round(self.quality, 4)
-        d["cost_usd"] = float(f"{self.cost_usd:.6g}")
-        d["score"] = float(f"{self.score:.6g}")
-        d["prior_weight"] = round(self.prior_weight, 3)
-        return d
+        return {"model_id": self.model_id, "quality": round(self.quality, 4),
+                "cost_usd": float(f"{self.cost_usd:.6g}"), "prompt_tokens": self.prompt_tokens,
+                "output_tokens": self.output_tokens, "reason": self.reason, "score": float(f"{self.score:.6g}"),
+                "prior_weight": round(self.prior_weight, 3)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Candidate) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"Candidate(model_id={self.model_id!r}, quality={self.quality:.4f}, cost_usd={self.cost_usd:.6g}, "
+                f"output_tokens={self.output_tokens}, score={self.score:.6g}, reason={self.reason!r})")
 
 
 @dataclass
@@ -322,8 +338,8 @@ class Router:
         ql, cl, sl, pl, ol = q.tolist(), cost.tolist(), score.tolist(), pw.tolist(), np.rint(out_tok).tolist()
         ranked: list[Candidate] = []
         for rank, i in enumerate(order):
-            reason = self._reason(rank, ql[i], cl[i], qmax, cmin, pl[i], t, len(kept)) if explain else ""
-            ranked.append(Candidate(kept[i].id, ql[i], cl[i], prompt_tokens, int(ol[i]), reason, sl[i], pl[i]))
+            why = (rank, ql[i], cl[i], qmax, cmin, pl[i], t, len(kept)) if explain else None
+            ranked.append(Candidate(kept[i].id, ql[i], cl[i], prompt_tokens, int(ol[i]), None, sl[i], pl[i], why))
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
 
     @staticmethod
