@@ -63,6 +63,18 @@ def test_encoder_reads_the_conversation(router):
     assert np.allclose(parts[:d], alone[:d], atol=1e-6) and not np.allclose(parts, alone)
 
 
+def test_vectorised_lookup_matches_the_dict_path(router):
+    e = router.encoder
+    rng = random.Random(1)
+    words = ["the", "Eggs.", "x^2", "naïve", "café", "(a)", "λ", "—", "don't", "1234567", "foo_bar", "==", "数学"]
+    texts = [" ".join(rng.choice(words) for _ in range(n)) for n in (0, 5, 300, 900)]
+    texts += ["word\u00a0word " * 200, "a\x1cb\tc\nd " * 300, "é" * 5000, "ab " * 9000]
+    for _ in range(2):  # cold, then warm (chunks folded into the hash index)
+        for t in texts:
+            low = t.lower()
+            assert e.rows_array(low).tolist() == e.rows(low), t[:40]
+
+
 def test_long_prompts_are_clipped(router):
     words = [random.Random(0).choice(["alpha", "beta", "gamma", "delta"]) for _ in range(100_000)]
     x = router.encoder.encode(user(" ".join(words)))

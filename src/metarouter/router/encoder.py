@@ -90,6 +90,7 @@ def clip(text: str) -> str:
 
 _HASH_P = 0x9E3779B97F4A7C15  # odd: invertible mod 2^64
 _MAX_VEC_CHARS = 2 * (HEAD_CHARS + TAIL_CHARS) + 16
+_MIN_VEC_CHARS = 1_200  # below this the dict path wins (numpy's per-call overhead)
 # str.split() whitespace within ASCII: \t \n \v \f \r, \x1c-\x1f and space
 _WS_LUT = np.zeros(256, bool)
 _WS_LUT[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
@@ -313,7 +314,7 @@ class StaticEncoder:
         gives ``str.split()``'s chunks unless the text has non-ASCII whitespace (then: the plain path).
         """
         raw = low.encode()
-        if len(raw) > _MAX_VEC_CHARS or (len(raw) != len(low) and _UNICODE_WS.search(low)):
+        if len(raw) < _MIN_VEC_CHARS or len(raw) > _MAX_VEC_CHARS or (len(raw) != len(low) and _UNICODE_WS.search(low)):
             return np.array(self.rows(low), np.intp)
         b = np.frombuffer(raw, np.uint8)
         n = len(b)
