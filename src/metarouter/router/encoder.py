@@ -264,7 +264,7 @@ class StaticEncoder:
         self._chunk_row = {k: r for k, r in self._chunk_row.items() if r < first}
         self._n_rows = first
         self._generation += 1  # the hash index forgets every chunk row too
-        self._hash_keys, self._hash_rows = self._base_index
+        self._index = self._base_index
         self._pending = []
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
@@ -289,9 +289,9 @@ class StaticEncoder:
         hs = np.array([int((np.frombuffer(w, np.uint8).astype(np.uint64) * pw[: len(w)]).sum()) for w in enc],
                       np.uint64)
         order = np.argsort(hs, kind="stable")
-        self._hash_keys = hs[order]
-        self._hash_rows = np.array([self._word[w] for w in words], np.intp)[order]
-        self._base_index = (self._hash_keys, self._hash_rows)
+        # (sorted hashes, rows) swapped as one tuple, so a concurrent reader never sees a mismatched pair
+        self._base_index = (hs[order], np.array([self._word[w] for w in words], np.intp)[order])
+        self._index = self._base_index
         self._pending: list[tuple[int, int]] = []  # (hash, row) of chunks resolved since the last merge
 
     def _merge_pending(self) -> None:
@@ -302,10 +302,10 @@ class StaticEncoder:
             h = np.array([p[0] for p in self._pending], np.uint64)
             r = np.array([p[1] for p in self._pending], np.intp)
             self._pending = []
-            keys = np.concatenate([self._hash_keys, h])
-            rows = np.concatenate([self._hash_rows, r])
+            keys = np.concatenate([self._index[0], h])
+            rows = np.concatenate([self._index[1], r])
             keys, first = np.unique(keys, return_index=True)
-            self._hash_keys, self._hash_rows = keys, rows[first]
+            self._index = (keys, rows[first])
 
     def rows_array(self, low: str) -> np.ndarray:
         """:meth:`rows` as an array, split and looked up in numpy (the same rows, far fewer Python steps).
@@ -330,7 +330,7 @@ class StaticEncoder:
         S[0] = 0
         np.cumsum(b.astype(np.uint64) * _POW[:n], out=S[1:])
         h = (S[ends] - S[starts]) * _INV_POW[starts]  # wraps mod 2^64: the hash of each chunk from position 0
-        keys, krows = self._hash_keys, self._hash_rows
+        keys, krows = self._index
         idx = np.searchsorted(keys, h)
         idx[idx >= len(keys)] = 0
         found = keys[idx] == h
