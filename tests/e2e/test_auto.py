@@ -201,3 +201,19 @@ def test_bad_controls_are_400(gateway):
                        json={"model": "auto", "messages": [{"role": "user", "content": "hi"}],
                              **auto_plugin(**plugin)})
         assert r.status_code == 400 and frag in r.json()["error"]["message"]
+
+
+def test_default_tradeoff_routes_easy_and_hard_prompts_differently(client, gateway):
+    """Over the whole pool (every family served by its fake), at the default tradeoff."""
+    easy = ask(client, "What is the capital of France?")
+    hard = ask(client, "Let f(x) = x^3 - 6x^2 + 11x - 6. Find all real roots and the area enclosed between f and "
+                       "the x-axis between the smallest and largest root. Show every step.")
+    assert easy.model != hard.model
+    e, h = (r.model_extra["openrouter_metadata"] for r in (easy, hard))
+    assert e["tradeoff"] == h["tradeoff"] == pytest.approx(e["tradeoff"])  # both at the router's default
+    assert len(e["candidates"]) == 20
+    # the hard prompt's choice is predicted to be at least as good there as the easy prompt's choice
+    q = {c["model_id"]: c["quality"] for c in h["candidates"]}
+    assert q[hard.model] >= q[easy.model]
+    for r in (easy, hard):
+        assert generation(gateway, r.id)["model"] == r.model
