@@ -581,7 +581,8 @@ def machine() -> dict[str, Any]:
     return {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "nproc": os.cpu_count(), "cpu_model": cpu, "mem_total_gb": mem, "kernel": platform.release(),
-        "python": platform.python_version(), "git_head": git, "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3], "src_uncommitted_changes": bool(dirty),
+        "python": platform.python_version(), "git_head": git,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3], "src_uncommitted_changes": bool(dirty),
         "versions": {"nginx": ver(["nginx", "-v"]), "wrk": ver(["wrk", "-v"]),
                      **{m: pyver(m) for m in ("metarouter", "starlette", "uvicorn", "uvloop", "httptools",
                                               "aiohttp", "orjson", "py-spy")}},
@@ -611,10 +612,15 @@ def main() -> int:
     ap.add_argument("--disturbed", type=float, default=15.0, metavar="PCT",
                     help="a run during which other processes used more than PCT%% of the CPUs is repeated")
     ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run (the least disturbed is kept)")
+    ap.add_argument("--src", help="benchmark the metarouter package under this src/ directory (e.g. a patched copy)")
     ap.add_argument("--ref", help="benchmark this commit's src/ (git archive to a temp dir) instead of the working tree")
     ap.add_argument("--out", default=str(HERE / "results"), help="where the results go")
     a = ap.parse_args()
 
+    # stop cleanly (children stopped, partial results written) on Ctrl-C or kill, also when started in the
+    # background, where SIGINT arrives ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     dur = a.duration or (3.0 if a.quick else 8.0)
     conns = [int(c) for c in (a.conns or ("1,50" if a.quick else "1,10,50,200")).split(",")]
     litellm_exe = None if (a.litellm in ("", "none") or (a.quick and "--litellm" not in sys.argv)) else Path(a.litellm)
@@ -650,6 +656,9 @@ def main() -> int:
         subprocess.run(["tar", "-x", "-C", str(ref_dir)], input=arch, check=True)
         SRC_OVERRIDE = str(ref_dir / "src")
         print(f"benchmarking {a.ref} from {SRC_OVERRIDE}", flush=True)
+    if a.src:
+        SRC_OVERRIDE = str(Path(a.src).resolve())
+        print(f"benchmarking the package under {SRC_OVERRIDE}", flush=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if a.quick else "")
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -660,6 +669,8 @@ def main() -> int:
     print(f"work dir {work}; {dur:g} s per run at {conns} connections", flush=True)
     t_begin = time.perf_counter()
     meta = machine()
+    if a.src:
+        meta["src"] = SRC_OVERRIDE
     if a.ref:
         meta["git_head"] = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %ci %s", a.ref],
                                           capture_output=True, text=True).stdout.strip()
@@ -731,6 +742,10 @@ def main() -> int:
             R["startup_s"]["relay"] = relay.startup_s
             series(relay, ["json", "stream"])
             R["ttfb"].append(ttfb(relay, work, 1, min(5.0, dur)))
+            if profile:
+                log("py-spy: relay json at 50 connections")
+                R["profiles"]["relay-json"] = py_spy(relay, work, "json", 50, min(dur, 10), prof_dir / "relay-json",
+                                                     svg=False)
             R["rss"]["relay"] = relay.rss()
             relay.stop()
             live.remove(relay)
