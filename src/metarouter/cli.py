@@ -48,6 +48,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=30,
+        proxy_headers=False,
+        server_header=False,
     )
     return 0
 

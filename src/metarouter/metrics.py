@@ -20,6 +20,7 @@ container (scale with replicas, each scraped on its own) when the numbers must b
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Iterable
@@ -68,8 +69,13 @@ class _Metric:
         self.name, self.help = name, help_text
         self.labelnames = tuple(labelnames)
         self._dropped = False
+        self._memo: dict[tuple, Labels] = {}
 
     def _key(self, labels: dict[str, Any], store: dict) -> Labels | None:
+        raw = tuple(labels.get(n) for n in self.labelnames)
+        key = self._memo.get(raw)
+        if key is not None and key in store:
+            return key
         key = tuple((n, str(labels.get(n) if labels.get(n) is not None else "")[:MAX_LABEL_LEN])
                     for n in self.labelnames)
         key = tuple((n, v) for n, v in key if v != "")
@@ -78,6 +84,8 @@ class _Metric:
                 self._dropped = True
                 log.warning("metric %s reached %d series; new label sets are dropped", self.name, MAX_SERIES)
             return None
+        if len(self._memo) < 4 * MAX_SERIES:
+            self._memo[raw] = key
         return key
 
     def header(self) -> list[str]:
@@ -133,9 +141,8 @@ class Histogram(_Metric):
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = [0] * len(self.buckets) + [0, 0]
-        for i, b in enumerate(self.buckets):
-            if value <= b:
-                s[i] += 1
+        for i in range(bisect.bisect_left(self.buckets, value), len(self.buckets)):
+            s[i] += 1
         s[-2] += value
         s[-1] += 1
 

@@ -30,6 +30,27 @@ log = logging.getLogger("metarouter.api")
 JSON = "application/json"
 
 
+class LeanStreamingResponse(StreamingResponse):
+    """StreamingResponse without anyio's task group: one plain task waits for the client's disconnect, checked
+    between chunks (a gone client stops the relay at its next chunk, and the body iterator is closed)."""
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
+        watcher = asyncio.ensure_future(receive())
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                if watcher.done():
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
@@ -252,7 +273,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 await frames.aclose()  # type: ignore[attr-defined]
 
     def _sse_response(it: AsyncIterator[bytes]) -> StreamingResponse:
-        return StreamingResponse(
+        return LeanStreamingResponse(
             it, media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -16,4 +16,37 @@ def build_app():
 
     args = orjson.loads(os.environ.get(ENV_ARGS, "{}"))
     settings = load_settings(args.get("config"), overrides=args.get("overrides"))
-    return build_full_app(settings)
+    return _fast_chat(build_full_app(settings))
+
+
+def _fast_chat(app):
+    """Serve POST …/chat/completions straight from the endpoint, without Starlette's two middlewares and router
+    walk (the rest of the app is unchanged). Errors are answered here exactly as the exception handlers would."""
+    import logging
+
+    from starlette.requests import Request
+
+    from ..errors import GatewayError
+    from .app import error_response
+
+    log = logging.getLogger("metarouter.api")
+    paths = {"/api/v1/chat/completions", "/v1/chat/completions"}
+    endpoint = next(r.endpoint for r in app.router.routes if getattr(r, "path", None) in paths)
+
+    async def asgi(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in paths and scope["method"] == "POST":
+            scope["app"] = app
+            request = Request(scope, receive, send)
+            try:
+                response = await endpoint(request)
+            except GatewayError as err:
+                response = error_response(err)
+            except Exception:
+                log.exception("unhandled error on POST %s", scope["path"])
+                response = error_response(GatewayError(500, "Internal server error"))
+            await response(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    asgi.state = app.state
+    return asgi

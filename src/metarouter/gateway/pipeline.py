@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
+import yarl
 
 from ..catalog import Model
 from ..config import Settings
@@ -94,6 +95,7 @@ class Gateway:
         self._client_timeout: aiohttp.ClientTimeout | None = None
         self._credit_cache: tuple[float, int | None, int] | None = None
         self._background: set[asyncio.Task] = set()
+        self._urls: dict[str, yarl.URL] = {}
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -112,7 +114,8 @@ class Gateway:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                              cookie_jar=aiohttp.DummyCookieJar())
 
     async def close(self) -> None:
         if self._background:
@@ -224,8 +227,11 @@ class Gateway:
         req = adapter.build_request(body, model, provider, stream=stream)
         assert self._session is not None, "gateway not started"
         try:
+            url = self._urls.get(req.url)
+            if url is None:  # parsed once per upstream URL
+                url = self._urls[req.url] = yarl.URL(req.url)
             resp = await self._session.request(
-                req.method, req.url, data=req.body, headers=req.headers, timeout=self._timeout()
+                req.method, url, data=req.body, headers=req.headers, timeout=self._timeout()
             )
         except asyncio.TimeoutError:
             raise _Fallback(GatewayError(408, f"{provider.name}: upstream timed out")) from None
@@ -547,15 +553,25 @@ class _StreamRun:
         try:
             try:
                 async for raw in self.resp.content.iter_any():
-                    for event in parser.feed(raw):
-                        for chunk in translator.feed(event):
-                            if self.first_at is None:
-                                self.first_at = time.perf_counter()
-                                self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
-                                                             round((self.first_at - self.t0) * 1000, 2)))
-                                if self.plan.on_served is not None:
-                                    await self.plan.on_served(self.model.id)
-                            yield sse_data(self._stamp(chunk))
+                    # every frame of one upstream read goes out in one write (one ASGI send, one syscall)
+                    out: list[bytes] = []
+                    failed: GatewayError | None = None
+                    try:
+                        for event in parser.feed(raw):
+                            for chunk in translator.feed(event):
+                                if self.first_at is None:
+                                    self.first_at = time.perf_counter()
+                                    self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
+                                                                 round((self.first_at - self.t0) * 1000, 2)))
+                                    if self.plan.on_served is not None:
+                                        await self.plan.on_served(self.model.id)
+                                out.append(sse_data(self._stamp(chunk)))
+                    except GatewayError as exc:  # frames before an in-stream error still go out first
+                        failed = exc
+                    if out:
+                        yield out[0] if len(out) == 1 else b"".join(out)
+                    if failed is not None:
+                        raise failed
                     if translator.done:
                         break
                 for event in parser.close():

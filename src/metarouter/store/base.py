@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import random
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,8 +72,19 @@ def verify_key(plaintext: str, record: KeyRecord) -> bool:
     return hmac.compare_digest(hash_key(plaintext), record.key_hash)
 
 
+#: generation ids need uniqueness, not secrecy (records are only served to their own key): a PRNG seeded once from
+#: the OS is enough and avoids a system call per request
+_ID_RNG = random.Random(secrets.randbits(128))
+_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 def new_generation_id() -> str:
-    return f"gen-{int(time.time())}-{secrets.token_urlsafe(15).replace('-', 'x').replace('_', 'y')}"
+    n = _ID_RNG.getrandbits(120)
+    chars = []
+    for _ in range(20):
+        n, r = divmod(n, 62)
+        chars.append(_ID_ALPHABET[r])
+    return f"gen-{int(time.time())}-{''.join(chars)}"
 
 
 def spend_window_starts(now: float) -> dict[str, float]:
