@@ -9,6 +9,8 @@
 - ``metarouter_router_choices_total`` (counter; the model the ``auto`` router sent each request to)
 - ``metarouter_cost_usd_total`` (counter; exact: summed in integer picodollars)
 - ``metarouter_generations_total`` (counter; by status)
+- ``metarouter_circuit_breaker_state`` (gauge; by provider: 0 closed, 1 half-open, 2 open) and
+  ``metarouter_circuit_breaker_opened_total`` (counter): read from the breakers at scrape time
 
 The GenAI attributes become labels as the OpenTelemetry → Prometheus mapping writes them (``gen_ai.request.model``
 → ``gen_ai_request_model``). Labels carry model, provider, status and router names only: never a key, a key id,
@@ -164,6 +166,27 @@ class Histogram(_Metric):
         return out
 
 
+class CallbackMetric(_Metric):
+    """Values read at scrape time from ``collect()``: an iterable of (labels, value). Costs nothing per request."""
+
+    def __init__(self, kind: str, name: str, help_text: str, collect):
+        super().__init__(name, help_text, ())
+        self.kind = kind
+        self.collect = collect
+
+    def render(self) -> list[str]:
+        out = self.header()
+        try:
+            samples = list(self.collect())
+        except Exception:  # a scrape must not fail because one source did
+            log.exception("collecting %s failed", self.name)
+            return out
+        for labels, v in samples[:MAX_SERIES]:
+            key = tuple((k, str(x)[:MAX_LABEL_LEN]) for k, x in labels.items())
+            out.append(f"{self.name}{_labels(key)} {_num(v)}")
+        return out
+
+
 class Registry:
     def __init__(self) -> None:
         self.metrics: dict[str, _Metric] = {}
@@ -182,6 +205,12 @@ class Registry:
 
     def histogram(self, name: str, help_text: str, labelnames: Iterable[str], buckets: Iterable[float]) -> Histogram:
         return self.add(Histogram(name, help_text, labelnames, buckets))
+
+    def gauge_callback(self, name: str, help_text: str, collect) -> CallbackMetric:
+        return self.add(CallbackMetric("gauge", name, help_text, collect))
+
+    def counter_callback(self, name: str, help_text: str, collect) -> CallbackMetric:
+        return self.add(CallbackMetric("counter", name, help_text, collect))
 
     def render(self) -> str:
         lines: list[str] = []

@@ -15,7 +15,45 @@ def build_full_app(settings: Settings, store=None):
     _wire_rate_limits(app, settings)
     _wire_admin_and_metrics(app)
     app.router.routes.extend(activity_routes())
+    _wire_openapi(app, settings)
+    _wire_breaker_metrics(app)
     return app
+
+
+def _wire_openapi(app, settings: Settings) -> None:
+    """``GET /api/v1/openapi.json`` (and ``/v1/…``, ``/openapi.json``): the OpenAPI 3.1 description."""
+    import orjson
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from .openapi import openapi_document
+
+    raw = orjson.dumps(openapi_document(settings.limits.max_messages))
+
+    async def openapi(request) -> Response:
+        return Response(raw, media_type="application/json")
+
+    app.router.routes.extend(Route(p, openapi, methods=["GET"])
+                             for p in ("/api/v1/openapi.json", "/v1/openapi.json", "/openapi.json"))
+
+
+def _wire_breaker_metrics(app) -> None:
+    """Circuit-breaker state per provider in ``/metrics``, read from the gateway's breakers at scrape time."""
+    from ..gateway.resilience import HALF_OPEN, OPEN
+
+    registry = app.state.metrics.registry
+    state_code = {OPEN: 2, HALF_OPEN: 1}
+
+    def breakers() -> dict:
+        gw = getattr(app.state, "gateway", None)
+        return dict(getattr(gw, "breakers", None) or {})
+
+    registry.gauge_callback(
+        "metarouter_circuit_breaker_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
+        lambda: [({"provider": p}, state_code.get(b.state, 0)) for p, b in sorted(breakers().items())])
+    registry.counter_callback(
+        "metarouter_circuit_breaker_opened_total", "Times each provider's circuit breaker opened.",
+        lambda: [({"provider": p}, b.opened_count) for p, b in sorted(breakers().items())])
 
 
 def _wire_auto_router(app, settings: Settings) -> None:

@@ -95,8 +95,9 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("`model` must be a string", "model")
-    if "stream" in body and body["stream"] is not None and not isinstance(body["stream"], bool):
-        raise _bad("`stream` must be a boolean", "stream")
+    for name in ("stream", "logprobs"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise _bad(f"`{name}` must be a boolean", name)
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _number(body, "presence_penalty", -2, 2)
@@ -131,7 +132,7 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
     for name in ("user", "session_id"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise _bad(f"`{name}` must be a string", name)
-    for name in ("provider", "metadata"):
+    for name in ("provider", "metadata", "stream_options"):
         if body.get(name) is not None and not isinstance(body[name], dict):
             raise _bad(f"`{name}` must be an object", name)
     if body.get("plugins") is not None and not isinstance(body["plugins"], list):

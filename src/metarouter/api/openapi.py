@@ -1,0 +1,491 @@
+"""The OpenAPI 3.1 description of metarouter's public API, served at ``GET /api/v1/openapi.json``.
+
+Written as data, by hand, to match what the code accepts: the request constraints are those of
+``validation.py`` (and ``admin.py``, ``activity.py``), so that a body valid here is one the server does not refuse
+for its shape, and a body invalid here is one it answers with a 400. (A valid body may still be refused for what it
+names: an unknown model is a 400, an unaffordable one a 402.) ``tests/e2e/test_schemathesis.py`` fuzzes the server
+from this document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metarouter")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    t = schema.get("type")
+    if isinstance(t, str):
+        return {**schema, "type": [t, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERROR_TEXT = {
+    400: "Invalid request (the message says what is wrong; `metadata.param` names the field)",
+    401: "Missing or invalid key",
+    402: "Insufficient credit: the key's limit or the account's credit cannot cover the worst case",
+    403: "Key disabled, or not the admin key, or the admin API is disabled",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "The upstream timed out",
+    413: "Request body too large",
+    429: "Rate limited (key rpm/tpm, or the upstream); see `Retry-After`",
+    502: "The upstream failed or answered something unusable",
+    503: "No provider can answer now (all failed, or their circuits are open); see `Retry-After`",
+}
+
+
+def _responses(ok: dict[str, Any], *codes: int, ok_status: str = "200") -> dict[str, Any]:
+    out = {ok_status: ok}
+    for c in codes:
+        out[str(c)] = {"$ref": f"#/components/responses/E{c}"}
+    return out
+
+
+# --- request pieces -------------------------------------------------------------------------------------------
+
+# Only what validation.py checks is constrained; other documented fields are passed on as they are (described,
+# not typed, so that the document never promises a 400 the server does not give).
+_TEXT_PART = {
+    "type": "object",
+    "required": ["type", "text"],
+    "properties": {"type": {"const": "text"}, "text": {"type": "string"},
+                   "cache_control": {"description": "e.g. {type: ephemeral}, for providers that cache prompts"}},
+}
+_IMAGE_PART = {
+    "type": "object",
+    "required": ["type", "image_url"],
+    "properties": {
+        "type": {"const": "image_url"},
+        "image_url": {"oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "object", "required": ["url"],
+             "properties": {"url": {"type": "string", "minLength": 1},
+                            "detail": {"description": "auto, low or high"}}},
+        ]},
+    },
+}
+_AUDIO_PART = {
+    "type": "object", "required": ["type"],
+    "properties": {"type": {"const": "input_audio"}, "input_audio": {"description": "{data: base64, format}"}},
+}
+_FILE_PART = {
+    "type": "object", "required": ["type"],
+    "properties": {"type": {"const": "file"}, "file": {"description": "{filename, file_data}"}},
+}
+
+_TOOL_CALL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {
+        "id": {"description": "The call's id (a string)"},
+        "type": {"description": "function"},
+        "function": {"type": "object", "description": "{name, arguments (a JSON string)}"},
+    },
+}
+
+_MESSAGE = {
+    "type": "object",
+    "description": "`content` may be null or absent only for an assistant message (one that carries "
+                   "`tool_calls`); a `tool` message needs `tool_call_id`.",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string", "enum": ["assistant", "developer", "function", "system", "tool", "user"]},
+        "content": {"oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART, _AUDIO_PART, _FILE_PART]}},
+            {"type": "null"},
+        ]},
+        "name": {"description": "A participant name (a string)"},
+        "tool_call_id": {"description": "The id of the call a `tool` message answers (a string; required there)"},
+        "tool_calls": {"type": ["array", "null"], "items": _TOOL_CALL},
+    },
+    # The conditions of validation.py that a plain schema cannot say by type alone:
+    "allOf": [
+        {"if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+         "then": {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string"}}}},
+        {"if": {"properties": {"role": {"not": {"const": "assistant"}}}, "required": ["role"]},
+         "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}},
+    ],
+}
+
+_TOOL = {
+    "type": "object",
+    "required": ["function"],
+    "properties": {
+        "type": {"description": "function"},
+        "function": {"type": "object", "required": ["name"],
+                     "properties": {"name": {"type": "string"},
+                                    "description": {"description": "What the function does (a string)"},
+                                    "parameters": {"description": "A JSON Schema of the arguments"},
+                                    "strict": {"description": "true for strict argument adherence"}}},
+    },
+}
+
+
+def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "OpenAI's chat-completions body with OpenRouter's extensions. Fields not listed here are "
+                       "passed to the provider where it supports them, else ignored.",
+        "required": ["messages"],
+        "properties": {
+            "model": {"type": ["string", "null"], "description": "A model id from `GET /models`, or `openrouter/auto`. "
+                                                       "Required unless `models` is given.",
+                      "examples": ["openai/gpt-4o-mini-2024-07-18", "openrouter/auto"]},
+            "models": {"type": ["array", "null"], "items": {"type": "string"},
+                       "description": "Fallback models, tried in order after `model`."},
+            "messages": {"type": "array", "minItems": 1, "maxItems": max_messages, "items": _MESSAGE},
+            "stream": {"type": ["boolean", "null"]},
+            "stream_options": {"type": ["object", "null"],
+                               "properties": {"include_usage": {"description": "true: a final usage chunk"}}},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+            "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+            "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+            "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+            "logprobs": {"type": ["boolean", "null"]},
+            "stop": {"oneOf": [{"type": "string"},
+                               {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                               {"type": "null"}]},
+            "tools": {"type": ["array", "null"], "items": _TOOL},
+            "tool_choice": {"oneOf": [
+                {"type": "string", "enum": ["auto", "none", "required"]},
+                {"type": "object", "required": ["function"],
+                 "properties": {"type": {"description": "function"},
+                                "function": {"type": "object", "required": ["name"],
+                                             "properties": {"name": {"type": "string"}}}}},
+                {"type": "null"},
+            ]},
+            "response_format": {"oneOf": [
+                {"type": "object", "required": ["type"],
+                 "properties": {"type": {"type": "string", "enum": ["text", "json_object"]}}},
+                {"type": "object", "required": ["type", "json_schema"],
+                 "properties": {"type": {"const": "json_schema"},
+                                "json_schema": {"type": "object", "description": "{name, schema, strict}"}}},
+                {"type": "null"},
+            ]},
+            "user": {"type": ["string", "null"]},
+            "session_id": {"type": ["string", "null"],
+                           "description": "Groups requests (sticky routing for `openrouter/auto`); also read from "
+                                          "the `X-Session-Id` header."},
+            "provider": {"type": ["object", "null"],
+                         "description": "OpenRouter's provider preferences (order, only, ignore, sort, …)."},
+            "metadata": {"type": ["object", "null"]},
+            "plugins": {"type": ["array", "null"],
+                        "description": "OpenRouter plugins; `{id: \"auto-router\", allowed_models: [...], "
+                                       "tradeoff: …}` tunes `openrouter/auto`.",
+                        "items": {"description": "{id, …}; items that are not objects are ignored"}},
+        },
+    }
+
+
+# --- response pieces ------------------------------------------------------------------------------------------
+
+_NUM = {"type": "number"}
+_NNUM = {"type": ["number", "null"]}
+_NSTR = {"type": ["string", "null"]}
+_NINT = {"type": ["integer", "null"]}
+
+_USAGE = {
+    "type": "object",
+    "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
+                   "total_tokens": {"type": "integer"}, "cost": _NUM},
+}
+
+_CHAT_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "provider": {"type": "string"},
+        "choices": {"type": "array", "items": {
+            "type": "object",
+            "required": ["index", "message"],
+            "properties": {"index": {"type": "integer"}, "finish_reason": _NSTR,
+                           "message": {"type": "object", "properties": {"role": {"const": "assistant"},
+                                                                        "content": _NSTR}}},
+        }},
+        "usage": _USAGE,
+    },
+}
+
+_MODEL = {
+    "type": "object",
+    "required": ["id", "name", "context_length", "pricing", "architecture"],
+    "properties": {
+        "id": {"type": "string"}, "canonical_slug": {"type": "string"}, "name": {"type": "string"},
+        "created": {"type": "integer"}, "description": {"type": "string"},
+        "context_length": {"type": "integer"},
+        "architecture": {"type": "object", "properties": {
+            "modality": {"type": "string"},
+            "input_modalities": {"type": "array", "items": {"type": "string"}},
+            "output_modalities": {"type": "array", "items": {"type": "string"}},
+            "tokenizer": {"type": "string"}, "instruct_type": _NSTR}},
+        "pricing": {"type": "object", "required": ["prompt", "completion"],
+                    "properties": {k: {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
+                                   for k in ("prompt", "completion", "request", "image", "web_search",
+                                             "internal_reasoning")}},
+        "top_provider": {"type": "object", "properties": {"context_length": _NINT,
+                                                          "max_completion_tokens": _NINT,
+                                                          "is_moderated": {"type": "boolean"}}},
+        "supported_parameters": {"type": "array", "items": {"type": "string"}},
+        "available": {"type": "boolean"},
+    },
+}
+
+_GENERATION = {
+    "type": "object",
+    "required": ["id", "model", "total_cost", "tokens_prompt", "tokens_completion", "status"],
+    "properties": {
+        "id": {"type": "string"}, "created_at": {"type": "string"}, "model": {"type": "string"},
+        "requested_model": _NSTR, "provider_name": _NSTR, "router": _NSTR,
+        "total_cost": _NUM, "usage": _NUM,
+        "tokens_prompt": _NINT, "tokens_completion": _NINT,
+        "native_tokens_reasoning": _NINT, "native_tokens_cached": _NINT,
+        "latency": _NNUM, "time_to_first_token": _NNUM, "generation_time": _NNUM,
+        "finish_reason": _NSTR, "streamed": {"type": ["boolean", "integer", "null"]},
+        "cancelled": {"type": "boolean"}, "status": {"type": "string"},
+        "http_referer": _NSTR, "origin": {"type": "string"},
+        "app": {"type": "object", "properties": {"title": _NSTR, "referer": _NSTR}},
+        "session_id": _NSTR, "external_user": _NSTR,
+        "attempts": {"type": "array"},
+    },
+}
+
+_KEY_INFO = {
+    "type": "object",
+    "required": ["label", "usage", "limit", "limit_remaining"],
+    "properties": {
+        "label": {"type": "string"}, "usage": _NUM, "usage_daily": _NUM, "usage_weekly": _NUM,
+        "usage_monthly": _NUM, "limit": _NNUM, "limit_remaining": _NNUM, "limit_reset": _NSTR,
+        "is_free_tier": {"type": "boolean"},
+        "rate_limit": {"type": "object", "properties": {"requests": {"type": "integer"},
+                                                        "interval": {"type": "string"}}},
+        "tokens_per_minute": _NINT,
+    },
+}
+
+_CREDITS = {
+    "type": "object",
+    "required": ["total_credits", "total_usage", "unlimited"],
+    "properties": {"total_credits": _NNUM, "total_usage": _NUM, "unlimited": {"type": "boolean"}},
+}
+
+_ADMIN_KEY = {
+    "type": "object",
+    "required": ["id", "name", "disabled", "limit", "usage"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "name": {"type": "string"},
+        "label": {"type": "string"}, "disabled": {"type": "boolean"}, "limit": _NNUM, "limit_remaining": _NNUM,
+        "usage": _NUM, "rpm": _NINT, "tpm": _NINT, "created_at": {"type": "string"},
+    },
+}
+
+_USD = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 10**9},
+                  {"type": "string", "description": "A decimal number of USD, 0 to 1e9"}]}
+_PER_MINUTE = {"type": ["integer", "null"], "minimum": 1, "maximum": 10**9}
+_LABEL = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
+                       "metadata": {"type": ["object", "null"]}},
+    }},
+}
+
+_DATE = {"type": "string", "description": "A date, YYYY-MM-DD (others are 400)"}
+
+
+def _data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["data"], "properties": {"data": schema}}
+
+
+def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
+    """The document (a fresh dict each call). Paths are under ``/api/v1``; the same routes answer under ``/v1``."""
+    user = [{"apiKey": []}]
+    admin = [{"adminKey": []}]
+    activity_auth = [{"apiKey": []}, {"adminKey": []}]
+    window = [
+        {"name": "date_from", "in": "query", "required": False, "schema": _DATE},
+        {"name": "date_to", "in": "query", "required": False, "schema": _DATE},
+    ]
+    key_id = {"name": "public_id", "in": "path", "required": True,
+              "schema": {"type": "string"}, "description": "A key's public id (12 hex digits); others are 404."}
+    key_patch = {"type": "object", "additionalProperties": False, "properties": {
+        "name": _LABEL, "label": _LABEL, "disabled": {"type": "boolean"},
+        "limit": {"anyOf": [_USD, {"type": "null"}]}, "rpm": _PER_MINUTE, "tpm": _PER_MINUTE}}
+    key_create = {**key_patch, "properties": {k: v for k, v in key_patch["properties"].items() if k != "disabled"},
+                  "anyOf": [{"required": ["name"]}, {"required": ["label"]}]}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "metarouter",
+            "version": _version(),
+            "description": "A self-hosted, OpenRouter-compatible LLM gateway. Every path below also answers "
+                           "under `/v1` (for OpenAI clients). Errors are `{\"error\": {\"code\", \"message\", "
+                           "\"metadata\"?}}`.",
+        },
+        "servers": [{"url": "/api/v1"}],
+        "security": user,
+        "paths": {
+            "/chat/completions": {"post": {
+                "operationId": "createChatCompletion",
+                "summary": "Chat completion (JSON, or server-sent events with `stream: true`)",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": chat_request_schema(max_messages)}}},
+                "parameters": [
+                    {"name": "HTTP-Referer", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "The calling app's URL (Activity's app ranking)."},
+                    {"name": "X-Title", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "The calling app's name (also `X-OpenRouter-Title`)."},
+                ],
+                "responses": _responses(
+                    {"description": "The answer",
+                     "content": {"application/json": {"schema": _CHAT_RESPONSE},
+                                 "text/event-stream": {"schema": {"type": "string"}}}},
+                    400, 401, 402, 403, 408, 413, 429, 502, 503),
+            }},
+            "/models": {"get": {
+                "operationId": "listModels", "summary": "The catalog", "security": [],
+                "responses": _responses(_json({"type": "object", "required": ["data"], "properties": {
+                    "data": {"type": "array", "items": _MODEL}, "total_count": {"type": "integer"}}},
+                    "Models"), 400),
+            }},
+            "/generation": {"get": {
+                "operationId": "getGeneration", "summary": "One generation record of the calling key",
+                "parameters": [{"name": "id", "in": "query", "required": True,
+                                "schema": {"type": "string", "minLength": 1}}],
+                "responses": _responses(_json(_data(_GENERATION), "The record"), 400, 401, 403, 404),
+            }},
+            "/key": {"get": {
+                "operationId": "getKey", "summary": "The calling key: usage, limit, rate limits",
+                "responses": _responses(_json(_data(_KEY_INFO), "The key"), 401, 403),
+            }},
+            "/credits": {
+                "get": {
+                    "operationId": "getCredits", "summary": "The account's credit and usage",
+                    "responses": _responses(_json(_data(_CREDITS), "Credits"), 401, 403),
+                },
+                "post": {
+                    "operationId": "addCredits", "summary": "Top up the account (admin)", "security": admin,
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["amount"], "additionalProperties": False,
+                        "properties": {"amount": {"oneOf": [
+                            {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
+                            {"type": "string", "description": "A decimal number of USD, above 0, up to 1e9"}]}}}}}},
+                    "responses": _responses(_json(_data(_CREDITS), "Credits after the top-up"),
+                                            400, 401, 403, 413),
+                },
+            },
+            "/activity": {"get": {
+                "operationId": "getActivity", "summary": "Usage per day and model", "security": activity_auth,
+                "parameters": [*window, {"name": "app", "in": "query", "required": False,
+                                         "schema": {"type": "string"}},
+                               {"name": "key", "in": "query", "required": False, "schema": {"type": "string"},
+                                "description": "Admin only: one key's activity."}],
+                "responses": _responses(_json(_data({"type": "array", "items": {
+                    "type": "object", "required": ["date", "model", "requests", "usage"],
+                    "properties": {"date": {"type": "string"}, "model": {"type": "string"},
+                                   "requests": {"type": "integer"}, "prompt_tokens": _NINT,
+                                   "completion_tokens": _NINT, "reasoning_tokens": _NINT, "usage": _NUM,
+                                   "total_tokens": {"type": "integer"}}}}), "Activity"), 400, 401, 403),
+            }},
+            "/activity/generations": {"get": {
+                "operationId": "listGenerations", "summary": "Recent generations", "security": activity_auth,
+                "parameters": [window[0], {"name": "limit", "in": "query", "required": False,
+                                           "schema": {"type": "integer"},
+                                           "description": "Clamped to 1..500 (default 50)."}],
+                "responses": _responses(_json(_data({"type": "array", "items": _GENERATION}), "Generations"),
+                                        400, 401, 403),
+            }},
+            "/activity/apps": {"get": {
+                "operationId": "appRanking", "summary": "Apps by tokens", "security": activity_auth,
+                "parameters": [window[0]],
+                "responses": _responses(_json(_data({"type": "array", "items": {
+                    "type": "object", "required": ["app", "requests", "total_tokens", "usage"],
+                    "properties": {"app": {"type": "string"}, "requests": {"type": "integer"},
+                                   "total_tokens": {"type": "integer"}, "usage": _NUM}}}), "Apps"),
+                    400, 401, 403),
+            }},
+            "/keys": {
+                "get": {"operationId": "listKeys", "summary": "All keys (admin)", "security": admin,
+                        "responses": _responses(_json(_data({"type": "array", "items": _ADMIN_KEY}), "Keys"),
+                                                401, 403)},
+                "post": {"operationId": "createKey", "summary": "Create a key (admin); its plaintext is "
+                                                               "returned once", "security": admin,
+                         "requestBody": {"required": True,
+                                         "content": {"application/json": {"schema": key_create}}},
+                         "responses": _responses(
+                             _json({"type": "object", "required": ["data", "key"],
+                                    "properties": {"data": _ADMIN_KEY,
+                                                   "key": {"type": "string", "pattern": "^sk-mr-"}}},
+                                   "The new key"), 400, 401, 403, 413, ok_status="201")},
+            },
+            "/keys/{public_id}": {
+                "parameters": [key_id],
+                "get": {"operationId": "getAdminKey", "summary": "One key (admin)", "security": admin,
+                        "responses": _responses(_json(_data(_ADMIN_KEY), "The key"), 401, 403, 404)},
+                "patch": {"operationId": "updateKey", "summary": "Disable/enable, limit, rpm, tpm, label (admin)",
+                          "security": admin,
+                          "requestBody": {"required": True,
+                                          "content": {"application/json": {"schema": key_patch}}},
+                          "responses": _responses(_json(_data(_ADMIN_KEY), "The key"), 400, 401, 403, 404, 413)},
+                "delete": {"operationId": "deleteKey", "summary": "Disable a key (records and usage stay; admin)",
+                           "security": admin,
+                           "responses": _responses(
+                               _json({"type": "object", "required": ["data", "deleted"],
+                                      "properties": {"data": _ADMIN_KEY, "deleted": {"const": True}}},
+                               "The disabled key"), 401, 403, 404)},
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "sk-mr-<public id>-<secret>",
+                           "description": "A key from `metarouter keys create` or `POST /keys`."},
+                "adminKey": {"type": "http", "scheme": "bearer",
+                             "description": "The admin key, from `METAROUTER_ADMIN_KEY`."},
+            },
+            "schemas": {
+                "Error": _ERROR,
+                "ChatCompletionRequest": chat_request_schema(max_messages),
+                "ChatCompletion": _CHAT_RESPONSE,
+                "Model": _MODEL,
+                "Generation": _GENERATION,
+                "AdminKey": _ADMIN_KEY,
+            },
+            "responses": {f"E{c}": _json(_ref("Error"), t) for c, t in _ERROR_TEXT.items()},
+        },
+    }
+
+
+__all__ = ["chat_request_schema", "openapi_document"]
