@@ -28,6 +28,8 @@ from .validation import json_depth_ok, validate_chat_body
 log = logging.getLogger("metarouter.api")
 
 JSON = "application/json"
+MAX_HEADER_BYTES = 32 * 1024  # all request headers together (nginx's default buffers hold 32 KiB)
+MAX_APP_HEADER = 1024  # app referer and title are stored at most this long
 
 
 class LeanStreamingResponse(StreamingResponse):
@@ -207,15 +209,19 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     def context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
         h = request.headers
+        referer = h.get("http-referer") or h.get("referer") or None
+        title = h.get("x-openrouter-title") or h.get("x-title") or None
         return RequestContext(
             key=key,
-            app_referer=(h.get("http-referer") or h.get("referer") or None),
-            app_title=(h.get("x-openrouter-title") or h.get("x-title") or None),
+            app_referer=referer[:MAX_APP_HEADER] if referer else None,
+            app_title=title[:MAX_APP_HEADER] if title else None,
             want_metadata=h.get("x-openrouter-metadata", "").lower() in ("enabled", "true", "1"),
             session_id=body.get("session_id") or h.get("x-session-id") or None,
         )
 
     async def chat_completions(request: Request) -> Response:
+        if sum(len(k) + len(v) for k, v in request.scope["headers"]) > MAX_HEADER_BYTES:
+            raise GatewayError(431, f"Request headers too large (limit {MAX_HEADER_BYTES} bytes)", retryable=False)
         key = await state["auth"].authenticate(request)
         body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
         ctx = context(request, key, body)

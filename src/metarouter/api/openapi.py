@@ -47,6 +47,7 @@ _ERROR_TEXT = {
     408: "The upstream timed out",
     413: "Request body too large",
     429: "Rate limited (key rpm/tpm, or the upstream); see `Retry-After`",
+    431: "Request headers too large",
     502: "The upstream failed or answered something unusable",
     503: "No provider can answer now (all failed, or their circuits are open); see `Retry-After`",
 }
@@ -147,10 +148,10 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
                        "passed to the provider where it supports them, else ignored.",
         "required": ["messages"],
         "properties": {
-            "model": {"type": ["string", "null"], "description": "A model id from `GET /models`, or `openrouter/auto`. "
+            "model": {"type": ["string", "null"], "maxLength": 256, "description": "A model id from `GET /models`, or `openrouter/auto`. "
                                                        "Required unless `models` is given.",
                       "examples": ["openai/gpt-4o-mini-2024-07-18", "openrouter/auto"]},
-            "models": {"type": ["array", "null"], "items": {"type": "string"},
+            "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256},
                        "description": "Fallback models, tried in order after `model`."},
             "messages": {"type": "array", "minItems": 1, "maxItems": max_messages, "items": _MESSAGE},
             "stream": {"type": ["boolean", "null"]},
@@ -373,7 +374,7 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                     {"description": "The answer",
                      "content": {"application/json": {"schema": _CHAT_RESPONSE},
                                  "text/event-stream": {"schema": {"type": "string"}}}},
-                    400, 401, 402, 403, 408, 413, 429, 502, 503),
+                    400, 401, 402, 403, 408, 413, 429, 431, 502, 503),
             }},
             "/models": {"get": {
                 "operationId": "listModels", "summary": "The catalog", "security": [],

@@ -8,6 +8,7 @@ from ..errors import GatewayError
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 PART_TYPES = {"text", "image_url", "input_audio", "file"}
+MAX_MODEL_ID = 256  # longer names are refused before they are looked up (or echoed back in an error)
 
 
 def _bad(message: str, param: str | None = None) -> GatewayError:
@@ -93,8 +94,13 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
                                                     for t in tcs):
                 raise _bad(f"{where}.tool_calls must be an array of tool calls", f"{where}.tool_calls")
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise _bad("`model` must be a string", "model")
+    if model is not None and not (isinstance(model, str) and len(model) <= MAX_MODEL_ID):
+        raise _bad(f"`model` must be a model id (a string of at most {MAX_MODEL_ID} characters)", "model")
+    models = body.get("models")
+    if models is not None and not (isinstance(models, list) and all(
+        isinstance(m, str) and len(m) <= MAX_MODEL_ID for m in models
+    )):
+        raise _bad(f"`models` must be an array of model ids (strings of at most {MAX_MODEL_ID} characters)", "models")
     for name in ("stream", "logprobs"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise _bad(f"`{name}` must be a boolean", name)

@@ -1,0 +1,80 @@
+"""The OpenAPI description is a valid 3.1 document whose chat constraints are validation.py's."""
+
+from __future__ import annotations
+
+import copy
+
+import jsonschema_rs
+import pytest
+import schemathesis
+
+from metarouter.api.openapi import chat_request_schema, openapi_document
+from metarouter.api.validation import validate_chat_body
+from metarouter.errors import GatewayError
+
+
+def test_document_is_valid_openapi_3_1():
+    doc = openapi_document()
+    assert doc["openapi"].startswith("3.1")
+    schema = schemathesis.openapi.from_dict(copy.deepcopy(doc))
+    schema.validate()  # the OpenAPI 3.1 meta-schema; raises on an invalid document
+    ops = [r.ok() for r in schema.get_all_operations()]
+    names = {(op.method.upper(), op.path) for op in ops}
+    for expected in [("POST", "/chat/completions"), ("GET", "/models"), ("GET", "/generation"), ("GET", "/key"),
+                     ("GET", "/credits"), ("POST", "/credits"), ("GET", "/activity"),
+                     ("GET", "/activity/generations"), ("GET", "/activity/apps"), ("GET", "/keys"),
+                     ("POST", "/keys"), ("GET", "/keys/{public_id}"), ("PATCH", "/keys/{public_id}"),
+                     ("DELETE", "/keys/{public_id}")]:
+        assert expected in names
+    assert set(doc["components"]["securitySchemes"]) == {"apiKey", "adminKey"}
+    assert doc["paths"]["/keys"]["post"]["security"] == [{"adminKey": []}]
+
+
+def test_document_with_a_broken_schema_is_refused():
+    doc = openapi_document()
+    doc["paths"]["/models"]["get"]["responses"] = "nope"
+    with pytest.raises(jsonschema_rs.ValidationError):
+        schemathesis.openapi.from_dict(doc).validate()
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("extra", [
+    {"temperature": 2.5}, {"temperature": -0.1}, {"top_p": 1.01}, {"max_tokens": 0}, {"n": 2},
+    {"stop": ["x"] * 17}, {"stream": "yes"}, {"presence_penalty": 3}, {"top_logprobs": 21},
+    {"tool_choice": "sometimes"}, {"response_format": {"type": "xml"}}, {"response_format": {"type": "json_schema"}},
+    {"session_id": 5}, {"provider": []}, {"plugins": {}}, {"model": 5}, {"messages": []},
+    {"messages": [{"role": "wizard", "content": "x"}]}, {"messages": [{"role": "user"}]},
+    {"messages": [{"role": "tool", "content": "x"}]}, {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}]},
+    {"messages": MSG * 6}, {"model": "m" * 257}, {"models": [5]}, {"models": ["m" * 257]}, {"models": "m"},
+    {"logprobs": "yes"}, {"stream_options": 5},
+])
+def test_schema_and_validation_refuse_the_same_bodies(extra):
+    body = {"model": "m", "messages": MSG, **extra}
+    validator = jsonschema_rs.Draft202012Validator(chat_request_schema(max_messages=5))
+    assert not validator.is_valid(body)
+    with pytest.raises(GatewayError) as exc:
+        validate_chat_body(body, max_messages=5)
+    assert exc.value.status == 400
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"temperature": 0}, {"temperature": 2}, {"top_p": 1}, {"max_tokens": 1}, {"n": 1}, {"stop": ["x"] * 16},
+    {"stop": "x"}, {"stream": True}, {"stream": None}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+    {"messages": [{"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
+                                                                         "function": {"name": "f"}}]},
+                  {"role": "tool", "tool_call_id": "1", "content": "42"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                               {"type": "image_url", "image_url": {"url": "data:x"}}]}]},
+    {"messages": MSG * 5}, {"session_id": "s", "provider": {"order": ["openai"]},
+                            "plugins": [{"id": "auto-router", "allowed_models": ["openai/*"]}]},
+])
+def test_schema_and_validation_accept_the_same_bodies(extra):
+    body = {"model": "m", "messages": MSG, **extra}
+    validator = jsonschema_rs.Draft202012Validator(chat_request_schema(max_messages=5))
+    assert validator.is_valid(body), list(validator.iter_errors(body))
+    validate_chat_body(body, max_messages=5)
