@@ -31,7 +31,8 @@ from ..store import KeyRecord
 
 MAX_BODY = 64 * 1024
 _PUBLIC_ID = re.compile(r"^[0-9a-f]{12}$")
-MAX_USD = Decimal(10) ** 9
+MAX_USD = Decimal(10) ** 6  # one limit or top-up; in picodollars it must fit the stores' 64-bit integers
+MAX_CREDITS_PICO = 9 * 10**6 * PICO_PER_USD  # the account's credit, all top-ups together (2**63 ≈ 9.2e18)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -194,6 +195,9 @@ async def add_credits(request: Request) -> Response:
     _known(body, {"amount"})
     amount = _usd_pico("amount", body.get("amount"), allow_null=False, positive=True)
     assert amount is not None
+    current, _ = await request.app.state.store.get_credits()
+    if (current or 0) + amount > MAX_CREDITS_PICO:
+        raise GatewayError(400, f"The account's credit would exceed {pico_to_usd(MAX_CREDITS_PICO):.0f} USD")
     credits, usage = await request.app.state.store.add_credits(amount)
     return _json({"data": {"total_credits": pico_to_usd(credits) if credits is not None else None,
                            "total_usage": pico_to_usd(usage), "unlimited": credits is None}})

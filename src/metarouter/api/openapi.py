@@ -161,8 +161,9 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
             "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
             "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
-            "max_tokens": {"type": ["integer", "null"], "minimum": 1},
-            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+            # JSON integers beyond 64 bits are read as floats, and floats are refused
+            "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
+            "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
             "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
             "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
             "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
@@ -233,6 +234,16 @@ _CHAT_RESPONSE = {
         }},
         "usage": _USAGE,
     },
+}
+
+# Each server-sent event (OpenAPI 3.1: the stream's schema describes one event). Comment lines
+# (``: OPENROUTER PROCESSING`` keep-alives) are not events.
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A chat.completion.chunk as JSON (the last one may "
+                                                           "carry `usage` or an `error`); then `[DONE]`"},
+                   "event": {"type": "string"}, "id": {"type": "string"}},
 }
 
 _MODEL = {
@@ -307,8 +318,8 @@ _ADMIN_KEY = {
     },
 }
 
-_USD = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 10**9},
-                  {"type": "string", "description": "A decimal number of USD, 0 to 1e9"}]}
+_USD = {"oneOf": [{"type": "number", "minimum": 0, "maximum": 10**6},
+                  {"type": "string", "description": "A decimal number of USD, 0 to 1e6"}]}
 _PER_MINUTE = {"type": ["integer", "null"], "minimum": 1, "maximum": 10**9}
 _LABEL = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"\S"}
 
@@ -373,7 +384,7 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "responses": _responses(
                     {"description": "The answer",
                      "content": {"application/json": {"schema": _CHAT_RESPONSE},
-                                 "text/event-stream": {"schema": {"type": "string"}}}},
+                                 "text/event-stream": {"schema": _SSE_EVENT}}},
                     400, 401, 402, 403, 408, 413, 429, 431, 502, 503),
             }},
             "/models": {"get": {
@@ -402,8 +413,9 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
                         "type": "object", "required": ["amount"], "additionalProperties": False,
                         "properties": {"amount": {"oneOf": [
-                            {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
-                            {"type": "string", "description": "A decimal number of USD, above 0, up to 1e9"}]}}}}}},
+                            {"type": "number", "exclusiveMinimum": 0, "maximum": 10**6},
+                            {"type": "string", "description": "A decimal number of USD, above 0, up to 1e6"}]}},
+                        "description": "The account's credit, all top-ups together, is at most 9e6 USD."}}}},
                     "responses": _responses(_json(_data(_CREDITS), "Credits after the top-up"),
                                             400, 401, 403, 413),
                 },
