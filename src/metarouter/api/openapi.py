@@ -148,8 +148,9 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
                        "passed to the provider where it supports them, else ignored.",
         "required": ["messages"],
         "properties": {
-            "model": {"type": ["string", "null"], "maxLength": 256, "description": "A model id from `GET /models`, or `openrouter/auto`. "
-                                                       "Required unless `models` is given.",
+            "model": {"type": ["string", "null"], "maxLength": 256,
+                      "description": "A model id from `GET /models`, or `openrouter/auto`. Required unless `models` "
+                                     "is given.",
                       "examples": ["openai/gpt-4o-mini-2024-07-18", "openrouter/auto"]},
             "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256},
                        "description": "Fallback models, tried in order after `model`."},
