@@ -72,7 +72,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys(args: argparse.Namespace) -> int:
+def _with_store(args: argparse.Namespace, fn) -> int:
+    """Open the configured store, run ``await fn(store)``, close it (flushing), return fn's exit code."""
     from .store import open_store
 
     settings = _settings(args)
@@ -82,48 +83,64 @@ def cmd_keys(args: argparse.Namespace) -> int:
         store = open_store(settings.db_url)
         await store.open()
         try:
-            if args.keys_cmd == "create":
-                limit = usd_to_pico(args.limit) if args.limit is not None else None
-                plaintext, rec = await store.create_key(args.label, limit_pico=limit, rpm=args.rpm, tpm=args.tpm)
-                print(plaintext)
-                print(f"created key {rec.public_id} ({rec.label}); it is shown only once.", file=sys.stderr)
-            elif args.keys_cmd == "list":
-                for k in await store.list_keys():
-                    lim = f"${pico_to_usd(k.limit_pico):g}" if k.limit_pico is not None else "no limit"
-                    print(f"{k.public_id}  {k.label:<20}  usage ${pico_to_usd(k.usage_pico):.6f}  {lim}"
-                          f"{'  DISABLED' if k.disabled else ''}")
-            elif args.keys_cmd == "disable":
-                if await store.update_key(args.public_id, disabled=True) is None:
-                    print(f"no key {args.public_id}", file=sys.stderr)
-                    return 1
+            return int(await fn(store) or 0)
         finally:
             await store.close()
-        return 0
 
     return asyncio.run(run())
 
 
+def _usd_amount(value: float | None, what: str) -> int | None:
+    """A CLI amount in USD as picodollars, within what the stores' 64-bit columns hold (as the admin API)."""
+    from .api.admin import MAX_USD
+
+    if value is None:
+        return None
+    if not 0 <= value <= MAX_USD:
+        raise SystemExit(f"metarouter: {what} must be between 0 and {MAX_USD} USD")
+    return usd_to_pico(value)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    async def run(store) -> int:
+        if args.keys_cmd == "create":
+            limit = _usd_amount(args.limit, "--limit")
+            plaintext, rec = await store.create_key(args.label, limit_pico=limit, rpm=args.rpm, tpm=args.tpm)
+            print(plaintext)
+            print(f"created key {rec.public_id} ({rec.label}); it is shown only once.", file=sys.stderr)
+        elif args.keys_cmd == "list":
+            for k in await store.list_keys():
+                lim = f"${pico_to_usd(k.limit_pico):g}" if k.limit_pico is not None else "no limit"
+                print(f"{k.public_id}  {k.label:<20}  usage ${pico_to_usd(k.usage_pico):.6f}  {lim}"
+                      f"{'  DISABLED' if k.disabled else ''}")
+        elif args.keys_cmd == "disable":
+            if await store.update_key(args.public_id, disabled=True) is None:
+                print(f"no key {args.public_id}", file=sys.stderr)
+                return 1
+        return 0
+
+    return _with_store(args, run)
+
+
 def cmd_credits(args: argparse.Namespace) -> int:
-    from .store import open_store
+    async def run(store) -> int:
+        from .api.admin import MAX_CREDITS_PICO
 
-    settings = _settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-
-    async def run() -> None:
-        store = open_store(settings.db_url)
-        await store.open()
-        try:
-            if args.add is not None:
-                credits, usage = await store.add_credits(usd_to_pico(args.add))
-            else:
-                credits, usage = await store.get_credits()
-        finally:
-            await store.close()
+        if args.add is not None:
+            amount = _usd_amount(args.add, "--add")
+            current, _ = await store.get_credits()
+            if (current or 0) + amount > MAX_CREDITS_PICO:
+                print(f"metarouter: the account's credit would exceed {pico_to_usd(MAX_CREDITS_PICO):.0f} USD",
+                      file=sys.stderr)
+                return 1
+            credits, usage = await store.add_credits(amount)
+        else:
+            credits, usage = await store.get_credits()
         total = "unlimited" if credits is None else f"${pico_to_usd(credits):.6f}"
         print(f"credits: {total}  usage: ${pico_to_usd(usage):.6f}")
+        return 0
 
-    asyncio.run(run())
-    return 0
+    return _with_store(args, run)
 
 
 def build_parser() -> argparse.ArgumentParser:
