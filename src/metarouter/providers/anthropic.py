@@ -17,6 +17,7 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
+    TableParameters,
     Param,
     apply_params,
     content_parts,
@@ -29,7 +30,6 @@ from .common import (
     parse_arguments,
     role_chunk,
     stop_list,
-    supported,
     text_chunk,
     usage,
 )
@@ -194,12 +194,9 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return tc
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(TableParameters):
     wire = "anthropic"
     param_table = PARAMS
-
-    def supported_parameters(self, model: Model) -> list[str]:
-        return supported(PARAMS, model)
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         system, messages = translate_messages(body.get("messages") or [])
@@ -329,15 +326,11 @@ class AnthropicStreamTranslator:
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
-        self._done = False
+        self.done = False  # the upstream said its stream is complete
         self._blocks: dict[int, tuple[str, int]] = {}  # content block index → (kind, tool index)
         self._tools = 0
         self._json_tool = False
         self._start_usage: dict[str, Any] = {}
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if not event.data:
@@ -370,7 +363,7 @@ class AnthropicStreamTranslator:
                 finish = "stop"
             return [finish_chunk(finish, native)]
         if kind == "message_stop":
-            self._done = True
+            self.done = True
             return []
         if kind == "error":
             raise _stream_error(payload)

@@ -65,10 +65,8 @@ class StreamTranslator(Protocol):
         """Called when the upstream stream has ended; returns any chunks still held back."""
         ...
 
-    @property
-    def done(self) -> bool:
-        """Whether the upstream said its stream is complete (e.g. ``[DONE]``, ``message_stop``)."""
-        ...
+    #: whether the upstream said its stream is complete (e.g. ``[DONE]``, ``message_stop``)
+    done: bool
 
 
 class Adapter(Protocol):

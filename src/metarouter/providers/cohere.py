@@ -16,6 +16,7 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
+    TableParameters,
     Param,
     apply_params,
     content_parts,
@@ -26,7 +27,6 @@ from .common import (
     json_body,
     role_chunk,
     stop_list,
-    supported,
     text_chunk,
     usage,
 )
@@ -120,12 +120,9 @@ def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-class CohereAdapter:
+class CohereAdapter(TableParameters):
     wire = "cohere"
     param_table = PARAMS
-
-    def supported_parameters(self, model: Model) -> list[str]:
-        return supported(PARAMS, model)
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"model": model.native_model,
@@ -220,17 +217,13 @@ def _usage(u: dict[str, Any] | None) -> dict[str, Any] | None:
 class CohereStreamTranslator:
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
+        self.done = False  # the upstream said its stream is complete
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if not event.data:
             return []
         if event.data == "[DONE]":
-            self._done = True
+            self.done = True
             return []
         try:
             payload = orjson.loads(event.data)
@@ -260,7 +253,7 @@ class CohereStreamTranslator:
             call = {"index": payload.get("index", 0), "function": {"arguments": args}}
             return [{"choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}]
         if kind == "message-end":
-            self._done = True
+            self.done = True
             if delta.get("usage"):
                 self.usage = _usage(delta["usage"])
             native = delta.get("finish_reason")

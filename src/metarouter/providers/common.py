@@ -228,3 +228,13 @@ def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
     for key in parents:
         obj = obj.setdefault(key, {})
     obj[leaf] = value
+
+
+class TableParameters:
+    """For adapters whose parameters are a ``param_table`` of :class:`Param` rows: what a model supports follows
+    from the table (the rows' capability conditions), so no adapter re-implements it."""
+
+    param_table: tuple[Param, ...] = ()
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        return supported(self.param_table, model)

@@ -16,6 +16,7 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
+    TableParameters,
     Param,
     apply_params,
     content_parts,
@@ -30,7 +31,6 @@ from .common import (
     role_chunk,
     stable_id,
     stop_list,
-    supported,
     text_chunk,
     tool_name_map,
     usage,
@@ -201,12 +201,9 @@ def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
     return None
 
 
-class GeminiAdapter:
+class GeminiAdapter(TableParameters):
     wire = "gemini"
     param_table = PARAMS
-
-    def supported_parameters(self, model: Model) -> list[str]:
-        return supported(PARAMS, model)
 
     def translate_body(self, body: dict[str, Any], model: Model, *, provider: ProviderConfig | None = None
                        ) -> dict[str, Any]:
@@ -362,13 +359,9 @@ class GeminiStreamTranslator:
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
-        self._done = False
+        self.done = False  # the upstream said its stream is complete
         self._started = False
         self._tools = 0
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if not event.data or event.data == "[DONE]":
@@ -400,7 +393,7 @@ class GeminiStreamTranslator:
             out.append({"choices": [{"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": None}]})
         native = cand.get("finishReason")
         if native:
-            self._done = True
+            self.done = True
             out.append(finish_chunk(_finish(native, self._tools > 0) or "stop", native))
         return out
 

@@ -153,16 +153,12 @@ class OpenAIStreamTranslator:
     def __init__(self, adapter: OpenAICompatAdapter):
         self._adapter = adapter
         self.usage: dict[str, Any] | None = None
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
+        self.done = False  # the upstream said its stream is complete
 
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         data = event.data
         if data == "[DONE]":
-            self._done = True
+            self.done = True
             return []
         if not data:
             return []
