@@ -195,6 +195,7 @@ def test_models_lists_auto_without_negative_prices(gateway):
 def test_bad_controls_are_400(gateway):
     for plugin, frag in (({"cost_quality_tradeoff": 11}, "cost_quality_tradeoff"),
                          ({"cost_tier": "cheapest"}, "cost_tier"),
+                         ({"cost_tier": ["low"]}, "cost_tier"),
                          ({"allowed_models": "openai/*"}, "allowed_models")):
         r = httpx.post(f"{gateway.url}/api/v1/chat/completions",
                        headers={"Authorization": f"Bearer {gateway.api_key}"},

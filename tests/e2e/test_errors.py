@@ -44,6 +44,10 @@ def assert_error(r, status: int, fragment: str):
     (b'{"model": "openai/gpt-4o-mini-2024-07-18", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400,
      "invalid json"),
     (b"[" * 100 + b"]" * 100, 400, "nested"),
+    # unhashable values where a name is expected (found by schemathesis: they were a 500)
+    (b'{"model": "openai/gpt-4o-mini-2024-07-18", "messages": [{"role": "user", "content": [{"type": []}]}]}', 400,
+     "content part"),
+    (b'{"model": "openai/gpt-4o-mini-2024-07-18", "messages": [{"role": {"a": 1}, "content": "x"}]}', 400, "role"),
 ])
 def test_bad_bodies(gateway, fake, content, status, fragment):
     before = usage(gateway)

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from ..catalog import pico_to_usd
 from ..errors import GatewayError
-from .app import generation_view, json_response
+from .app import api_routes, generation_view, json_response
 
 
 def _day_start(value: str, name: str) -> float:
@@ -91,11 +91,8 @@ async def page(request: Request) -> Response:
 
 
 def activity_routes() -> list[Route]:
-    routes = [Route("/activity", page, methods=["GET"])]
-    for prefix in ("/api/v1", "/v1"):
-        routes += [
-            Route(f"{prefix}/activity", activity, methods=["GET"]),
-            Route(f"{prefix}/activity/generations", recent, methods=["GET"]),
-            Route(f"{prefix}/activity/apps", apps, methods=["GET"]),
-        ]
-    return routes
+    return [Route("/activity", page, methods=["GET"])] + api_routes(
+        ("/activity", activity, ["GET"]),
+        ("/activity/generations", recent, ["GET"]),
+        ("/activity/apps", apps, ["GET"]),
+    )

@@ -28,6 +28,7 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, pico_to_usd
 from ..errors import GatewayError
 from ..store import KeyRecord
+from .app import api_routes, credits_view
 
 MAX_BODY = 64 * 1024
 _PUBLIC_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -199,22 +200,18 @@ async def add_credits(request: Request) -> Response:
     if (current or 0) + amount > MAX_CREDITS_PICO:
         raise GatewayError(400, f"The account's credit would exceed {pico_to_usd(MAX_CREDITS_PICO):.0f} USD")
     credits, usage = await request.app.state.store.add_credits(amount)
-    return _json({"data": {"total_credits": pico_to_usd(credits) if credits is not None else None,
-                           "total_usage": pico_to_usd(usage), "unlimited": credits is None}})
+    return _json({"data": credits_view(credits, usage)})
 
 
 def admin_routes() -> list[Route]:
-    routes = []
-    for prefix in ("/api/v1", "/v1"):
-        routes += [
-            Route(f"{prefix}/keys", create_key, methods=["POST"]),
-            Route(f"{prefix}/keys", list_keys, methods=["GET"]),
-            Route(f"{prefix}/keys/{{public_id}}", get_key, methods=["GET"]),
-            Route(f"{prefix}/keys/{{public_id}}", update_key, methods=["PATCH"]),
-            Route(f"{prefix}/keys/{{public_id}}", delete_key, methods=["DELETE"]),
-            Route(f"{prefix}/credits", add_credits, methods=["POST"]),
-        ]
-    return routes
+    return api_routes(
+        ("/keys", create_key, ["POST"]),
+        ("/keys", list_keys, ["GET"]),
+        ("/keys/{public_id}", get_key, ["GET"]),
+        ("/keys/{public_id}", update_key, ["PATCH"]),
+        ("/keys/{public_id}", delete_key, ["DELETE"]),
+        ("/credits", add_credits, ["POST"]),
+    )
 
 
 __all__ = ["admin_routes", "check_admin", "key_view"]

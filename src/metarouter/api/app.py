@@ -53,6 +53,21 @@ class LeanStreamingResponse(StreamingResponse):
                 await aclose()
 
 
+API_PREFIXES = ("/api/v1", "/v1")  # OpenRouter's paths, and the same for OpenAI clients
+
+
+def api_routes(*specs: tuple[str, Any, list[str]]) -> list[Route]:
+    """Each ``(path, endpoint, methods)`` under every API prefix."""
+    return [Route(prefix + path, endpoint, methods=methods) for prefix in API_PREFIXES for path, endpoint, methods in specs]
+
+
+def credits_view(credits: int | None, usage: int) -> dict[str, Any]:
+    """``GET /credits`` data. With no credit set the account is unlimited (spending is bounded by key limits):
+    ``total_credits`` is null then, and ``unlimited`` says so."""
+    return {"total_credits": pico_to_usd(credits) if credits is not None else None,
+            "total_usage": pico_to_usd(usage), "unlimited": credits is None}
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
@@ -346,13 +361,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         await state["auth"].authenticate(request)
         await state["store"].flush()
         credits, usage = await state["store"].get_credits()
-        # With no credit set the account is unlimited (spending is bounded by key limits): total_credits is
-        # null then, and `unlimited` says so.
-        return json_response({"data": {
-            "total_credits": pico_to_usd(credits) if credits is not None else None,
-            "total_usage": pico_to_usd(usage),
-            "unlimited": credits is None,
-        }})
+        return json_response({"data": credits_view(credits, usage)})
 
     async def health(request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -374,16 +383,14 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(GatewayError(500, "Internal server error"))
 
-    routes = [Route("/health", health), Route("/ready", ready)]
-    for prefix in ("/api/v1", "/v1"):
-        routes += [
-            Route(f"{prefix}/chat/completions", chat_completions, methods=["POST"]),
-            Route(f"{prefix}/models", list_models, methods=["GET"]),
-            Route(f"{prefix}/generation", get_generation, methods=["GET"]),
-            Route(f"{prefix}/key", get_key, methods=["GET"]),
-            Route(f"{prefix}/auth/key", get_key, methods=["GET"]),
-            Route(f"{prefix}/credits", get_credits, methods=["GET"]),
-        ]
+    routes = [Route("/health", health), Route("/ready", ready)] + api_routes(
+        ("/chat/completions", chat_completions, ["POST"]),
+        ("/models", list_models, ["GET"]),
+        ("/generation", get_generation, ["GET"]),
+        ("/key", get_key, ["GET"]),
+        ("/auth/key", get_key, ["GET"]),
+        ("/credits", get_credits, ["GET"]),
+    )
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

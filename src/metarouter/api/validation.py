@@ -64,7 +64,7 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
         if not isinstance(m, dict):
             raise _bad(f"{where} must be an object", where)
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # (a list or object is unhashable)
             raise _bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
         content = m.get("content")
         if content is None:
@@ -73,7 +73,7 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
                     raise _bad(f"{where}.content is required", f"{where}.content")
         elif isinstance(content, list):
             for j, part in enumerate(content):
-                if not isinstance(part, dict) or part.get("type") not in PART_TYPES:
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str) or part["type"] not in PART_TYPES:
                     raise _bad(f"{where}.content[{j}] must be a content part with a type of "
                                f"{', '.join(sorted(PART_TYPES))}", f"{where}.content[{j}]")
                 if part["type"] == "text" and not isinstance(part.get("text"), str):

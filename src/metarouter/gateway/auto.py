@@ -161,7 +161,7 @@ class AutoResolver:
         allowed = _str_list(controls.get("allowed_models"), "allowed_models")
         excluded = _str_list(controls.get("excluded_models"), "excluded_models")
         tier = controls.get("cost_tier")
-        if tier is not None and tier not in COST_TIERS:
+        if tier is not None and (not isinstance(tier, str) or tier not in COST_TIERS):
             raise GatewayError(400, f"`cost_tier` must be one of {', '.join(COST_TIERS)}")
         mp = controls.get("max_price") or {}
         if not isinstance(mp, dict):
