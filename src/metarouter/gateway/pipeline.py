@@ -12,9 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import orjson
-import yarl
 
 from ..catalog import Model
 from ..config import Settings
@@ -24,6 +22,7 @@ from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
+from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
     estimate_prompt_tokens,
@@ -89,13 +88,11 @@ class Gateway:
         self.settings = settings
         self.store = store
         self.catalog = settings.catalog
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self.resilience: ResilienceSettings = settings.resilience
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._client_timeout: aiohttp.ClientTimeout | None = None
         self._credit_cache: tuple[float, int | None, int] | None = None
         self._background: set[asyncio.Task] = set()
-        self._urls: dict[str, yarl.URL] = {}
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -113,16 +110,15 @@ class Gateway:
         self.emit("generation", record)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                              cookie_jar=aiohttp.DummyCookieJar())
+        t = self.settings.timeouts
+        self._client = UpstreamClient(connect_timeout=t.connect, read_timeout=t.first_byte, total_timeout=t.total)
 
     async def close(self) -> None:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     # --- resolution ------------------------------------------------------------------------------------------
     async def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
@@ -216,31 +212,20 @@ class Gateway:
         return cached[1], cached[2]
 
     # --- sending -----------------------------------------------------------------------------------------------
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        if self._client_timeout is None:
-            t = self.settings.timeouts
-            self._client_timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.first_byte)
-        return self._client_timeout
-
     async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool):
         adapter = get_adapter(provider)
         req = adapter.build_request(body, model, provider, stream=stream)
-        assert self._session is not None, "gateway not started"
+        assert self._client is not None, "gateway not started"
         try:
-            url = self._urls.get(req.url)
-            if url is None:  # parsed once per upstream URL
-                url = self._urls[req.url] = yarl.URL(req.url)
-            resp = await self._session.request(
-                req.method, url, data=req.body, headers=req.headers, timeout=self._timeout()
-            )
-        except asyncio.TimeoutError:
+            resp = await self._client.request(req.url, req.body, req.headers, req.method)
+        except UpstreamTimeout:
             raise _Fallback(GatewayError(408, f"{provider.name}: upstream timed out")) from None
-        except aiohttp.ClientError as exc:
-            raise _Fallback(GatewayError(502, f"{provider.name}: upstream unreachable ({type(exc).__name__})")) from None
+        except UpstreamError as exc:
+            raise _Fallback(GatewayError(502, f"{provider.name}: upstream unreachable ({exc.kind})")) from None
         if resp.status != 200:
             try:
                 data = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except UpstreamError:
                 data = b""
             finally:
                 resp.release()
@@ -388,8 +373,11 @@ class Gateway:
                 finally:
                     t.resp.release()
                 out = t.adapter.parse_response(data)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                t.failed(GatewayError(502, f"{t.provider.name}: upstream failed mid-response ({type(exc).__name__})"))
+            except UpstreamTimeout:
+                t.failed(GatewayError(408, f"{t.provider.name}: upstream timed out mid-response"))
+                continue
+            except UpstreamError as exc:
+                t.failed(GatewayError(502, f"{t.provider.name}: upstream failed mid-response ({exc.kind})"))
                 continue
             except GatewayError as exc:
                 t.failed(exc)
@@ -477,7 +465,7 @@ class _Try:
     model: Model
     provider: ProviderConfig
     adapter: Any
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     reserved: int
     t0: float
     breaker: CircuitBreaker
@@ -552,7 +540,7 @@ class _StreamRun:
         recorded = False
         try:
             try:
-                async for raw in self.resp.content.iter_any():
+                async for raw in self.resp.iter_any():
                     # every frame of one upstream read goes out in one write (one ASGI send, one syscall)
                     out: list[bytes] = []
                     failed: GatewayError | None = None
@@ -585,8 +573,10 @@ class _StreamRun:
                 if self.first_at is None:
                     raise _Fallback(exc) from None
                 self.error = exc
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                err = GatewayError(502, f"{self.provider.name}: upstream stream broke ({type(exc).__name__})")
+            except UpstreamError as exc:
+                err = (GatewayError(408, f"{self.provider.name}: upstream stream timed out")
+                       if isinstance(exc, UpstreamTimeout) else
+                       GatewayError(502, f"{self.provider.name}: upstream stream broke ({exc.kind})"))
                 if self.first_at is None:
                     raise _Fallback(err) from None
                 self.error = err

@@ -1,0 +1,450 @@
+"""The upstream hop: a small keep-alive HTTP/1.1 client built on asyncio protocols and httptools.
+
+Every request a user makes crosses this hop once, so it does only what a gateway needs: POST a body, read the
+status and headers, then either read the whole body or pass it through as it arrives (SSE). Per request that is
+one ``transport.write`` of the request, one parser pass over what comes back, and no per-request object graph
+beyond the response. What it keeps from a general client: a LIFO pool of idle connections per origin (scheme,
+host, port), TLS with certificate and host-name checks, connect / between-reads / total timeouts, chunked and
+content-length and read-to-close bodies, gzip/deflate bodies, and back-pressure on streams (reading pauses while a
+slow client lets the body pile up). It never re-sends a request by itself: that is the gateway's retry policy.
+
+Failures are raised as :class:`UpstreamError` (:class:`UpstreamTimeout` for timeouts) naming what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+import zlib
+from collections import deque
+from typing import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamError", "UpstreamTimeout"]
+
+HIGH_WATER = 256 * 1024  # bytes buffered from a stream before reading from the socket pauses
+LOW_WATER = 64 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_IDLE_PER_ORIGIN = 512
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or broke the HTTP exchange."""
+
+    def __init__(self, message: str, kind: str = "UpstreamError"):
+        super().__init__(message)
+        self.kind = kind  # a short name for messages and records, like an exception class name
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class _Origin:
+    __slots__ = ("key", "host", "port", "tls", "target", "host_header", "head")
+
+    def __init__(self, scheme: str, host: str, port: int, target: str, host_header: str):
+        self.key = (scheme, host, port)
+        self.host, self.port, self.tls = host, port, scheme == "https"
+        self.target, self.host_header = target, host_header
+        self.head = self.request_line("POST")  # encoded once per URL for the method the gateway uses
+
+    def request_line(self, method: str) -> bytes:
+        return f"{method} {self.target} HTTP/1.1\r\nHost: {self.host_header}\r\n".encode("ascii")
+
+
+def _parse_url(url: str) -> _Origin:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UpstreamError(f"unsupported URL scheme {scheme!r} in {url!r}", "InvalidURL")
+    host = parts.hostname
+    if not host:
+        raise UpstreamError(f"no host in {url!r}", "InvalidURL")
+    default = 443 if scheme == "https" else 80
+    try:
+        port = parts.port or default
+    except ValueError:
+        raise UpstreamError(f"bad port in {url!r}", "InvalidURL") from None
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if any(c in target for c in " \r\n"):
+        raise UpstreamError(f"bad characters in the path of {url!r}", "InvalidURL")
+    h = f"[{host}]" if ":" in host else host  # IPv6 literal
+    host_header = h if port == default else f"{h}:{port}"
+    return _Origin(scheme, host, port, target, host_header)
+
+
+class _Conn(asyncio.Protocol):
+    """One connection; it carries one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.lost = False
+        self.idle_since = 0.0
+        self.exchanges = 0  # answers received on this connection
+        self.pauses = 0  # times reading was paused for a slow consumer
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.until_eof = False
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.paused = False
+        self.streaming = False
+        self.error: UpstreamError | None = None
+        self.waiter: asyncio.Future | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("upstream switched protocols", "ProtocolError"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"malformed HTTP response ({exc})", "ProtocolError"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.headers_done and self.until_eof and not self.complete and self.error is None:
+            self.complete = True  # a body delimited by the end of the connection
+        elif not self.complete and self.error is None:
+            what = "before answering" if not self.headers_done else "in the middle of the answer"
+            self.error = UpstreamError(f"upstream closed the connection {what}", "ServerDisconnected")
+        self._wake()
+
+    # --- httptools callbacks --------------------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise UpstreamError("upstream response headers too large", "ProtocolError")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim response (103 Early Hints and the like): the real one follows
+            self.headers = []
+            self.header_bytes = 0
+            return
+        self.status = status
+        self.headers_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        length = chunked = False
+        for name, value in self.headers:
+            n = name.lower()
+            if n == b"content-length":
+                length = True
+            elif n == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        self.until_eof = not (length or chunked) and status not in (204, 304)
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.headers_done:
+            return  # the body of an interim response has none; ignore defensively
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.streaming and self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.pauses += 1
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if not self.headers_done:
+            return  # end of an interim response
+        self.complete = True
+        self.exchanges += 1
+        self._wake()
+
+    # --- for the client -------------------------------------------------------------------------------------------
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def usable(self, now: float, keepalive: float) -> bool:
+        return (not self.lost and self.transport is not None and not self.transport.is_closing()
+                and now - self.idle_since < keepalive)
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def wait(self, read_timeout: float, deadline: float) -> None:
+        """Until something happens on this connection (data, end, error), or raise on timeout."""
+        loop = self.loop
+        fut = self.waiter = loop.create_future()
+        at = min(loop.time() + read_timeout, deadline)
+        handle = loop.call_at(at, _expire, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self.waiter = None
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(UpstreamTimeout("upstream timed out", "TimeoutError"))
+
+
+class UpstreamResponse:
+    """Status and headers of an answer; the body is read with :meth:`read` or :meth:`iter_any`, and the
+    connection goes back to the pool (or is closed) with :meth:`release`, which is always safe to call."""
+
+    __slots__ = ("status", "headers", "_conn", "_client", "_origin", "_read_timeout", "_deadline", "_decoder",
+                 "_released")
+
+    def __init__(self, conn: _Conn, client: "UpstreamClient", origin: _Origin, read_timeout: float, deadline: float):
+        self._conn, self._client, self._origin = conn, client, origin
+        self.status = conn.status
+        headers: dict[str, str] = {}
+        for name, value in conn.headers:
+            k = name.decode("latin-1").lower()
+            v = value.decode("latin-1")
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        self.headers = _Headers(headers)
+        self._read_timeout, self._deadline = read_timeout, deadline
+        enc = headers.get("content-encoding", "identity").strip().lower()
+        if enc in ("", "identity"):
+            self._decoder = None
+        elif enc in ("gzip", "x-gzip", "deflate"):
+            self._decoder = zlib.decompressobj(47 if enc != "deflate" else zlib.MAX_WBITS)
+        else:
+            conn.close()
+            raise UpstreamError(f"upstream used an unsupported content-encoding {enc!r}", "ProtocolError")
+        self._released = False
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            return self._decoder.decompress(data) if self._decoder is not None else data
+        except zlib.error as exc:
+            self._conn.close()
+            raise UpstreamError(f"upstream body could not be decompressed ({exc})", "ProtocolError") from None
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        conn = self._conn
+        try:
+            while not conn.complete:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self._read_timeout, self._deadline)
+        except BaseException:
+            self.release()
+            raise
+        data = b"".join(conn.chunks)
+        conn.chunks.clear()
+        conn.buffered = 0
+        if self._decoder is not None:
+            data = self._decode(data) + self._decoder.flush()
+        return data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: each item is everything received since the last one."""
+        conn = self._conn
+        conn.streaming = True
+        try:
+            while True:
+                if conn.chunks:
+                    data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
+                    conn.chunks.clear()
+                    conn.buffered = 0
+                    if conn.paused and not conn.lost and conn.transport is not None:
+                        conn.paused = False
+                        conn.transport.resume_reading()
+                    if self._decoder is not None:
+                        data = self._decode(data)
+                    if data:
+                        yield data
+                    continue
+                if conn.complete:
+                    if self._decoder is not None:
+                        tail = self._decoder.flush()
+                        if tail:
+                            yield tail
+                    return
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self._read_timeout, self._deadline)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        conn = self._conn
+        if conn.complete and conn.keep_alive and not conn.lost and conn.error is None:
+            self._client._put(self._origin, conn)
+        else:
+            conn.close()
+
+
+class _Headers(dict):
+    """Response headers, looked up case-insensitively (keys are stored lower-case)."""
+
+    def get(self, key: str, default=None):  # type: ignore[override]
+        return dict.get(self, key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return dict.__getitem__(self, key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and dict.__contains__(self, key.lower())
+
+
+class UpstreamClient:
+    """Keep-alive connections per origin; one instance per gateway process."""
+
+    def __init__(self, *, connect_timeout: float = 10.0, read_timeout: float = 120.0, total_timeout: float = 600.0,
+                 keepalive: float = 60.0, ssl_context: _ssl.SSLContext | None = None):
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.total_timeout = total_timeout
+        self.keepalive = keepalive
+        self._ssl = ssl_context
+        self._idle: dict[tuple, list[_Conn]] = {}
+        self._origins: dict[str, _Origin] = {}
+        self._closed = False
+        self.connections_opened = 0  # for tests and /metrics-style introspection
+
+    def _ssl_context(self) -> _ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = _ssl.create_default_context()
+        return self._ssl
+
+    def origin(self, url: str) -> _Origin:
+        o = self._origins.get(url)
+        if o is None:
+            o = _parse_url(url)
+            if len(self._origins) < 10_000:  # URLs come from configuration, but stay bounded regardless
+                self._origins[url] = o
+        return o
+
+    async def request(self, url: str, body: bytes, headers: dict[str, str], method: str = "POST"
+                      ) -> UpstreamResponse:
+        """Send ``body`` to ``url``; returns once the status and headers are in."""
+        if self._closed:
+            raise UpstreamError("client is closed", "ClientClosed")
+        origin = self.origin(url)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_timeout
+        if method != "POST" and not (method.isalpha() and method.isupper()):
+            raise UpstreamError(f"bad HTTP method {method!r}", "InvalidMethod")
+        msg = _encode_request(origin.head if method == "POST" else origin.request_line(method), body, headers)
+        # No silent re-send, even when a pooled connection dies before any answer: the server may have taken the
+        # request (and billed it). The gateway's retry policy decides, and the attempt is recorded. Connections the
+        # server has already closed are seen as closed here and not reused.
+        conn = self._take(origin, loop.time()) or await self._connect(origin, loop, deadline)
+        return await self._exchange(conn, origin, msg, deadline)
+
+    async def _exchange(self, conn: _Conn, origin: _Origin, msg: bytes, deadline: float) -> UpstreamResponse:
+        conn._reset()
+        try:
+            conn.transport.write(msg)  # type: ignore[union-attr]
+            while not conn.headers_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(self.read_timeout, deadline)
+            return UpstreamResponse(conn, self, origin, self.read_timeout, deadline)
+        except BaseException:
+            conn.close()
+            raise
+
+    def _take(self, origin: _Origin, now: float) -> _Conn | None:
+        idle = self._idle.get(origin.key)
+        while idle:
+            conn = idle.pop()
+            if conn.usable(now, self.keepalive):
+                return conn
+            conn.close()
+        return None
+
+    def _put(self, origin: _Origin, conn: _Conn) -> None:
+        if self._closed:
+            conn.close()
+            return
+        conn.idle_since = conn.loop.time()
+        idle = self._idle.setdefault(origin.key, [])
+        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+            idle.pop(0).close()
+        idle.append(conn)
+
+    async def _connect(self, origin: _Origin, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
+        timeout = max(0.0, min(self.connect_timeout, deadline - loop.time()))
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Conn(loop), origin.host, origin.port,
+                    ssl=self._ssl_context() if origin.tls else None,
+                    server_hostname=origin.host if origin.tls else None,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"connecting to {origin.host}:{origin.port} timed out", "ConnectTimeout") from None
+        except _ssl.SSLError as exc:
+            raise UpstreamError(f"TLS with {origin.host} failed ({exc.reason or exc})", type(exc).__name__) from None
+        except OSError as exc:
+            raise UpstreamError(f"cannot connect to {origin.host}:{origin.port} ({exc.strerror or exc})",
+                                type(exc).__name__) from None
+        self.connections_opened += 1
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+
+    def idle_connections(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+
+def _encode_request(head: bytes, body: bytes, headers: dict[str, str]) -> bytes:
+    parts = [head]
+    for k, v in headers.items():
+        if not isinstance(v, str):
+            v = str(v)
+        if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
+            raise UpstreamError(f"refusing to send a header with a line break or bad name: {k!r}", "InvalidHeader")
+        lk = k.lower()
+        if lk in ("host", "content-length", "transfer-encoding", "connection"):
+            continue  # the client sets these itself
+        parts.append(f"{k}: {v}\r\n".encode("latin-1", "strict") if v.isascii() else _latin1_header(k, v))
+    if "accept-encoding" not in (k.lower() for k in headers):
+        parts.append(b"Accept-Encoding: gzip, deflate\r\n")
+    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    parts.append(body)
+    return b"".join(parts)
+
+
+def _latin1_header(k: str, v: str) -> bytes:
+    try:
+        return f"{k}: {v}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        raise UpstreamError(f"header {k!r} has characters HTTP/1.1 cannot carry", "InvalidHeader") from None
+
