@@ -23,6 +23,7 @@ from ..gateway.pipeline import Gateway, RequestContext
 from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
 from ..store import KeyRecord, Store, open_store, parse_key, verify_key
+from ..swr import SWRCache
 from .validation import json_depth_ok, validate_chat_body
 
 log = logging.getLogger("metarouter.api")
@@ -88,10 +89,11 @@ class KeyAuth:
     def __init__(self, store: Store, ttl: float = 5.0):
         self.store = store
         self.TTL = ttl
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        # served while a refresh runs, so no request waits on the store for a key it saw a moment ago
+        self._cache: SWRCache[KeyRecord | None] = SWRCache(store.get_key, ttl)
 
     def invalidate(self, public_id: str) -> None:
-        self._cache.pop(public_id, None)
+        self._cache.invalidate(public_id)
 
     async def authenticate(self, request: Request) -> KeyRecord:
         header = request.headers.get("authorization", "")
@@ -102,15 +104,7 @@ class KeyAuth:
         public_id = parse_key(token)
         if public_id is None:
             raise GatewayError(401, "Invalid API key", retryable=False)
-        now = time.monotonic()
-        hit = self._cache.get(public_id)
-        if hit is None or now - hit[0] > self.TTL:
-            rec = await self.store.get_key(public_id)
-            if len(self._cache) > 10000:
-                self._cache.clear()
-            self._cache[public_id] = (now, rec)
-        else:
-            rec = hit[1]
+        rec = await self._cache.get(public_id)
         if rec is None or not verify_key(token, rec):
             raise GatewayError(401, "Invalid API key", retryable=False)
         if rec.disabled:

@@ -24,7 +24,7 @@ def _fast_chat(app):
     walk (the rest of the app is unchanged). Errors are answered here exactly as the exception handlers would."""
     import logging
 
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
 
     from ..errors import GatewayError
     from .app import error_response
@@ -41,6 +41,8 @@ def _fast_chat(app):
                 response = await endpoint(request)
             except GatewayError as err:
                 response = error_response(err)
+            except ClientDisconnect:
+                return  # the client left while sending its request: nobody to answer, nothing was sent upstream
             except Exception:
                 log.exception("unhandled error on POST %s", scope["path"])
                 response = error_response(GatewayError(500, "Internal server error"))

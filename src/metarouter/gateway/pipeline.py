@@ -22,6 +22,7 @@ from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
+from ..swr import SWRCache
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
@@ -91,7 +92,7 @@ class Gateway:
         self._client: UpstreamClient | None = None
         self.resilience: ResilienceSettings = settings.resilience
         self.breakers: dict[str, CircuitBreaker] = {}
-        self._credit_cache: tuple[float, int | None, int] | None = None
+        self._credit_cache: SWRCache[tuple[int | None, int]] = SWRCache(self._load_credit, ttl=1.0)
         self._background: set[asyncio.Task] = set()
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
@@ -203,13 +204,12 @@ class Gateway:
         return worst, capped_body
 
     async def _account_credit(self) -> tuple[int | None, int]:
-        now = time.monotonic()
-        cached = self._credit_cache
-        if cached is None or now - cached[0] > 1.0:
-            credits, usage = await self.store.get_credits(flush=False)
-            self._credit_cache = (now, credits, usage)
-            return credits, usage
-        return cached[1], cached[2]
+        """The account's (credit, usage), at most a second or so old: it decides whether budgets apply and how far
+        ``max_tokens`` is capped; the hold itself is checked atomically in the store."""
+        return await self._credit_cache.get(None)
+
+    async def _load_credit(self, _: Any) -> tuple[int | None, int]:
+        return await self.store.get_credits(flush=False)
 
     # --- sending -----------------------------------------------------------------------------------------------
     async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool):
