@@ -15,6 +15,7 @@ import math
 import re
 import threading
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -125,7 +126,8 @@ class StaticEncoder:
 
     def __init__(self, vocab: list[str], table: np.ndarray, weights: np.ndarray, feat_mean: np.ndarray,
                  feat_std: np.ndarray, cache_size: int = 100_000, chunk_rows: int = 32_768,
-                 seen: np.ndarray | None = None):
+                 seen: np.ndarray | None = None, text_cache_entries: int = 4096,
+                 text_cache_chars: int = 4_000_000):
         self.vocab = list(vocab)
         v, self.dim = np.asarray(table).shape
         self.n_vocab = v
@@ -163,6 +165,13 @@ class StaticEncoder:
         self._generation = 0
         self._build_hash_index()
         self._ones = np.ones(8192, np.float32)
+        # message text -> its row sum, weight sum and row count: system prompts and the earlier turns of a
+        # conversation recur request after request (LRU, bounded in entries and in characters held)
+        self._texts: OrderedDict[str, tuple[np.ndarray, float, int]] = OrderedDict()
+        self._texts_chars = 0
+        self._texts_max = text_cache_entries
+        self._texts_max_chars = text_cache_chars
+        self._texts_lock = threading.Lock()
 
     # -- tokenisation -------------------------------------------------------------------------------------------
     def _wordpiece(self, word: str) -> tuple[int, ...]:
@@ -364,6 +373,29 @@ class StaticEncoder:
         tot = self._ones[:n] @ self.table[arr] if n <= len(self._ones) else self.table[arr].sum(0)
         return tot, float(self.weights[arr].sum()), n
 
+    def embed_segment(self, text: str) -> tuple[np.ndarray, float, int]:
+        """:meth:`_embed_text` of a message text (clipped, lower-cased), through the LRU cache of recent texts.
+
+        Exact: a text always maps to the same rows, so a cached sum is the sum that would be computed again.
+        """
+        with self._texts_lock:
+            hit = self._texts.get(text)
+            if hit is not None:
+                self._texts.move_to_end(text)
+                return hit
+        hit = self._embed_text(clip(text).lower())
+        hit[0].flags.writeable = False  # shared between requests
+        size = len(text)
+        if size <= self._texts_max_chars // 8:
+            with self._texts_lock:
+                if text not in self._texts:
+                    self._texts[text] = hit
+                    self._texts_chars += size
+                    while len(self._texts) > self._texts_max or self._texts_chars > self._texts_max_chars:
+                        old, _ = self._texts.popitem(last=False)
+                        self._texts_chars -= len(old)
+        return hit
+
     def hand_features(self, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int, total_chars: int,
                       n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
         """Prompt statistics of the last user message from its token counts (standardised)."""
@@ -378,15 +410,37 @@ class StaticEncoder:
 
     def parse(self, messages: list[dict] | str) -> tuple[list[tuple[str, float]], str, int, int, bool, bool]:
         """Messages → (text, weight) segments, the last user text, total chars, turns, has_system, has_image."""
+        return self.parse_with_tokens(messages)[0]
+
+    def parse_with_tokens(self, messages: list[dict] | str) -> tuple[tuple, int]:
+        """:meth:`parse` and :func:`estimate_prompt_tokens` in one pass over the messages."""
         if isinstance(messages, str):
-            return [(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False
+            return ([(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False), len(messages) // 4 + 20
         texts: list[tuple[str, str]] = []
-        has_image = False
+        has_image = has_system = False
+        last_user = -1
+        total = n_turns = 0
+        tokens = 16
         for m in messages:
-            t, img = message_text(m.get("content"))
-            has_image |= img
-            texts.append((str(m.get("role", "user")), t))
-        last_user = max((i for i, (r, _) in enumerate(texts) if r == "user"), default=len(texts) - 1)
+            content = m.get("content")
+            if type(content) is str:
+                t, img = content, False
+            else:
+                t, img = message_text(content)
+            role = str(m.get("role", "user"))
+            if img:
+                has_image = True
+                tokens += 85
+            if role == "user":
+                last_user = len(texts)
+                n_turns += 1
+            elif role in ("system", "developer"):
+                has_system = True
+            total += len(t)
+            tokens += len(t) // 4 + 4
+            texts.append((role, t))
+        if last_user < 0:
+            last_user = len(texts) - 1
         segs: list[tuple[str, float]] = []
         budget = HEAD_CHARS + TAIL_CHARS  # the conversation as a whole is clipped: newest turns first
         for i in range(len(texts) - 1, -1, -1):
@@ -402,10 +456,7 @@ class StaticEncoder:
             budget -= len(t)
             segs.append((t, w))
         last = texts[last_user][1] if texts else ""
-        total = sum(len(t) for _, t in texts)
-        n_turns = sum(1 for r, _ in texts if r == "user")
-        has_system = any(r in ("system", "developer") for r, _ in texts)
-        return segs, last, total, n_turns, has_system, has_image
+        return (segs, last, total, n_turns, has_system, has_image), tokens
 
     def encode(self, messages: list[dict] | str, parsed: tuple | None = None, raw: bool = False,
                with_coverage: bool = False):
@@ -417,8 +468,9 @@ class StaticEncoder:
         d = self.dim
         vec = np.zeros(d, np.float32)
         counts, n_tok, n_chars, newlines = None, 0, len(last), last.count("\n")
+        embed = self.embed_segment
         for text, w in segs:
-            tot, s, n = self._embed_text(clip(text).lower())
+            tot, s, n = embed(text)
             if s > 0:
                 vec += (w / s) * tot[:d]
             if counts is None and w == LAST_USER_WEIGHT:
