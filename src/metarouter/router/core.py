@@ -115,6 +115,51 @@ def _fmt_usd(x: float) -> str:
     return f"${x:.2g}" if x < 0.01 else f"${x:.4f}"
 
 
+class _Pool:
+    """A candidate list under one set of constraints, with what does not depend on the prompt worked out once:
+    duplicates dropped (the first of an id is kept), the check each model fails before and after the context
+    window's, and the parameter arrays of the models that pass every check (the usual case)."""
+
+    __slots__ = ("router", "models", "uniq", "early", "late", "kept", "excluded", "min_context", "rows", "st")
+
+    def __init__(self, router: Router, models: Sequence[Model], c: Constraints, needs_vision: bool):
+        self.router = router
+        self.models = tuple(models)  # keeps the ids in the cache key alive
+        uniq: list[Model] = []
+        seen: set[str] = set()
+        for m in models:
+            if m.id not in seen:
+                seen.add(m.id)
+                uniq.append(m)
+        self.uniq = uniq
+        self.early = [router._early_violation(m, c, needs_vision) for m in uniq]
+        self.late = [router._late_violation(m, c) for m in uniq]
+        #: a prompt (+ max_tokens) up to this size fits every model that passes the other checks
+        self.min_context = min((m.context_length for m, e in zip(uniq, self.early) if e is None), default=math.inf)
+        self.kept = [m for m, e, lt in zip(uniq, self.early, self.late) if e is None and lt is None]
+        self.excluded = [(m.id, e or lt) for m, e, lt in zip(uniq, self.early, self.late) if e or lt]
+        self.rows = {m.id: router._row(m) for m in self.kept}
+        self.st = router.stacked([self.rows[m.id] for m in self.kept]) if self.kept else None
+
+    def fit(self, c: Constraints, prompt_tokens: int, want: int) -> tuple[list[Model], list[tuple[str, str]], Any]:
+        """Kept models, exclusions (in the candidates' order) and parameter arrays for a prompt that does not fit
+        every context window."""
+        kept: list[Model] = []
+        excluded: list[tuple[str, str]] = []
+        for m, early, late in zip(self.uniq, self.early, self.late):
+            if early is not None:
+                excluded.append((m.id, early))
+            elif want > m.context_length:
+                excluded.append((m.id, f"context {m.context_length} tokens < {prompt_tokens} prompt + "
+                                       f"{c.max_tokens or 0} max_tokens"))
+            elif late is not None:
+                excluded.append((m.id, late))
+            else:
+                kept.append(m)
+        st = self.router.stacked([self.rows[m.id] for m in kept]) if kept else None
+        return kept, excluded, st
+
+
 class Router:
     """Ranks candidate models for one conversation. Build with :func:`load_router`."""
 
@@ -154,6 +199,7 @@ class Router:
         self.index = {m.lower(): i for i, m in enumerate(model_ids)}
         self.model_ids = list(model_ids)
         self._rows: dict[str, tuple[Model, tuple]] = {}
+        self._pools: dict[tuple, _Pool] = {}
         self._lock = threading.Lock()
         self.dim = self.encoder.dim
 
@@ -196,6 +242,17 @@ class Router:
     # -- checks ---------------------------------------------------------------------------------------------------
     @staticmethod
     def _violation(m: Model, c: Constraints, prompt_tokens: int, needs_vision: bool) -> str | None:
+        why = Router._early_violation(m, c, needs_vision)
+        if why is not None:
+            return why
+        want = prompt_tokens + (c.max_tokens or 0)
+        if want > m.context_length:
+            return f"context {m.context_length} tokens < {prompt_tokens} prompt + {c.max_tokens or 0} max_tokens"
+        return Router._late_violation(m, c)
+
+    @staticmethod
+    def _early_violation(m: Model, c: Constraints, needs_vision: bool) -> str | None:
+        """The checks before the context window's (none depends on the prompt's length)."""
         if c.allowed and not matches(m.id, c.allowed):
             return "not in the allowed models"
         if c.excluded and matches(m.id, c.excluded):
@@ -206,9 +263,11 @@ class Router:
             return "does not accept images"
         if c.needs_json and not m.json_output:
             return "does not support JSON output"
-        want = prompt_tokens + (c.max_tokens or 0)
-        if want > m.context_length:
-            return f"context {m.context_length} tokens < {prompt_tokens} prompt + {c.max_tokens or 0} max_tokens"
+        return None
+
+    @staticmethod
+    def _late_violation(m: Model, c: Constraints) -> str | None:
+        """The checks after the context window's (none depends on the prompt's length either)."""
         if c.max_tokens and m.max_output_tokens and c.max_tokens > m.max_output_tokens:
             return f"max_tokens {c.max_tokens} > model's max output {m.max_output_tokens}"
         if c.max_price_prompt is not None and m.input_pico / 1e6 > c.max_price_prompt:
@@ -216,6 +275,26 @@ class Router:
         if c.max_price_completion is not None and m.output_pico / 1e6 > c.max_price_completion:
             return f"completion price ${m.output_pico / 1e6:g}/M > max_price.completion ${c.max_price_completion:g}/M"
         return None
+
+    def _candidates(self, models: Sequence[Model], c: Constraints, needs_vision: bool) -> _Pool:
+        """The candidate list under the request's constraints, cached per (models, constraints): the gateway
+        asks with the same pool and the same few constraint sets request after request."""
+        try:
+            key = (tuple(map(id, models)), tuple(c.allowed) if c.allowed else None,
+                   tuple(c.excluded) if c.excluded else None, bool(c.needs_tools), needs_vision, bool(c.needs_json),
+                   c.max_tokens, type(c.max_tokens), c.max_price_prompt, type(c.max_price_prompt),
+                   c.max_price_completion, type(c.max_price_completion))
+            pool = self._pools.get(key)
+        except TypeError:  # unhashable constraint values: checked every time
+            key, pool = None, None
+        if pool is None:
+            pool = _Pool(self, models, c, needs_vision)
+            if key is not None:
+                with self._lock:
+                    if len(self._pools) >= 256:
+                        self._pools.clear()
+                    self._pools[key] = pool
+        return pool
 
     # -- prediction -----------------------------------------------------------------------------------------------
     def familiarity(self, X: np.ndarray, coverage: np.ndarray | None = None) -> np.ndarray:
@@ -246,6 +325,11 @@ class Router:
                 "pout": np.array([r[6] for r in rows], np.float64), "hidden": np.array([r[7] for r in rows], np.float64),
                 "rows": rows,  # keeps the ids in the key alive
             }
+            # for predict_one: terms that predict_quality computes on every call
+            st["omp"] = 1.0 - st["pw"]
+            st["prior_only"] = st["pw"] >= 1.0
+            st["any_prior_only"] = bool(st["prior_only"].any())
+            st["half_pq"] = 0.5 * st["pq"]
             with self._lock:
                 if len(self._stacked) > 256:
                     self._stacked.clear()
@@ -290,36 +374,85 @@ class Router:
         C, out = self.predict_cost(X, rows, np.array([prompt_tokens]), max_tokens)
         return Q[0], C[0], out[0], pw[0], float(fam[0])
 
+    def predict_one(self, x: np.ndarray, st: dict[str, np.ndarray], prompt_tokens: int, max_tokens: int | None,
+                    coverage: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        """:meth:`predict` for a stacked candidate set (:meth:`stacked`) with fewer array operations: the same
+        operations on the same values in the same order (in place where the batch version makes a new array, on
+        float32 scalars where it works on a 1-element array), so the same numbers to the last bit.
+
+        Quality, cost (USD), billed output tokens and prior weight per model (1-D), and familiarity.
+        """
+        X = x[None, :]
+        S = X @ self.Wc
+        S += self.bc
+        S -= S.max(1, keepdims=True)
+        Pk = np.exp(S, out=S)
+        Pk /= Pk.sum(1, keepdims=True)
+        H = X @ self.W_x
+        H += Pk @ self.W_k
+        H += self.b
+        Z = np.tanh(H, out=H)
+        q = (Z @ st["UT"])[0]
+        q += st["c"]
+        q *= 0.5
+        np.tanh(q, out=q)
+        q += 1.0
+        q *= self.mf_weight * 0.5
+        a = (Pk @ st["accT"])[0]
+        a *= 1 - self.mf_weight
+        q += a  # learned quality
+        # familiarity(), for one prompt: the tail is float32 scalar arithmetic
+        E = X[:, : self.dim] - self.fam_mu
+        E /= np.sqrt((E * E).sum(1, keepdims=True)) + 1e-9
+        sim = (E @ self.centroids.T).max()
+        fam = (sim - self.conf_lo) / max(self.conf_hi - self.conf_lo, 1e-6)
+        fam = 0.0 if fam < 0.0 else 1.0 if fam > 1.0 else fam
+        cov = (np.float32(coverage) - self.cov_lo) / (self.cov_hi - self.cov_lo)
+        cov = 0.0 if cov < 0.0 else 1.0 if cov > 1.0 else cov
+        if cov < fam:
+            fam = cov
+        pw = fam * st["omp"]
+        np.subtract(1.0, pw, out=pw)
+        Q = 1 - pw
+        Q *= q
+        Q += pw * st["pq"]
+        if st["any_prior_only"]:
+            half = 0.5 * q
+            half += st["half_pq"]
+            Q = np.where(st["prior_only"], half, Q)
+        # predict_cost()
+        shared = X @ self.len_w
+        shared += self.len_w0
+        out_tok = shared + st["lo"]
+        np.exp(out_tok, out=out_tok)
+        out_tok /= CHARS_PER_TOKEN
+        if max_tokens:
+            out_tok = np.minimum(out_tok, max_tokens)
+        billed = out_tok + st["hidden"]
+        cost = float(prompt_tokens) * st["pin"]
+        cost += billed * st["pout"]
+        return Q, cost, billed, pw, float(fam)
+
     # -- the decision -----------------------------------------------------------------------------------------------
     def route(self, messages: list[dict] | str, models: Iterable[Model], constraints: Constraints | None = None,
               tradeoff: float | None = None, explain: bool = True) -> RouteDecision:
         t0 = time.perf_counter()
-        c = constraints or Constraints()
+        c = constraints or _NO_CONSTRAINTS
         t = self.default_tradeoff if tradeoff is None else min(max(float(tradeoff), 0.0), 10.0)
-        segs = self.encoder.parse(messages)
-        prompt_tokens = estimate_prompt_tokens(messages)
+        segs, prompt_tokens = self.encoder.parse_with_tokens(messages)
         needs_vision = segs[5] if c.needs_vision is None else bool(c.needs_vision)
-        excluded: list[tuple[str, str]] = []
-        kept: list[Model] = []
-        seen: set[str] = set()
-        plain = not needs_vision and c == _NO_CONSTRAINTS  # fast path: only the context window to check
-        for m in models:
-            if m.id in seen:
-                continue
-            seen.add(m.id)
-            if plain and prompt_tokens <= m.context_length:
-                kept.append(m)
-                continue
-            why = self._violation(m, c, prompt_tokens, needs_vision)
-            if why is None:
-                kept.append(m)
-            else:
-                excluded.append((m.id, why))
+        if not isinstance(models, (list, tuple)):
+            models = list(models)
+        pool = self._candidates(models, c, needs_vision)
+        want = prompt_tokens + (c.max_tokens or 0)
+        if want <= pool.min_context:  # every model that passes the other checks has room: as cached
+            kept, excluded, st = pool.kept, list(pool.excluded), pool.st
+        else:
+            kept, excluded, st = pool.fit(c, prompt_tokens, want)
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
         x, coverage = self.encoder.encode(messages, segs, with_coverage=True)
-        rows = [self._row(m) for m in kept]
-        q, cost, out_tok, pw, fam = self.predict(x, rows, prompt_tokens, c.max_tokens, coverage)
+        q, cost, out_tok, pw, fam = self.predict_one(x, st, prompt_tokens, c.max_tokens, coverage)
         if c.max_price_request is not None:
             over = cost > c.max_price_request
             if over.any():
@@ -334,11 +467,11 @@ class Router:
         lam = tradeoff_lambda(t)
         score = q - lam * cost
         order = np.lexsort((cost, -score)).tolist()
-        qmax, cmin = float(q.max()), float(cost.min())
         ql, cl, sl, pl, ol = q.tolist(), cost.tolist(), score.tolist(), pw.tolist(), np.rint(out_tok).tolist()
+        qmax, cmin, n = max(ql), min(cl), len(kept)
         ranked: list[Candidate] = []
         for rank, i in enumerate(order):
-            why = (rank, ql[i], cl[i], qmax, cmin, pl[i], t, len(kept)) if explain else None
+            why = (rank, ql[i], cl[i], qmax, cmin, pl[i], t, n) if explain else None
             ranked.append(Candidate(kept[i].id, ql[i], cl[i], prompt_tokens, int(ol[i]), None, sl[i], pl[i], why))
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
 
