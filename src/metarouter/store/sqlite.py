@@ -96,6 +96,7 @@ MIGRATIONS: list[str] = [
 ]
 
 _BATCH = 512
+LINGER = 0.002  # seconds a record may wait for others to share its transaction
 REAP_INTERVAL = 60.0  # seconds between sweeps for expired holds
 _STOP = object()
 
@@ -136,8 +137,9 @@ def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, reservation_ttl: float | None = None):
+    def __init__(self, path: str | Path, reservation_ttl: float | None = None, linger: float = LINGER):
         self.path = str(path)
+        self.linger = linger
         self.reservation_ttl = float(reservation_ttl if reservation_ttl is not None
                                      else os.environ.get("METAROUTER_RESERVATION_TTL", 900))
         self.holder = f"{os.getpid()}-{secrets.token_hex(6)}"  # this process, in ``reservations.holder``
@@ -210,13 +212,22 @@ class SQLiteStore:
                 if item is _STOP:
                     return
                 if item[0] == "rec":
+                    # Group commit: gather what arrives within LINGER of the first record (or until an operation
+                    # someone awaits comes in), so one transaction and one wake-up serve many requests.
                     batch = [item]
                     other = None
+                    until = time.monotonic() + self.linger
                     while len(batch) < _BATCH:
                         try:
                             nxt = self._q.get_nowait()
                         except queue.Empty:
-                            break
+                            wait = until - time.monotonic()
+                            if wait <= 0:
+                                break
+                            try:
+                                nxt = self._q.get(timeout=wait)
+                            except queue.Empty:
+                                break
                         if nxt is not _STOP and nxt[0] == "rec":
                             batch.append(nxt)
                         else:
@@ -266,6 +277,8 @@ class SQLiteStore:
     def _apply_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
         """One transaction: insert the records, charge only those newly inserted, settle their holds."""
         conn.execute("BEGIN IMMEDIATE")
+        per_key: dict[str, list[int]] = {}  # key -> [cost, held] summed over the batch: one UPDATE per key
+        total_cost = total_held = 0
         for record, reserved in batch:
             cur = conn.execute(_GEN_INSERT, generation_row(record))
             if cur.rowcount != 1:
@@ -274,16 +287,24 @@ class SQLiteStore:
             key_id = record.get("key_id")
             held = self._drop_hold(conn, key_id, reserved) if key_id and reserved else 0
             if key_id:
-                conn.execute(
-                    "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
-                    "WHERE public_id = ?",
-                    (cost, held, key_id),
-                )
+                acc = per_key.get(key_id)
+                if acc is None:
+                    per_key[key_id] = [cost, held]
+                else:
+                    acc[0] += cost
+                    acc[1] += held
+            total_cost += cost
+            total_held += held
+        for key_id, (cost, held) in per_key.items():
             conn.execute(
-                "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
-                "WHERE id = 1",
-                (cost, held),
+                "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
+                "WHERE public_id = ?",
+                (cost, held, key_id),
             )
+        conn.execute(
+            "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1",
+            (total_cost, total_held),
+        )
         conn.execute("COMMIT")
 
     def _drop_hold(self, conn: sqlite3.Connection, key_id: str, amount: int) -> int:
