@@ -107,6 +107,10 @@ class Counter(_Metric):
         if key is not None:
             self.values[key] = self.values.get(key, 0) + amount
 
+    def key_for(self, **labels: Any) -> Labels | None:
+        """The series key of a label set (None if it is dropped); ``values[key]`` may be absent until counted."""
+        return self._key(labels, self.values)
+
     def value(self, **labels: Any) -> float:
         key = tuple((n, str(labels[n])) for n in self.labelnames if labels.get(n) not in (None, ""))
         v = self.values.get(key, 0)
@@ -137,16 +141,19 @@ class Histogram(_Metric):
         self.series: dict[Labels, list] = {}  # labels → [bucket counts..., sum, count]
 
     def observe(self, value: float, **labels: Any) -> None:
+        s = self.series_for(**labels)
+        if s is not None:
+            _observe(self.buckets, s, value)
+
+    def series_for(self, **labels: Any) -> list | None:
+        """The mutable [bucket counts..., sum, count] of a label set (created empty), or None if it is dropped."""
         key = self._key(labels, self.series)
         if key is None:
-            return
+            return None
         s = self.series.get(key)
         if s is None:
             s = self.series[key] = [0] * len(self.buckets) + [0, 0]
-        for i in range(bisect.bisect_left(self.buckets, value), len(self.buckets)):
-            s[i] += 1
-        s[-2] += value
-        s[-1] += 1
+        return s
 
     def count(self, **labels: Any) -> int:
         key = tuple((n, str(labels[n])) for n in self.labelnames if labels.get(n) not in (None, ""))
@@ -185,6 +192,13 @@ class CallbackMetric(_Metric):
             key = tuple((k, str(x)[:MAX_LABEL_LEN]) for k, x in labels.items())
             out.append(f"{self.name}{_labels(key)} {_num(v)}")
         return out
+
+
+def _observe(buckets: tuple, s: list, value: float) -> None:
+    for i in range(bisect.bisect_left(buckets, value), len(buckets)):
+        s[i] += 1
+    s[-2] += value
+    s[-1] += 1
 
 
 class Registry:
@@ -250,6 +264,7 @@ class GatewayMetrics:
         self.generations = r.counter(
             "metarouter_generations_total", "Generation records written, by status.",
             ("gen_ai_response_model", "gen_ai_provider_name", "status"))
+        self._bundles: dict[tuple, tuple] = {}  # see on_generation
 
     def observer(self, event: str, data: dict[str, Any]) -> None:
         if event == "generation":
@@ -260,27 +275,47 @@ class GatewayMetrics:
                                      status=data.get("status") if data.get("status") is not None else "none")
 
     def on_generation(self, rec: dict[str, Any]) -> None:
-        labels = {
-            "gen_ai_operation_name": "chat",
-            "gen_ai_request_model": rec.get("requested_model"),
-            "gen_ai_response_model": rec.get("model"),
-            "gen_ai_provider_name": rec.get("provider"),
-        }
-        self.token_usage.observe(int(rec.get("prompt_tokens") or 0), gen_ai_token_type="input", **labels)
-        self.token_usage.observe(int(rec.get("completion_tokens") or 0), gen_ai_token_type="output", **labels)
-        if rec.get("streamed") and rec.get("ttft_ms") is not None:
-            self.ttft.observe(float(rec["ttft_ms"]) / 1000.0, **labels)
-        if rec.get("latency_ms") is not None:
-            status = rec.get("status")
-            self.duration.observe(float(rec["latency_ms"]) / 1000.0, error_type=None if status == "ok" else status,
-                                  **labels)
-        if rec.get("router"):
-            self.router_choices.inc(1, router=rec["router"], gen_ai_request_model=rec.get("requested_model"),
-                                    gen_ai_response_model=rec.get("model"))
-        self.cost.inc(int(rec.get("cost_pico") or 0), gen_ai_response_model=rec.get("model"),
-                      gen_ai_provider_name=rec.get("provider"))
-        self.generations.inc(1, gen_ai_response_model=rec.get("model"), gen_ai_provider_name=rec.get("provider"),
-                             status=rec.get("status"))
+        # Every label of every series this record touches follows from these six fields: resolve the series once
+        # per combination and then only add numbers (this runs on every answered request).
+        sig = (rec.get("requested_model"), rec.get("model"), rec.get("provider"), rec.get("status"),
+               rec.get("router"), bool(rec.get("streamed")))
+        b = self._bundles.get(sig)
+        if b is None:
+            b = self._bundle(sig)
+        tok_in, tok_out, ttft, duration, choices, cost, generations = b
+        if tok_in is not None:
+            _observe(self.token_usage.buckets, tok_in, int(rec.get("prompt_tokens") or 0))
+        if tok_out is not None:
+            _observe(self.token_usage.buckets, tok_out, int(rec.get("completion_tokens") or 0))
+        if ttft is not None and rec.get("ttft_ms") is not None:
+            _observe(self.ttft.buckets, ttft, float(rec["ttft_ms"]) / 1000.0)
+        if duration is not None and rec.get("latency_ms") is not None:
+            _observe(self.duration.buckets, duration, float(rec["latency_ms"]) / 1000.0)
+        for counter, key, amount in ((self.router_choices, choices, 1),
+                                     (self.cost, cost, int(rec.get("cost_pico") or 0)),
+                                     (self.generations, generations, 1)):
+            if key is not None:
+                counter.values[key] = counter.values.get(key, 0) + amount
+
+    def _bundle(self, sig: tuple) -> tuple:
+        requested, model, provider, status, router, streamed = sig
+        labels = {"gen_ai_operation_name": "chat", "gen_ai_request_model": requested,
+                  "gen_ai_response_model": model, "gen_ai_provider_name": provider}
+        tok_in = self.token_usage.series_for(gen_ai_token_type="input", **labels)
+        tok_out = self.token_usage.series_for(gen_ai_token_type="output", **labels)
+        ttft = self.ttft.series_for(**labels) if streamed else None
+        duration = self.duration.series_for(error_type=None if status == "ok" else status, **labels)
+        choices = (self.router_choices.key_for(router=router, gen_ai_request_model=requested,
+                                               gen_ai_response_model=model) if router else None)
+        cost = self.cost.key_for(gen_ai_response_model=model, gen_ai_provider_name=provider)
+        generations = self.generations.key_for(gen_ai_response_model=model, gen_ai_provider_name=provider,
+                                               status=status)
+        b = (tok_in, tok_out, ttft, duration, choices, cost, generations)
+        if None not in (tok_in, tok_out, duration, cost, generations):  # a dropped series is looked up again
+            if len(self._bundles) >= 4 * MAX_SERIES:
+                self._bundles.clear()
+            self._bundles[sig] = b
+        return b
 
     async def endpoint(self, request: Request) -> Response:
         return Response(self.registry.render(), media_type=CONTENT_TYPE)
