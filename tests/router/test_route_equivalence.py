@@ -289,6 +289,29 @@ def test_auto_plans_match_the_reference(reference):
     assert run_plans(reference["prompts"]) == got  # a second resolver on warm router caches
 
 
+def test_routing_dicts_built_from_columns_match_the_candidates():
+    """``RouteDecision.to_dict()`` formats the ranked candidates from columns in one go; it must say exactly what
+    each :class:`Candidate` says (``Candidate.to_dict()``, ``Router._reason``), ties and edge values included."""
+    from metarouter.router.core import _Ranking
+
+    rng = random.Random(9)
+    for trial in range(400):
+        n = rng.choice([1, 2, 3, 7, 20, 40])
+        q = [float(np.float32(rng.choice([rng.random(), 0.5, 0.95, 0.125, 0.00005]))) for _ in range(n)]
+        cost = [rng.choice([rng.random() * 10 ** rng.randint(-9, 1), 0.01, 0.00999999, 1e-7]) for _ in range(n)]
+        pw = [float(np.float32(rng.choice([rng.random(), 0.6, 0.6000001, 1.0, 0.0]))) for _ in range(n)]
+        t = rng.choice([0.0, 0.5, 1.5, 3.0, 10.0])
+        score = [a - (10 ** (t / 2) - 1) * b for a, b in zip(q, cost)]
+        if trial % 3 == 0:  # near-ties with the best quality / lowest cost
+            q[-1] = max(q) - 5e-10
+            cost[-1] = min(cost) + 5e-16
+        why = (max(q), min(cost), t) if trial % 7 else None
+        ranking = _Ranking([f"m/{i}" for i in range(n)], q, cost, score, pw, [rng.randint(0, 9999) for _ in range(n)],
+                           rng.randint(1, 10**6), why)
+        assert ranking.dicts() == [c.to_dict() for c in ranking.candidates()]
+        assert ranking.reasons() == [c.reason for c in ranking.candidates()]
+
+
 def _write(sample_from: Path) -> None:
     import csv
     import gzip

@@ -195,32 +195,34 @@ class AutoResolver:
         if not pool:
             raise GatewayError(503, "auto: no provider is configured; set a provider's API key first")
         decision: RouteDecision = self.router.route(body["messages"], pool, constraints, tradeoff)
-        if not decision.ranked:
+        ids = decision.model_ids  # best first (the decision's Candidate objects are never needed here)
+        if not ids:
             raise GatewayError(404, _nothing_left_message(constraints, controls, decision),
                                metadata={"excluded": [{"model": m, "reason": r} for m, r in decision.excluded]})
         by_id = {m.id: m for m in pool}
-        ranked = [by_id[c.model_id] for c in decision.ranked]
+        ranked = [by_id[i] for i in ids]
         skey, source = session_key(body, ctx)
         pinned = await self.sticky.get(skey)
         sticky = None
         if pinned is not None:
-            if pinned in {m.id for m in ranked}:
+            if pinned in ids:
                 ranked = [by_id[pinned]] + [m for m in ranked if m.id != pinned]
                 sticky = {"pinned": pinned, "source": source, "held": True}
             else:
                 sticky = {"pinned": pinned, "source": source, "held": False,
                           "why_released": "the pinned model no longer fits this request's filters"}
                 await self.sticky.unpin(skey)
-        top = decision.ranked[0]
-        reason = top.reason
-        if sticky and sticky["held"] and pinned != top.model_id:
-            reason = f"sticky session: kept on {pinned} (router's own choice: {top.model_id})"
+        top = ids[0]
         routing = decision.to_dict()
+        candidates = routing.pop("ranked")
+        reason = candidates[0]["reason"]
+        if sticky and sticky["held"] and pinned != top:
+            reason = f"sticky session: kept on {pinned} (router's own choice: {top})"
         routing.update(
             strategy="auto",
             reason=reason,
-            candidates=routing.pop("ranked"),
-            router_choice=top.model_id,
+            candidates=candidates,
+            router_choice=top,
             sticky=sticky,
             controls={k: v for k, v in controls.items() if v is not None},
         )

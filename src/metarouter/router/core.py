@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,31 +84,139 @@ class Candidate:
                 f"output_tokens={self.output_tokens}, score={self.score:.6g}, reason={self.reason!r})")
 
 
-@dataclass
+class _Ranking:
+    """The ranked candidates as columns in rank order, as :meth:`Router.route` computed them. The gateway needs
+    only the routing dicts (:meth:`dicts`); :class:`Candidate` objects are made if someone asks for them."""
+
+    __slots__ = ("ids", "quality", "cost", "score", "prior_weight", "output_tokens", "prompt_tokens", "why")
+
+    def __init__(self, ids: list[str], quality: list[float], cost: list[float], score: list[float],
+                 prior_weight: list[float], output_tokens: list[int], prompt_tokens: int,
+                 why: tuple[float, float, float] | None):
+        self.ids, self.quality, self.cost, self.score = ids, quality, cost, score
+        self.prior_weight, self.output_tokens, self.prompt_tokens = prior_weight, output_tokens, prompt_tokens
+        self.why = why  # (best quality, lowest cost, tradeoff) for the reasons; None: not explained
+
+    def candidates(self) -> list[Candidate]:
+        pt, why, n = self.prompt_tokens, self.why, len(self.ids)
+        return [Candidate(m, q, c, pt, o, None if why else "", s, p,
+                          (rank, q, c, why[0], why[1], p, why[2], n) if why else None)
+                for rank, (m, q, c, s, p, o) in enumerate(zip(self.ids, self.quality, self.cost, self.score,
+                                                              self.prior_weight, self.output_tokens))]
+
+    def reasons(self) -> list[str]:
+        """Every candidate's :attr:`Candidate.reason` (the same strings as :meth:`Router._reason`), in one go."""
+        if not self.why:
+            return [""] * len(self.ids)
+        qmax, cmin, t = self.why
+        qtop, ctop = qmax - 1e-9, cmin + 1e-15
+        top = " (price no object at tradeoff 0)" if t == 0 else ""
+        heads = _heads(len(self.ids))
+        out = []
+        for rank, q, c, p in zip(range(len(self.ids)), self.quality, self.cost, self.prior_weight):
+            if q >= qtop:
+                why = "highest predicted quality and cheapest" if c <= ctop else "highest predicted quality" + top
+            elif c <= ctop:
+                why = f"cheapest; quality {qmax - q:.2f} below the best"
+            elif rank:
+                why = f"quality {qmax - q:.2f} below the best"
+            else:
+                why = f"best quality for the price at tradeoff {t:g}"
+            usd = f"${c:.2g}" if c < 0.01 else f"${c:.4f}"
+            tail = "; quality mostly from priors" if p > 0.6 else ""
+            out.append(f"{heads[rank]}: {why} (P(good)={q:.2f}, ~{usd}){tail}")
+        return out
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """``[c.to_dict() for c in self.candidates()]``, without making the candidates."""
+        pt = self.prompt_tokens
+        return [{"model_id": m, "quality": round(q, 4), "cost_usd": float(f"{c:.6g}"), "prompt_tokens": pt,
+                 "output_tokens": o, "reason": r, "score": float(f"{s:.6g}"), "prior_weight": round(p, 3)}
+                for m, q, c, o, r, s, p in zip(self.ids, self.quality, self.cost, self.output_tokens, self.reasons(),
+                                               self.score, self.prior_weight)]
+
+
+_HEADS: list[str] = ["choice"]
+
+
+def _heads(n: int) -> list[str]:
+    """"choice", "fallback 1", "fallback 2", ...: at least ``n`` of them."""
+    if len(_HEADS) < n:
+        _HEADS.extend(f"fallback {i}" for i in range(len(_HEADS), n))
+    return _HEADS
+
+
 class RouteDecision:
-    ranked: list[Candidate]
-    excluded: list[tuple[str, str]]
-    tradeoff: float
-    decision_ms: float
-    familiarity: float = 1.0  # 1 = prompt like the training data, 0 = unlike it (predictions lean on priors)
-    router_version: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    """The ranked candidates (best first), the models excluded and why, and the decision's context.
+
+    ``ranked`` is a list of :class:`Candidate`; a decision made by :meth:`Router.route` builds it on first access
+    (:attr:`model_ids` and :meth:`to_dict` do not need it).
+    """
+
+    __slots__ = ("_ranked", "_ranking", "excluded", "tradeoff", "decision_ms", "familiarity", "router_version",
+                 "extra")
+
+    def __init__(self, ranked: list[Candidate] | None, excluded: list[tuple[str, str]], tradeoff: float,
+                 decision_ms: float, familiarity: float = 1.0, router_version: str = "",
+                 extra: dict[str, Any] | None = None, *, ranking: _Ranking | None = None):
+        self._ranked = ranked
+        self._ranking = ranking if ranked is None else None
+        self.excluded = excluded
+        self.tradeoff = tradeoff
+        self.decision_ms = decision_ms
+        self.familiarity = familiarity  # 1 = prompt like the training data, 0 = unlike it (predictions lean on priors)
+        self.router_version = router_version
+        self.extra = {} if extra is None else extra
+
+    @property
+    def ranked(self) -> list[Candidate]:
+        if self._ranked is None:
+            self._ranked = self._ranking.candidates() if self._ranking is not None else []
+        return self._ranked
+
+    @ranked.setter
+    def ranked(self, value: list[Candidate]) -> None:
+        self._ranked, self._ranking = value, None
+
+    @property
+    def model_ids(self) -> list[str]:
+        """The ranked models' ids, best first."""
+        if self._ranked is None and self._ranking is not None:
+            return list(self._ranking.ids)
+        return [c.model_id for c in self.ranked]
 
     @property
     def model(self) -> str | None:
-        return self.ranked[0].model_id if self.ranked else None
+        ids = self._ranking.ids if self._ranked is None and self._ranking is not None else self.model_ids
+        return ids[0] if ids else None
 
     def to_dict(self) -> dict[str, Any]:
+        if self._ranked is None and self._ranking is not None:
+            ranked = self._ranking.dicts()
+        else:  # candidates made (and perhaps changed) by the caller
+            ranked = [c.to_dict() for c in self.ranked]
         return {
             "model": self.model,
             "tradeoff": self.tradeoff,
             "decision_ms": round(self.decision_ms, 4),
             "familiarity": round(self.familiarity, 3),
             "router_version": self.router_version,
-            "ranked": [c.to_dict() for c in self.ranked],
+            "ranked": ranked,
             "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded],
             **self.extra,
         }
+
+    def _fields(self) -> tuple:
+        return (self.ranked, self.excluded, self.tradeoff, self.decision_ms, self.familiarity, self.router_version,
+                self.extra)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RouteDecision) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return (f"RouteDecision(ranked={self.ranked!r}, excluded={self.excluded!r}, tradeoff={self.tradeoff!r}, "
+                f"decision_ms={self.decision_ms!r}, familiarity={self.familiarity!r}, "
+                f"router_version={self.router_version!r}, extra={self.extra!r})")
 
 
 def _fmt_usd(x: float) -> str:
@@ -466,14 +574,12 @@ class Router:
                     return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
         lam = tradeoff_lambda(t)
         score = q - lam * cost
-        order = np.lexsort((cost, -score)).tolist()
-        ql, cl, sl, pl, ol = q.tolist(), cost.tolist(), score.tolist(), pw.tolist(), np.rint(out_tok).tolist()
-        qmax, cmin, n = max(ql), min(cl), len(kept)
-        ranked: list[Candidate] = []
-        for rank, i in enumerate(order):
-            why = (rank, ql[i], cl[i], qmax, cmin, pl[i], t, n) if explain else None
-            ranked.append(Candidate(kept[i].id, ql[i], cl[i], prompt_tokens, int(ol[i]), None, sl[i], pl[i], why))
-        return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
+        order = np.lexsort((cost, -score))
+        ql, cl = q[order].tolist(), cost[order].tolist()
+        ranking = _Ranking([kept[i].id for i in order.tolist()], ql, cl, score[order].tolist(), pw[order].tolist(),
+                           [int(o) for o in np.rint(out_tok[order]).tolist()], prompt_tokens,
+                           (max(ql), min(cl), t) if explain else None)
+        return RouteDecision(None, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, ranking=ranking)
 
     @staticmethod
     def _reason(rank: int, q: float, cost: float, qmax: float, cmin: float, pw: float, t: float, n: int) -> str:
