@@ -133,6 +133,24 @@ async def test_records_are_batched_and_flush_waits_for_all(store):
     assert (await store.get_credits())[1] == k.usage_pico
 
 
+async def test_a_batch_mixing_keys_charges_and_settles_each(store):
+    await store.add_credits(1_000_000)
+    _, a = await store.create_key("a", limit_pico=100_000)
+    _, b = await store.create_key("b", limit_pico=100_000)
+    for _ in range(5):
+        assert await store.reserve(a.public_id, 700)
+        assert await store.reserve(b.public_id, 900)
+    for i in range(5):  # interleaved in one batch, each settling its own hold
+        store.record_generation(gen(a.public_id, 100 + i), reserved_pico=700)
+        store.record_generation(gen(b.public_id, 10 + i), reserved_pico=900)
+    store.record_generation(gen(None, 7))  # no key: charged to the account only
+    await store.flush()
+    ka, kb = await store.get_key(a.public_id), await store.get_key(b.public_id)
+    assert (ka.usage_pico, ka.reserved_pico) == (510, 0)
+    assert (kb.usage_pico, kb.reserved_pico) == (60, 0)
+    assert await store.get_credits() == (1_000_000, 577)
+
+
 async def test_record_generation_is_synchronous_and_survives_cancellation(store):
     _, rec = await store.create_key("k")
     ids = []
