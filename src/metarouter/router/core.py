@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Constraints:
 
 
 _NO_CONSTRAINTS = Constraints()
+_max_reduce, _add_reduce = np.maximum.reduce, np.add.reduce
 
 
 class Candidate:
@@ -90,8 +92,8 @@ class _Ranking:
 
     __slots__ = ("ids", "quality", "cost", "score", "prior_weight", "output_tokens", "prompt_tokens", "why")
 
-    def __init__(self, ids: list[str], quality: list[float], cost: list[float], score: list[float],
-                 prior_weight: list[float], output_tokens: list[int], prompt_tokens: int,
+    def __init__(self, ids: Sequence[str], quality: Sequence[float], cost: Sequence[float], score: Sequence[float],
+                 prior_weight: Sequence[float], output_tokens: Sequence[int], prompt_tokens: int,
                  why: tuple[float, float, float] | None):
         self.ids, self.quality, self.cost, self.score = ids, quality, cost, score
         self.prior_weight, self.output_tokens, self.prompt_tokens = prior_weight, output_tokens, prompt_tokens
@@ -493,9 +495,9 @@ class Router:
         X = x[None, :]
         S = X @ self.Wc
         S += self.bc
-        S -= S.max(1, keepdims=True)
+        S -= _max_reduce(S, 1, keepdims=True)  # = S.max(1, keepdims=True) without the method's Python wrapper
         Pk = np.exp(S, out=S)
-        Pk /= Pk.sum(1, keepdims=True)
+        Pk /= _add_reduce(Pk, 1, keepdims=True)  # = Pk.sum(1, keepdims=True)
         H = X @ self.W_x
         H += Pk @ self.W_k
         H += self.b
@@ -511,8 +513,8 @@ class Router:
         q += a  # learned quality
         # familiarity(), for one prompt: the tail is float32 scalar arithmetic
         E = X[:, : self.dim] - self.fam_mu
-        E /= np.sqrt((E * E).sum(1, keepdims=True)) + 1e-9
-        sim = (E @ self.centroids.T).max()
+        E /= np.sqrt(_add_reduce(E * E, 1, keepdims=True)) + 1e-9
+        sim = _max_reduce(E @ self.centroids.T, None)
         fam = (sim - self.conf_lo) / max(self.conf_hi - self.conf_lo, 1e-6)
         fam = 0.0 if fam < 0.0 else 1.0 if fam > 1.0 else fam
         cov = (np.float32(coverage) - self.cov_lo) / (self.cov_hi - self.cov_lo)
@@ -574,10 +576,14 @@ class Router:
                     return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
         lam = tradeoff_lambda(t)
         score = q - lam * cost
-        order = np.lexsort((cost, -score))
-        ql, cl = q[order].tolist(), cost[order].tolist()
-        ranking = _Ranking([kept[i].id for i in order.tolist()], ql, cl, score[order].tolist(), pw[order].tolist(),
-                           [int(o) for o in np.rint(out_tok[order]).tolist()], prompt_tokens,
+        order = np.lexsort((cost, -score)).tolist()
+        if len(order) > 1:
+            pick = itemgetter(*order)  # a tuple of the items in rank order
+        else:
+            pick = lambda xs: (xs[0],)  # noqa: E731
+        ql, cl = pick(q.tolist()), pick(cost.tolist())
+        ranking = _Ranking(pick([m.id for m in kept]), ql, cl, pick(score.tolist()), pick(pw.tolist()),
+                           tuple(map(int, pick(np.rint(out_tok).tolist()))), prompt_tokens,
                            (max(ql), min(cl), t) if explain else None)
         return RouteDecision(None, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, ranking=ranking)
 
