@@ -35,7 +35,8 @@ MAX_APP_HEADER = 1024  # app referer and title are stored at most this long
 
 class LeanStreamingResponse(StreamingResponse):
     """StreamingResponse without anyio's task group: one plain task waits for the client's disconnect, checked
-    between chunks (a gone client stops the relay at its next chunk, and the body iterator is closed)."""
+    between chunks (a gone client stops the relay at its next chunk, and the body iterator is closed). A chunk
+    that ends with ``data: [DONE]`` is the last: it goes out with the end of the body in one write."""
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[override]
         watcher = asyncio.ensure_future(receive())
@@ -43,6 +44,9 @@ class LeanStreamingResponse(StreamingResponse):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
                 if watcher.done():
+                    break
+                if chunk.endswith(SSE_DONE):  # the end of an SSE stream: close the body in the same write
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             else:

@@ -597,8 +597,7 @@ class _StreamRun:
                 final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
             self._record(usage, cost, status="ok" if self.error is None else "error")
             recorded = True
-            yield sse_data(self._stamp(final))
-            yield SSE_DONE
+            yield sse_data(self._stamp(final)) + SSE_DONE  # the usage chunk and the end: one write
         finally:
             if not recorded and self.first_at is not None:
                 # the client went away (or we were cancelled) after the answer began: record what was served
