@@ -306,10 +306,32 @@ def test_routing_dicts_built_from_columns_match_the_candidates():
             q[-1] = max(q) - 5e-10
             cost[-1] = min(cost) + 5e-16
         why = (max(q), min(cost), t) if trial % 7 else None
-        ranking = _Ranking([f"m/{i}" for i in range(n)], q, cost, score, pw, [rng.randint(0, 9999) for _ in range(n)],
-                           rng.randint(1, 10**6), why)
-        assert ranking.dicts() == [c.to_dict() for c in ranking.candidates()]
-        assert ranking.reasons() == [c.reason for c in ranking.candidates()]
+        args = ([f"m/{i}" for i in range(n)], q, cost, score, pw, [rng.randint(0, 9999) for _ in range(n)],
+                rng.randint(1, 10**6), why)
+        want = [c.to_dict() for c in _Ranking(*args).candidates()]
+        for f32 in (False, True):  # quality and prior weight are float32 values here, as route() makes them
+            ranking = _Ranking(*args, f32=f32)
+            assert ranking.dicts() == want
+            assert ranking.reasons() == [c.reason for c in ranking.candidates()]
+
+
+def test_rounding_float32_values_in_bulk_is_exact():
+    """``_round_f32`` (``rint(v * 10**d) / 10**d``) equals Python's correctly rounded ``round(v, d)`` on float32
+    values: exact halves (k/32, k/16: ties to even), values a few ulps around every k / 10**d, and random ones."""
+    from metarouter.router.core import _round_f32
+
+    rng = np.random.default_rng(0)
+    for d in (3, 4):
+        k = np.arange(0, 10**d + 1, dtype=np.float64)
+        up = down = (k / 10**d).astype(np.float32)
+        vals = [up]
+        for _ in range(3):  # 1-3 ulps above and below
+            up, down = np.nextafter(up, np.float32(2)), np.nextafter(down, np.float32(-1))
+            vals += [up, down]
+        vals += [(np.arange(0, 65) / 64).astype(np.float32), rng.random(200_000, dtype=np.float32),
+                 np.float32([1e-8, 5e-5, 5e-4, 0.00005, 0.0005, 0.99995, 0.9995, -0.0, 0.0])]
+        v = np.concatenate(vals).astype(np.float64).tolist()
+        assert _round_f32(v, d) == [round(x, d) for x in v]
 
 
 def _write(sample_from: Path) -> None:

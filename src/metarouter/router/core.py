@@ -90,14 +90,15 @@ class _Ranking:
     """The ranked candidates as columns in rank order, as :meth:`Router.route` computed them. The gateway needs
     only the routing dicts (:meth:`dicts`); :class:`Candidate` objects are made if someone asks for them."""
 
-    __slots__ = ("ids", "quality", "cost", "score", "prior_weight", "output_tokens", "prompt_tokens", "why")
+    __slots__ = ("ids", "quality", "cost", "score", "prior_weight", "output_tokens", "prompt_tokens", "why", "f32")
 
     def __init__(self, ids: Sequence[str], quality: Sequence[float], cost: Sequence[float], score: Sequence[float],
                  prior_weight: Sequence[float], output_tokens: Sequence[int], prompt_tokens: int,
-                 why: tuple[float, float, float] | None):
-        self.ids, self.quality, self.cost, self.score = ids, quality, cost, score
-        self.prior_weight, self.output_tokens, self.prompt_tokens = prior_weight, output_tokens, prompt_tokens
+                 why: tuple[float, float, float] | None, f32: bool = False):
+        self.ids, self.quality, self.cost, self.score = ids, tuple(quality), tuple(cost), tuple(score)
+        self.prior_weight, self.output_tokens, self.prompt_tokens = tuple(prior_weight), output_tokens, prompt_tokens
         self.why = why  # (best quality, lowest cost, tradeoff) for the reasons; None: not explained
+        self.f32 = f32  # quality and prior weight hold float32 values (as route() computes them)
 
     def candidates(self) -> list[Candidate]:
         pt, why, n = self.prompt_tokens, self.why, len(self.ids)
@@ -113,9 +114,11 @@ class _Ranking:
         qmax, cmin, t = self.why
         qtop, ctop = qmax - 1e-9, cmin + 1e-15
         top = " (price no object at tradeoff 0)" if t == 0 else ""
-        heads = _heads(len(self.ids))
+        n = len(self.ids)
+        heads = _heads(n)
+        q2 = (_formats("%.2f", n) % self.quality).split("\x00")  # f"{q:.2f}" of each
         out = []
-        for rank, q, c, p in zip(range(len(self.ids)), self.quality, self.cost, self.prior_weight):
+        for rank, q, c, p, qs in zip(range(n), self.quality, self.cost, self.prior_weight, q2):
             if q >= qtop:
                 why = "highest predicted quality and cheapest" if c <= ctop else "highest predicted quality" + top
             elif c <= ctop:
@@ -126,16 +129,50 @@ class _Ranking:
                 why = f"best quality for the price at tradeoff {t:g}"
             usd = f"${c:.2g}" if c < 0.01 else f"${c:.4f}"
             tail = "; quality mostly from priors" if p > 0.6 else ""
-            out.append(f"{heads[rank]}: {why} (P(good)={q:.2f}, ~{usd}){tail}")
+            out.append(f"{heads[rank]}: {why} (P(good)={qs}, ~{usd}){tail}")
         return out
 
     def dicts(self) -> list[dict[str, Any]]:
         """``[c.to_dict() for c in self.candidates()]``, without making the candidates."""
-        pt = self.prompt_tokens
-        return [{"model_id": m, "quality": round(q, 4), "cost_usd": float(f"{c:.6g}"), "prompt_tokens": pt,
-                 "output_tokens": o, "reason": r, "score": float(f"{s:.6g}"), "prior_weight": round(p, 3)}
-                for m, q, c, o, r, s, p in zip(self.ids, self.quality, self.cost, self.output_tokens, self.reasons(),
-                                               self.score, self.prior_weight)]
+        pt, n = self.prompt_tokens, len(self.ids)
+        g6 = _formats("%.6g", n)
+        cost = map(float, (g6 % self.cost).split("\x00"))  # float(f"{x:.6g}") of each
+        score = map(float, (g6 % self.score).split("\x00"))
+        if self.f32:
+            quality, prior = _round_f32(self.quality, 4), _round_f32(self.prior_weight, 3)
+        else:
+            quality = [round(q, 4) for q in self.quality]
+            prior = [round(p, 3) for p in self.prior_weight]
+        return [{"model_id": m, "quality": q, "cost_usd": c, "prompt_tokens": pt, "output_tokens": o, "reason": r,
+                 "score": s, "prior_weight": p}
+                for m, q, c, o, r, s, p in zip(self.ids, quality, cost, self.output_tokens, self.reasons(), score,
+                                               prior)]
+
+
+_FORMATS: dict[tuple[str, int], str] = {}
+
+
+def _formats(spec: str, n: int) -> str:
+    """``n`` copies of a %-format joined by NULs: one formatting call for a column, split on NUL."""
+    f = _FORMATS.get((spec, n))
+    if f is None:
+        f = _FORMATS[(spec, n)] = "\x00".join([spec] * n)
+    return f
+
+
+_SCALE = {3: 1e3, 4: 1e4}
+
+
+def _round_f32(values: Sequence[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]`` for float32 values (3 or 4 digits), in three array operations.
+
+    Exact: a float32 has at most 24 significant bits and 10**4 = 625 * 2**4 (10**3 = 125 * 2**3), so ``v * 10**d`` is
+    exact in float64 (at most 34 bits); ``rint`` rounds that exact value half to even, as ``round`` does; and the
+    division by 10**d is correctly rounded, i.e. the float64 nearest k / 10**d, which is what ``round`` returns
+    (it converts the correctly rounded decimal back with a correctly rounded strtod).
+    """
+    scale = _SCALE[digits]
+    return (np.rint(np.array(values, np.float64) * scale) / scale).tolist()
 
 
 _HEADS: list[str] = ["choice"]
@@ -584,7 +621,7 @@ class Router:
         ql, cl = pick(q.tolist()), pick(cost.tolist())
         ranking = _Ranking(pick([m.id for m in kept]), ql, cl, pick(score.tolist()), pick(pw.tolist()),
                            tuple(map(int, pick(np.rint(out_tok).tolist()))), prompt_tokens,
-                           (max(ql), min(cl), t) if explain else None)
+                           (max(ql), min(cl), t) if explain else None, f32=q.dtype == np.float32 == pw.dtype)
         return RouteDecision(None, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, ranking=ranking)
 
     @staticmethod
