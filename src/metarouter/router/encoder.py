@@ -257,8 +257,9 @@ class StaticEncoder:
                     self._new_generation()
                 row = self._n_rows
                 idx = np.array(ids)
-                self.table[row] = self.table[idx].sum(0)  # embedding and counts alike
-                self.weights[row] = self.weights[idx].sum()
+                # = .sum(0) / .sum(), without the methods' Python wrappers (embedding and counts alike)
+                self.table[row] = np.add.reduce(self.table[idx], 0)
+                self.weights[row] = np.add.reduce(self.weights[idx])
                 self._n_rows += 1
         self._chunk_row[chunk] = row
         return row
@@ -371,7 +372,7 @@ class StaticEncoder:
         if not n:
             return np.zeros(self.table.shape[1], np.float32), 0.0, 0
         tot = self._ones[:n] @ self.table[arr] if n <= len(self._ones) else self.table[arr].sum(0)
-        return tot, float(self.weights[arr].sum()), n
+        return tot, float(np.add.reduce(self.weights[arr])), n  # = .sum()
 
     def embed_segment(self, text: str) -> tuple[np.ndarray, float, int]:
         """:meth:`_embed_text` of a message text (clipped, lower-cased), through the LRU cache of recent texts.
