@@ -19,7 +19,7 @@ import numpy as np
 
 from ..catalog import Model, matches
 from . import artifact as art
-from .encoder import StaticEncoder, estimate_prompt_tokens
+from .encoder import StaticEncoder
 
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "router.npz"
 CHARS_PER_TOKEN = 4.0
