@@ -175,14 +175,16 @@ def _round_f32(values: Sequence[float], digits: int) -> list[float]:
     return (np.rint(np.array(values, np.float64) * scale) / scale).tolist()
 
 
-_HEADS: list[str] = ["choice"]
+_HEADS: list[str] = ["choice"] + [f"fallback {i}" for i in range(1, 64)]
 
 
 def _heads(n: int) -> list[str]:
     """"choice", "fallback 1", "fallback 2", ...: at least ``n`` of them."""
-    if len(_HEADS) < n:
-        _HEADS.extend(f"fallback {i}" for i in range(len(_HEADS), n))
-    return _HEADS
+    global _HEADS
+    heads = _HEADS
+    if len(heads) < n:  # a longer list replaces the shared one whole (safe with concurrent readers)
+        heads = _HEADS = ["choice"] + [f"fallback {i}" for i in range(1, max(n, 2 * len(heads)))]
+    return heads
 
 
 class RouteDecision:
