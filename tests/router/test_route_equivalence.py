@@ -296,7 +296,7 @@ def test_routing_dicts_built_from_columns_match_the_candidates():
 
     rng = random.Random(9)
     for trial in range(400):
-        n = rng.choice([1, 2, 3, 7, 20, 40])
+        n = rng.choice([1, 2, 3, 7, 20, 40, 70])
         q = [float(np.float32(rng.choice([rng.random(), 0.5, 0.95, 0.125, 0.00005]))) for _ in range(n)]
         cost = [rng.choice([rng.random() * 10 ** rng.randint(-9, 1), 0.01, 0.00999999, 1e-7]) for _ in range(n)]
         pw = [float(np.float32(rng.choice([rng.random(), 0.6, 0.6000001, 1.0, 0.0]))) for _ in range(n)]
