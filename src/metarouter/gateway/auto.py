@@ -137,13 +137,34 @@ class AutoResolver:
             "allowed_models", "excluded_models", "cost_quality_tradeoff", "cost_tier", "max_price") if k in cfg}
         #: per-key defaults, by key label or public id
         self.key_defaults: dict[str, dict[str, Any]] = dict(cfg.get("keys") or {})
+        self._provider_names: tuple[Catalog, tuple[str, ...]] | None = None
+        self._pools: dict[tuple[bool, ...], tuple[Catalog, list[Model], dict[str, Model]]] = {}
 
     def handles(self, model_id: str) -> bool:
         return model_id.lower() in AUTO_IDS
 
     def pool(self) -> list[Model]:
         """Models ``auto`` may choose from: those whose provider is configured and available."""
-        return [m for m in self.catalog if self.settings.provider_available(m.provider)]
+        return list(self._pool()[0])
+
+    def _pool(self) -> tuple[list[Model], dict[str, Model]]:
+        """The pool and its models by id, cached per set of available providers (asked once per provider, not
+        once per model, on every request)."""
+        catalog = self.catalog
+        names = self._provider_names
+        if names is None or names[0] is not catalog:
+            names = self._provider_names = (catalog, tuple(dict.fromkeys(m.provider for m in catalog)))
+        available = self.settings.provider_available
+        key = tuple([available(p) for p in names[1]])
+        hit = self._pools.get(key)
+        if hit is None or hit[0] is not catalog:
+            up = {p for p, ok in zip(names[1], key) if ok}
+            pool = [m for m in catalog if m.provider in up]
+            hit = (catalog, pool, {m.id: m for m in pool})
+            if len(self._pools) >= 64:
+                self._pools.clear()
+            self._pools[key] = hit
+        return hit[1], hit[2]
 
     def _controls(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         merged: dict[str, Any] = dict(self.defaults)
@@ -191,7 +212,7 @@ class AutoResolver:
     async def plan(self, body: dict[str, Any], ctx: RequestContext, requested: list[str]) -> Plan:
         controls = self._controls(body, ctx)
         constraints, tradeoff = self.constraints(body, controls)
-        pool = self.pool()
+        pool, by_id = self._pool()
         if not pool:
             raise GatewayError(503, "auto: no provider is configured; set a provider's API key first")
         decision: RouteDecision = self.router.route(body["messages"], pool, constraints, tradeoff)
@@ -199,7 +220,6 @@ class AutoResolver:
         if not ids:
             raise GatewayError(404, _nothing_left_message(constraints, controls, decision),
                                metadata={"excluded": [{"model": m, "reason": r} for m, r in decision.excluded]})
-        by_id = {m.id: m for m in pool}
         ranked = [by_id[i] for i in ids]
         skey, source = session_key(body, ctx)
         pinned = await self.sticky.get(skey)
