@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=int, default=200, help="warm-up calls per case (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--only", help="run only the cases whose name contains this (e.g. 'distinct')")
     args = ap.parse_args(argv)
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                    for _ in range(total)],
         "distinct long": lambda: [body_of(f"{long_text(rng)} ({rng.randrange(10**9)})") for _ in range(total)],
     }
+    if args.only:
+        cases = {k: v for k, v in cases.items() if args.only in k}
     tokens = {name: router.route(make()[0]["messages"], models).ranked[0].prompt_tokens
               for name, make in cases.items()}
     t_end = time.perf_counter() + 0.5  # settle the core (frequency, caches) before the first measured case
