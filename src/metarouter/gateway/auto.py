@@ -63,12 +63,25 @@ class RedisStickySessions:
 
     def __init__(self, redis: Any, ttl: float = STICKY_TTL, prefix: str = "mr:sticky:"):
         self.redis, self.ttl, self.prefix = redis, int(ttl), prefix
+        #: read and refresh the expiry in one command (GETEX, Redis >= 6.2): one round trip instead of two, and
+        #: about half the client's CPU per auto request; servers without it get GET then EXPIRE
+        self.getex = self.ttl > 0
 
     async def get(self, key: str) -> str | None:
-        v = await self.redis.get(self.prefix + key)
+        name = self.prefix + key
+        if self.getex:
+            try:
+                v = await self.redis.getex(name, ex=self.ttl)
+            except Exception as e:  # redis.exceptions.ResponseError from a server before 6.2
+                if "unknown command" not in str(e).lower():
+                    raise
+                self.getex = False
+            else:
+                return None if v is None else v.decode() if isinstance(v, bytes) else v
+        v = await self.redis.get(name)
         if v is None:
             return None
-        await self.redis.expire(self.prefix + key, self.ttl)
+        await self.redis.expire(name, self.ttl)
         return v.decode() if isinstance(v, bytes) else v
 
     async def pin(self, key: str, model: str) -> None:
