@@ -549,6 +549,10 @@ def _short(frame: str) -> str:
 
 def component(frame: str) -> str:
     f = frame.lower()
+    if "metarouter/gateway/upstream.py" in f:
+        return "metarouter upstream client"
+    if "metarouter/store/" in f:
+        return "metarouter store"
     for key in ("metarouter/", "starlette/", "uvicorn/", "aiohttp/", "yarl/", "multidict/", "asyncio/", "uvloop",
                 "sqlite", "orjson", "httptools", "threading", "logging/", "selectors", "ssl", "json/"):
         if key in f:
