@@ -1,7 +1,11 @@
 """CPU cost of one ``model: "auto"`` decision: ``Router.route`` alone and ``AutoResolver.plan`` as the gateway calls it.
 
     .venv/bin/python bench/router/plan_cost.py                # ~10 s on one core
-    .venv/bin/python bench/router/plan_cost.py --n 3000 --json out.json
+    .venv/bin/python bench/router/plan_cost.py --n 3000 --json out.json --only distinct
+    .venv/bin/python bench/router/plan_cost.py --redis redis://127.0.0.1:6379/0   # + the plan with Redis pins
+
+To compare with an older commit on the same machine, run this script against that commit's sources:
+``git archive COMMIT src | tar -x -C /tmp/old && PYTHONPATH=/tmp/old/src .venv/bin/python bench/router/plan_cost.py``.
 
 Prompts (all with the default 20-model catalog, every provider configured, no per-request controls):
 
@@ -11,6 +15,10 @@ Prompts (all with the default 20-model catalog, every provider configured, no pe
 - ``distinct short``: the same system prompt + a different ~10-word user message each time (words from a fixed
   list, plus a unique number: no text repeats, words do);
 - ``distinct long``: a different ~1,000-token user message each time (shuffled sentences, plus a unique number).
+
+``route`` is ``Router.route(messages, catalog)`` without constraints; ``plan`` is ``AutoResolver.plan(body, ctx,
+["auto"])`` with the whole body (so max_tokens 64 is a constraint), after which the first candidate is pinned as
+the gateway does once a model answered (outside the timing).
 
 Per case: wall clock (``perf_counter_ns``) and thread CPU (``thread_time_ns``) per call, p50 / p99 / mean in µs,
 after a warm-up. Pinned to one core where the OS allows. The figures are for one process on whatever else the
@@ -73,12 +81,12 @@ def body_of(user: str, system: str | None = SYSTEM) -> dict[str, Any]:
     return {"model": "auto", "messages": msgs, "max_tokens": 64}
 
 
-def make_resolver() -> AutoResolver:
+def make_resolver(sticky: Any = None) -> AutoResolver:
     catalog = default_catalog()
     providers = {m.provider: ProviderConfig(name=m.provider, base_url="http://127.0.0.1:9", api_key="k")
                  for m in catalog}
     settings = Settings(providers=providers, catalog=catalog)
-    return AutoResolver(settings, catalog)
+    return AutoResolver(settings, catalog, sticky=sticky)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -109,22 +117,45 @@ def bench_route(router, models, bodies, warm: int) -> dict[str, float]:
     return summarise(wall, cpu)
 
 
+async def measure_plan(resolver: AutoResolver, ctx: RequestContext, bodies, warm: int) -> dict[str, float]:
+    plan = resolver.plan
+    for b in bodies[:warm]:
+        pl = await plan(b, ctx, ["auto"])
+        await pl.on_served(pl.candidates[0].id)
+    wall, cpu = [], []
+    pc, tt = time.perf_counter_ns, time.thread_time_ns
+    for b in bodies[warm:]:
+        c0, t0 = tt(), pc()
+        pl = await plan(b, ctx, ["auto"])
+        t1, c1 = pc(), tt()
+        wall.append(t1 - t0)
+        cpu.append(c1 - c0)
+        await pl.on_served(pl.candidates[0].id)  # as the gateway does once a model answered (sticky pin)
+    return summarise(wall, cpu)
+
+
 def bench_plan(resolver: AutoResolver, ctx: RequestContext, bodies, warm: int) -> dict[str, float]:
+    return asyncio.run(measure_plan(resolver, ctx, bodies, warm))
+
+
+def bench_plan_redis(url: str, ctx: RequestContext, bodies, warm: int) -> dict[str, float]:
+    """The plan with sticky pins in Redis (a deployment with ``redis_url``); keys under a throwaway prefix."""
+    import secrets
+
+    import redis.asyncio as aioredis
+
+    from metarouter.gateway.auto import RedisStickySessions
+
     async def go() -> dict[str, float]:
-        plan = resolver.plan
-        for b in bodies[:warm]:
-            pl = await plan(b, ctx, ["auto"])
-            await pl.on_served(pl.candidates[0].id)
-        wall, cpu = [], []
-        pc, tt = time.perf_counter_ns, time.thread_time_ns
-        for b in bodies[warm:]:
-            c0, t0 = tt(), pc()
-            pl = await plan(b, ctx, ["auto"])
-            t1, c1 = pc(), tt()
-            wall.append(t1 - t0)
-            cpu.append(c1 - c0)
-            await pl.on_served(pl.candidates[0].id)  # as the gateway does once a model answered (sticky pin)
-        return summarise(wall, cpu)
+        client = aioredis.from_url(url)
+        prefix = f"mr_bench:{secrets.token_hex(6)}:"
+        try:
+            return await measure_plan(make_resolver(RedisStickySessions(client, prefix=prefix)), ctx, bodies, warm)
+        finally:
+            keys = [k async for k in client.scan_iter(prefix + "*")]
+            if keys:
+                await client.delete(*keys)
+            await client.aclose()
 
     return asyncio.run(go())
 
@@ -136,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--only", help="run only the cases whose name contains this (e.g. 'distinct')")
+    ap.add_argument("--redis", metavar="URL", help="also measure the short case's plan with sticky pins in Redis")
     args = ap.parse_args(argv)
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
@@ -173,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_route(router, models, make(), args.warm)
         p = bench_plan(resolver, ctx, make(), args.warm)
         results["cases"][name] = {"prompt_tokens": tokens[name], "route": r, "plan": p}
+        if args.redis and name == "short":
+            results["cases"]["short, Redis sticky"] = {"prompt_tokens": tokens[name], "route": r,
+                                                       "plan": bench_plan_redis(args.redis, ctx, make(), args.warm)}
     results["load_avg_after"] = os.getloadavg()
 
     print(f"{'case':22} {'tok':>5} {'what':6} {'cpu p50':>8} {'cpu p99':>8} {'cpu mean':>9} "

@@ -241,10 +241,25 @@ def main() -> int:
                "artifact_mb": size_mb, "artifact_version": router.version, "default_tradeoff": router.default_tradeoff,
                "runtime_s": time.time() - t0}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    md = render(summary, extra_rows)
+    md = render(summary, extra_rows) + kept_sections(out / "RESULTS.md")
     (out / "RESULTS.md").write_text(md)
     print(md)
     return 0
+
+
+#: sections of RESULTS.md written by other scripts (plan_cost.py), carried over when this run rewrites the file
+KEPT_SECTIONS = ("## Decision cost in the gateway (plan_cost.py)",)
+
+
+def kept_sections(path: Path) -> str:
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    out = []
+    for head in KEPT_SECTIONS:
+        i = text.find("\n" + head)
+        if i >= 0:
+            j = text.find("\n## ", i + 1 + len(head))
+            out.append(text[i: j if j >= 0 else len(text)].rstrip())
+    return "\n".join(out) + "\n" if out else ""
 
 
 NOTES = """## Where targets are missed, and what was tried
