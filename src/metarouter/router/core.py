@@ -10,8 +10,8 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
