@@ -145,6 +145,7 @@ class SQLiteStore:
         self.holder = f"{os.getpid()}-{secrets.token_hex(6)}"  # this process, in ``reservations.holder``
         self._next_expiry = float("inf")  # set once the schema is migrated
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._urgent = threading.Event()  # set with every operation someone awaits: cuts a group commit's wait short
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._pending = 0
@@ -164,6 +165,7 @@ class SQLiteStore:
             return
         await self.flush()
         self._q.put(_STOP)
+        self._urgent.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
 
@@ -212,22 +214,20 @@ class SQLiteStore:
                 if item is _STOP:
                     return
                 if item[0] == "rec":
-                    # Group commit: gather what arrives within LINGER of the first record (or until an operation
-                    # someone awaits comes in), so one transaction and one wake-up serve many requests.
+                    # Group commit: let records gather for up to LINGER after the first, so one transaction and one
+                    # wake-up serve many requests. The thread sleeps on an event that only awaited operations (and
+                    # stop) set, not on the queue: a record put during the wait does not wake it (each wake-up
+                    # would take the GIL from the event loop).
+                    if self.linger > 0:
+                        self._urgent.wait(self.linger)
+                    self._urgent.clear()
                     batch = [item]
                     other = None
-                    until = time.monotonic() + self.linger
                     while len(batch) < _BATCH:
                         try:
                             nxt = self._q.get_nowait()
                         except queue.Empty:
-                            wait = until - time.monotonic()
-                            if wait <= 0:
-                                break
-                            try:
-                                nxt = self._q.get(timeout=wait)
-                            except queue.Empty:
-                                break
+                            break
                         if nxt is not _STOP and nxt[0] == "rec":
                             batch.append(nxt)
                         else:
@@ -353,6 +353,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._q.put(("call", fn, args, fut, loop))
+        self._urgent.set()
         return await fut
 
     # --- keys --------------------------------------------------------------------------------------------------
@@ -485,6 +486,7 @@ class SQLiteStore:
                     self._drained.wait(timeout=1.0)
 
         if self._pending > 0:
+            self._urgent.set()  # a group commit in wait writes now
             await asyncio.get_running_loop().run_in_executor(None, wait)
 
     async def get_generation(self, gen_id: str) -> dict[str, Any] | None:
