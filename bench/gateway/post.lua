@@ -1,5 +1,6 @@
 -- wrk script: POST a fixed JSON body (file in $WRK_BODY) with an optional bearer key ($WRK_AUTH) and, for
--- streams ($WRK_STREAM=1), Accept: text/event-stream. Prints one machine-readable line (WRKJSON {...}) at the end.
+-- streams ($WRK_STREAM=1), Accept: text/event-stream; with $WRK_DISTINCT=1 a new prompt every request.
+-- Prints one machine-readable line (WRKJSON {...}) at the end.
 -- No response() callback on purpose: defining one makes wrk parse every response in Lua and slows it down.
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 local body = f:read("*a")
@@ -13,6 +14,16 @@ if auth and auth ~= "" then
 end
 if os.getenv("WRK_STREAM") == "1" then
   wrk.headers["Accept"] = "text/event-stream"
+end
+-- WRK_DISTINCT=1: "__N__" in the body becomes a per-request counter, so no two prompts are the same
+if os.getenv("WRK_DISTINCT") == "1" then
+  local n = 0
+  local head, tail = body:match("^(.*)__N__(.*)$")
+  assert(head, "WRK_DISTINCT=1 needs __N__ in the body")
+  function request()
+    n = n + 1
+    return wrk.format(nil, nil, nil, head .. n .. tail)
+  end
 end
 
 function done(summary, latency, requests)
