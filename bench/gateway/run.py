@@ -513,8 +513,9 @@ def py_spy(target: Target, work: Path, scenario: str, conns: int, duration: floa
 def summarize_collapsed(path: Path, top: int = 60) -> dict[str, Any]:
     """Where the event loop's time goes: per function (self = leaf frame, inclusive = anywhere on the stack) and
     per component (package of the leaf frame), as % of the event-loop thread's (MainThread's) samples. Other
-    threads are reported beside it, as % of the same count; their samples whose leaf is the writer thread's own
-    loop (``SQLiteStore._run``, i.e. waiting on its queue, which py-spy does not always see as idle) are left out."""
+    threads are reported beside it, as % of the same count; the writer thread's samples while it waits for work
+    (leaf ``SQLiteStore._run``, or a ``threading`` wait under it; py-spy does not always see these as idle) are
+    left out."""
     self_c: dict[str, int] = {}
     incl: dict[str, int] = {}
     comp: dict[str, int] = {}
@@ -531,8 +532,9 @@ def summarize_collapsed(path: Path, top: int = 60) -> dict[str, Any]:
             thread = frames.pop(0).split(": ", 1)[-1]
         frames = [_short(f) for f in frames]
         if thread != "MainThread":
-            if frames and frames[-1].startswith("SQLiteStore._run "):
-                continue  # waiting for work
+            if frames and (frames[-1].startswith("SQLiteStore._run ") or (
+                    frames[-1].endswith("(threading.py)") and any(f.startswith("SQLiteStore._run ") for f in frames))):
+                continue  # waiting for work (on its queue, or on the group commit's event)
             threads[thread] = threads.get(thread, 0) + k
             continue
         main += k

@@ -184,6 +184,36 @@ async def test_dropped_before_answer_and_mid_body(client):
     assert client.idle_connections() == 0
 
 
+async def test_unsolicited_bytes_retire_the_connection(client):
+    async def twice(w, n):  # two answers to one request: the second must not be taken for the next request's
+        w.write(JSON_HEAD + b"Content-Length: 5\r\n\r\nfirst" + JSON_HEAD + b"Content-Length: 5\r\n\r\nstale")
+        await w.drain()
+
+    async with Script(twice) as srv:
+        r = await client.request(srv.url(), b"{}", {})
+        assert await r.read() == b"first"
+        r.release()
+        await asyncio.sleep(0.05)
+        r = await client.request(srv.url(), b"{}", {})
+        assert await r.read() == b"first"
+        assert srv.connections == 2
+
+    async def late(w, n):  # an answer, then more bytes while the connection sits in the pool
+        w.write(JSON_HEAD + b"Content-Length: 2\r\n\r\n{}")
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.write(b"HTTP/1.1 200 OK\r\n")
+
+    async with Script(late) as srv:
+        r = await client.request(srv.url(), b"{}", {})
+        assert await r.read() == b"{}"
+        r.release()
+        await asyncio.sleep(0.15)
+        r = await client.request(srv.url(), b"{}", {})
+        assert await r.read() == b"{}"
+        assert srv.connections == 2
+
+
 async def test_malformed_response(client):
     async def junk(w, n):
         w.write(b"SMTP ready\r\n\r\n")

@@ -84,6 +84,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.lost = False
+        self.active = False  # an exchange is in progress (set by the client, cleared when the response is released)
         self.idle_since = 0.0
         self.exchanges = 0  # answers received on this connection
         self.pauses = 0  # times reading was paused for a slow consumer
@@ -109,6 +110,11 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.active or self.complete:
+            # bytes nobody asked for (on an idle pooled connection, or after the answer ended): the stream can no
+            # longer be trusted to start at the next answer
+            self._fail(UpstreamError("upstream sent data outside an exchange", "ProtocolError"))
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -133,6 +139,9 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second answer to one request
+            self._fail(UpstreamError("upstream sent an answer nobody asked for", "ProtocolError"))
+            return
         status = self.parser.get_status_code()
         if status < 200:  # an interim response (103 Early Hints and the like): the real one follows
             self.headers = []
@@ -152,8 +161,8 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if not self.headers_done:
-            return  # the body of an interim response has none; ignore defensively
+        if not self.headers_done or self.complete:
+            return  # an interim response has no body; after the end nothing belongs to this answer
         self.chunks.append(body)
         self.buffered += len(body)
         if self.streaming and self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -296,6 +305,7 @@ class UpstreamResponse:
             return
         self._released = True
         conn = self._conn
+        conn.active = False
         if conn.complete and conn.keep_alive and not conn.lost and conn.error is None:
             self._client._put(self._origin, conn)
         else:
@@ -362,6 +372,7 @@ class UpstreamClient:
 
     async def _exchange(self, conn: _Conn, origin: _Origin, msg: bytes, deadline: float) -> UpstreamResponse:
         conn._reset()
+        conn.active = True
         try:
             conn.transport.write(msg)  # type: ignore[union-attr]
             while not conn.headers_done:
