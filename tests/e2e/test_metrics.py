@@ -116,3 +116,30 @@ def test_router_choices_and_label_safety():
     assert m.token_usage.count(gen_ai_operation_name="chat", gen_ai_request_model="auto",
                                gen_ai_response_model=rec["model"], gen_ai_provider_name="openai",
                                gen_ai_token_type="input") == 2
+
+
+async def test_ledger_backlog_gauge(tmp_path):
+    from types import SimpleNamespace
+
+    from metarouter.api import _wire_store_metrics
+    from metarouter.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "m.db", linger=0.5)  # a long group-commit wait keeps records queued
+    await store.open()
+    app = SimpleNamespace(state=SimpleNamespace(metrics=GatewayMetrics(), store=store))
+    _wire_store_metrics(app)
+
+    def backlog() -> float:
+        _, samples = parse(app.state.metrics.registry.render())
+        return total(samples, "metarouter_ledger_pending_records")
+
+    assert backlog() == 0
+    for i in range(3):
+        store.record_generation({"id": f"gen-{i}", "created_at": 1.0, "status": "ok", "cost_pico": 0})
+    assert backlog() == 3
+    await store.flush()
+    assert backlog() == 0
+    await store.close()
+    app.state.store = None  # before start-up / after shutdown: no sample, and the scrape still works
+    _, samples = parse(app.state.metrics.registry.render())
+    assert not [s for s in samples if s[0] == "metarouter_ledger_pending_records"]

@@ -17,6 +17,7 @@ def build_full_app(settings: Settings, store=None):
     app.router.routes.extend(activity_routes())
     _wire_openapi(app, settings)
     _wire_breaker_metrics(app)
+    _wire_store_metrics(app)
     return app
 
 
@@ -54,6 +55,19 @@ def _wire_breaker_metrics(app) -> None:
     registry.counter_callback(
         "metarouter_circuit_breaker_opened_total", "Times each provider's circuit breaker opened.",
         lambda: [({"provider": p}, b.opened_count) for p, b in sorted(breakers().items())])
+
+
+def _wire_store_metrics(app) -> None:
+    """The ledger's backlog in ``/metrics``, read at scrape time."""
+
+    def pending() -> list:
+        st = getattr(app.state, "store", None)
+        return [] if st is None else [({}, int(st.pending_records))]
+
+    app.state.metrics.registry.gauge_callback(
+        "metarouter_ledger_pending_records",
+        "Generation records accepted but not yet written to the store (a backlog that keeps growing means the "
+        "store cannot keep up).", pending)
 
 
 def _wire_auto_router(app, settings: Settings) -> None:

@@ -150,6 +150,11 @@ class Store(Protocol):
         ...
 
     # ledger
+    @property
+    def pending_records(self) -> int:
+        """Records accepted by :meth:`record_generation` and not yet written (exported in ``/metrics``)."""
+        ...
+
     def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
         """Queue one generation record and its charge (key usage, account usage, release of the reservation)
         to be written in one transaction. Synchronous and non-blocking so that it can run in ``finally``

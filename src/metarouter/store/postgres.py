@@ -380,6 +380,11 @@ class PostgresStore:
         return {"day": row["day"], "week": row["week"], "month": row["month"]}
 
     # --- ledger ------------------------------------------------------------------------------------------------
+    @property
+    def pending_records(self) -> int:
+        """Records accepted by :meth:`record_generation` and not yet written."""
+        return self._pending
+
     def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
         if self._loop is None:
             raise RuntimeError("store is not open")

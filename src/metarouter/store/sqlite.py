@@ -107,10 +107,20 @@ def _row_to_key(row: sqlite3.Row | tuple) -> KeyRecord:
 
 
 _KEY_COLS = "public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, rpm, tpm, created_at"
-_GEN_INSERT = (
-    f"INSERT OR IGNORE INTO generations ({', '.join(GENERATION_FIELDS)}) "
-    f"VALUES ({', '.join('?' for _ in GENERATION_FIELDS)})"
-)
+
+
+_MULTI_INSERT: dict[int, str] = {}
+
+
+def _multi_insert(n: int) -> str:
+    """``INSERT INTO generations (…) VALUES (…), … `` for ``n`` rows (cached per ``n``)."""
+    sql = _MULTI_INSERT.get(n)
+    if sql is None:
+        one = f"({', '.join('?' for _ in GENERATION_FIELDS)})"
+        sql = f"INSERT INTO generations ({', '.join(GENERATION_FIELDS)}) VALUES {', '.join([one] * n)}"
+        if len(_MULTI_INSERT) < 1024:
+            _MULTI_INSERT[n] = sql
+    return sql
 
 
 def generation_row(record: dict[str, Any]) -> tuple:
@@ -149,6 +159,7 @@ class SQLiteStore:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._pending = 0
+        self._max_vars = 999
         self._pending_lock = threading.Lock()
         self._drained = threading.Condition(self._pending_lock)
 
@@ -198,6 +209,8 @@ class SQLiteStore:
     def _run(self) -> None:
         self._conn = self._connect()
         conn = self._conn
+        # bound parameters per statement (SQLite's compile-time limit: 999 before 3.32, 32,766 since)
+        self._max_vars = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 32_766)
         try:
             while True:
                 try:
@@ -275,14 +288,30 @@ class SQLiteStore:
                     self._drained.notify_all()
 
     def _apply_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
-        """One transaction: insert the records, charge only those newly inserted, settle their holds."""
+        """One transaction: insert the records, charge only those newly inserted, settle their holds.
+
+        A handful of statements per batch, not a few per record: every statement releases the GIL and must win it
+        back from the busy event loop, and with a statement per record the writer fell behind a loaded loop
+        (the queue, and memory, grew without bound)."""
         conn.execute("BEGIN IMMEDIATE")
+        fresh: dict[Any, tuple[dict[str, Any], int]] = {}
+        for record, reserved in batch:  # a record repeated within the batch is the same record: charged once
+            fresh.setdefault(record.get("id"), (record, reserved))
+        ids = list(fresh)
+        step = max(1, self._max_vars - 1)
+        for i in range(0, len(ids), step):  # records already written (a retry of a batch, say) were charged then
+            chunk = ids[i:i + step]
+            for (rid,) in conn.execute(
+                    f"SELECT id FROM generations WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                fresh.pop(rid, None)
+        todo = list(fresh.values())
+        per_insert = max(1, self._max_vars // len(GENERATION_FIELDS))
+        for i in range(0, len(todo), per_insert):
+            rows = todo[i:i + per_insert]
+            conn.execute(_multi_insert(len(rows)), [v for rec, _ in rows for v in generation_row(rec)])
         per_key: dict[str, list[int]] = {}  # key -> [cost, held] summed over the batch: one UPDATE per key
         total_cost = total_held = 0
-        for record, reserved in batch:
-            cur = conn.execute(_GEN_INSERT, generation_row(record))
-            if cur.rowcount != 1:
-                continue  # already written: charged then
+        for record, reserved in todo:
             cost = int(record.get("cost_pico") or 0)
             key_id = record.get("key_id")
             held = self._drop_hold(conn, key_id, reserved) if key_id and reserved else 0
@@ -474,6 +503,11 @@ class SQLiteStore:
         return await self._call(get)
 
     # --- ledger ------------------------------------------------------------------------------------------------
+    @property
+    def pending_records(self) -> int:
+        """Records accepted by :meth:`record_generation` and not yet written."""
+        return self._pending
+
     def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
         with self._pending_lock:
             self._pending += 1
