@@ -113,11 +113,11 @@ _MULTI_INSERT: dict[int, str] = {}
 
 
 def _multi_insert(n: int) -> str:
-    """``INSERT INTO generations (…) VALUES (…), … `` for ``n`` rows (cached per ``n``)."""
+    """``INSERT OR IGNORE INTO generations (…) VALUES (…), …`` for ``n`` rows (cached per ``n``)."""
     sql = _MULTI_INSERT.get(n)
     if sql is None:
         one = f"({', '.join('?' for _ in GENERATION_FIELDS)})"
-        sql = f"INSERT INTO generations ({', '.join(GENERATION_FIELDS)}) VALUES {', '.join([one] * n)}"
+        sql = f"INSERT OR IGNORE INTO generations ({', '.join(GENERATION_FIELDS)}) VALUES {', '.join([one] * n)}"
         if len(_MULTI_INSERT) < 1024:
             _MULTI_INSERT[n] = sql
     return sql
@@ -293,22 +293,26 @@ class SQLiteStore:
         A handful of statements per batch, not a few per record: every statement releases the GIL and must win it
         back from the busy event loop, and with a statement per record the writer fell behind a loaded loop
         (the queue, and memory, grew without bound)."""
-        conn.execute("BEGIN IMMEDIATE")
         fresh: dict[Any, tuple[dict[str, Any], int]] = {}
         for record, reserved in batch:  # a record repeated within the batch is the same record: charged once
             fresh.setdefault(record.get("id"), (record, reserved))
-        ids = list(fresh)
-        step = max(1, self._max_vars - 1)
-        for i in range(0, len(ids), step):  # records already written (a retry of a batch, say) were charged then
-            chunk = ids[i:i + step]
-            for (rid,) in conn.execute(
-                    f"SELECT id FROM generations WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                fresh.pop(rid, None)
         todo = list(fresh.values())
-        per_insert = max(1, self._max_vars // len(GENERATION_FIELDS))
-        for i in range(0, len(todo), per_insert):
-            rows = todo[i:i + per_insert]
-            conn.execute(_multi_insert(len(rows)), [v for rec, _ in rows for v in generation_row(rec)])
+        conn.execute("BEGIN IMMEDIATE")
+        if not self._insert(conn, todo):
+            # Some were written before (a retried record): they were charged then. Start again without them;
+            # rare, so the common case pays for no look-up.
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            ids = list(fresh)
+            step = max(1, self._max_vars - 1)
+            for i in range(0, len(ids), step):
+                chunk = ids[i:i + step]
+                for (rid,) in conn.execute(
+                        f"SELECT id FROM generations WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                    fresh.pop(rid, None)
+            todo = list(fresh.values())
+            if not self._insert(conn, todo):
+                raise sqlite3.IntegrityError("generation ids changed during the batch")
         per_key: dict[str, list[int]] = {}  # key -> [cost, held] summed over the batch: one UPDATE per key
         total_cost = total_held = 0
         for record, reserved in todo:
@@ -335,6 +339,17 @@ class SQLiteStore:
             (total_cost, total_held),
         )
         conn.execute("COMMIT")
+
+    def _insert(self, conn: sqlite3.Connection, todo: list[tuple[dict[str, Any], int]]) -> bool:
+        """Insert the records with as few statements as the parameter limit allows; False if any id was already
+        there (those rows are left as they were)."""
+        per_insert = max(1, self._max_vars // len(GENERATION_FIELDS))
+        inserted = 0
+        for i in range(0, len(todo), per_insert):
+            rows = todo[i:i + per_insert]
+            inserted += conn.execute(_multi_insert(len(rows)),
+                                     [v for rec, _ in rows for v in generation_row(rec)]).rowcount
+        return inserted == len(todo)
 
     def _drop_hold(self, conn: sqlite3.Connection, key_id: str, amount: int) -> int:
         """Delete this process's oldest matching hold; its amount, or 0 if it had already expired."""
