@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any, ClassVar
@@ -32,8 +33,13 @@ def _copy_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------------- OpenAI
 
+_REASONING = re.compile(r"^(o1|o3|o4)(-|$)")
+
+
+@functools.lru_cache(maxsize=1024)
 def is_reasoning_model(native: str) -> bool:
-    return bool(re.match(r"^(o1|o3|o4)(-|$)", native))
+    """OpenAI's o-series (asked on every request to an OpenAI model: cached per native name)."""
+    return _REASONING.match(native) is not None
 
 
 def is_o1_legacy(native: str) -> bool:
