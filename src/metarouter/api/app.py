@@ -91,8 +91,6 @@ class KeyAuth:
     """Resolves ``Authorization: Bearer sk-mr-…`` to a key record; records are cached briefly by public id."""
 
     def __init__(self, store: Store, ttl: float = 5.0):
-        self.store = store
-        self.TTL = ttl
         # served while a refresh runs, so no request waits on the store for a key it saw a moment ago
         self._cache: SWRCache[KeyRecord | None] = SWRCache(store.get_key, ttl)
 

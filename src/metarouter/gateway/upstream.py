@@ -251,20 +251,33 @@ class UpstreamResponse:
             self._conn.close()
             raise UpstreamError(f"upstream body could not be decompressed ({exc})", "ProtocolError") from None
 
+    def _take(self) -> bytes:
+        """Everything received and not yet handed over (reading resumes if a slow consumer had paused it)."""
+        conn = self._conn
+        data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
+        conn.chunks.clear()
+        conn.buffered = 0
+        if conn.paused and not conn.lost and conn.transport is not None:
+            conn.paused = False
+            conn.transport.resume_reading()
+        return data
+
+    async def _more(self) -> None:
+        """Wait for the connection's next event; raise its error if it has failed."""
+        conn = self._conn
+        if conn.error is not None:
+            raise conn.error
+        await conn.wait(self._read_timeout, self._deadline)
+
     async def read(self) -> bytes:
         """The whole body."""
-        conn = self._conn
         try:
-            while not conn.complete:
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._read_timeout, self._deadline)
+            while not self._conn.complete:
+                await self._more()
         except BaseException:
             self.release()
             raise
-        data = b"".join(conn.chunks)
-        conn.chunks.clear()
-        conn.buffered = 0
+        data = self._take()
         if self._decoder is not None:
             data = self._decode(data) + self._decoder.flush()
         return data
@@ -276,12 +289,7 @@ class UpstreamResponse:
         try:
             while True:
                 if conn.chunks:
-                    data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
-                    conn.chunks.clear()
-                    conn.buffered = 0
-                    if conn.paused and not conn.lost and conn.transport is not None:
-                        conn.paused = False
-                        conn.transport.resume_reading()
+                    data = self._take()
                     if self._decoder is not None:
                         data = self._decode(data)
                     if data:
@@ -293,9 +301,7 @@ class UpstreamResponse:
                         if tail:
                             yield tail
                     return
-                if conn.error is not None:
-                    raise conn.error
-                await conn.wait(self._read_timeout, self._deadline)
+                await self._more()
         except BaseException:
             self.release()
             raise

@@ -416,12 +416,12 @@ class StaticEncoder:
     def parse_with_tokens(self, messages: list[dict] | str) -> tuple[tuple, int]:
         """:meth:`parse` and :func:`estimate_prompt_tokens` in one pass over the messages."""
         if isinstance(messages, str):
-            return ([(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False), len(messages) // 4 + 20
+            return ([(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False), text_prompt_tokens(messages)
         texts: list[tuple[str, str]] = []
         has_image = has_system = False
         last_user = -1
         total = n_turns = 0
-        tokens = 16
+        tokens = PROMPT_OVERHEAD_TOKENS
         for m in messages:
             content = m.get("content")
             if type(content) is str:
@@ -431,14 +431,13 @@ class StaticEncoder:
             role = str(m.get("role", "user"))
             if img:
                 has_image = True
-                tokens += 85
             if role == "user":
                 last_user = len(texts)
                 n_turns += 1
             elif role in ("system", "developer"):
                 has_system = True
             total += len(t)
-            tokens += len(t) // 4 + 4
+            tokens += message_tokens(len(t), img)
             texts.append((role, t))
         if last_user < 0:
             last_user = len(texts) - 1
@@ -494,12 +493,25 @@ class StaticEncoder:
         return np.stack([self.encode(x) for x in items]) if items else np.zeros((0, self.out_dim), np.float32)
 
 
+PROMPT_OVERHEAD_TOKENS = 16  # per conversation
+
+
+def text_prompt_tokens(text: str) -> int:
+    """:func:`estimate_prompt_tokens` of a bare string prompt."""
+    return len(text) // 4 + 20
+
+
+def message_tokens(chars: int, has_image: bool) -> int:
+    """One message's share of :func:`estimate_prompt_tokens`."""
+    return chars // 4 + 4 + (85 if has_image else 0)
+
+
 def estimate_prompt_tokens(messages: list[dict] | str) -> int:
     """Prompt tokens ≈ characters / 4 plus a few per message (good enough for context and cost checks)."""
     if isinstance(messages, str):
-        return len(messages) // 4 + 20
+        return text_prompt_tokens(messages)
     n = 0
     for m in messages:
         t, img = message_text(m.get("content"))
-        n += len(t) // 4 + 4 + (85 if img else 0)
-    return n + 16
+        n += message_tokens(len(t), img)
+    return n + PROMPT_OVERHEAD_TOKENS
