@@ -18,7 +18,7 @@ import orjson
 from ..catalog import Catalog, Model
 from ..config import Settings
 from ..errors import GatewayError
-from ..router import Constraints, RouteDecision, Router, load_router
+from ..router import Constraints, RequestError, RouteDecision, RouteRequest, Router, load_router
 from .pipeline import Plan, RequestContext
 
 AUTO_IDS = frozenset({"auto", "openrouter/auto", "metarouter/auto"})
@@ -191,7 +191,7 @@ class AutoResolver:
             merged["max_price"] = {**(merged.get("max_price") or {}), **prov["max_price"]}
         return merged
 
-    def constraints(self, body: dict[str, Any], controls: dict[str, Any]) -> tuple[Constraints, float | None]:
+    def constraints(self, request: RouteRequest, controls: dict[str, Any]) -> tuple[Constraints, float | None]:
         allowed = _str_list(controls.get("allowed_models"), "allowed_models")
         excluded = _str_list(controls.get("excluded_models"), "excluded_models")
         tier = controls.get("cost_tier")
@@ -209,14 +209,8 @@ class AutoResolver:
             if isinstance(tradeoff, bool) or not isinstance(tradeoff, (int, float)) or not 0 <= tradeoff <= 10:
                 raise GatewayError(400, "`cost_quality_tradeoff` must be a number from 0 (best answer) to 10 (cheapest)")
             tradeoff = float(tradeoff)
-        rf = body.get("response_format") or {}
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        return Constraints(
-            allowed=allowed, excluded=excluded,
-            needs_tools=bool(body.get("tools")) and body.get("tool_choice") != "none",
-            needs_vision=None,  # inferred from image parts
-            needs_json=rf.get("type") in ("json_object", "json_schema"),
-            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        return Constraints.for_request(
+            request, allowed=allowed, excluded=excluded,
             max_price_prompt=_price(mp.get("prompt"), "prompt"),
             max_price_completion=completion_cap,
             max_price_request=_price(mp.get("request"), "request"),
@@ -224,11 +218,15 @@ class AutoResolver:
 
     async def plan(self, body: dict[str, Any], ctx: RequestContext, requested: list[str]) -> Plan:
         controls = self._controls(body, ctx)
-        constraints, tradeoff = self.constraints(body, controls)
+        try:
+            request = RouteRequest.from_body(body)
+        except RequestError as e:
+            raise GatewayError(400, str(e)) from None
+        constraints, tradeoff = self.constraints(request, controls)
         pool, by_id = self._pool()
         if not pool:
             raise GatewayError(503, "auto: no provider is configured; set a provider's API key first")
-        decision: RouteDecision = self.router.route(body["messages"], pool, constraints, tradeoff)
+        decision: RouteDecision = self.router.route(request, pool, constraints, tradeoff)
         ids = decision.model_ids  # best first (the decision's Candidate objects are never needed here)
         if not ids:
             raise GatewayError(404, _nothing_left_message(constraints, controls, decision),
@@ -248,7 +246,7 @@ class AutoResolver:
         top = ids[0]
         routing = decision.to_dict()
         candidates = routing.pop("ranked")
-        reason = candidates[0]["reason"]
+        reason = routing.pop("reason")
         if sticky and sticky["held"] and pinned != top:
             reason = f"sticky session: kept on {pinned} (router's own choice: {top})"
         routing.update(

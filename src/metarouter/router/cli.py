@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..catalog import Model, default_catalog
 
 
@@ -39,7 +37,7 @@ def _dumps(obj: Any) -> str:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from .core import Constraints, load_router
+    from .core import load_router
 
     router = load_router(args.artifact)
     models = _models(args.models)
@@ -48,10 +46,13 @@ def cmd_route(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise SystemExit("route: give a PROMPT or --batch FILE.jsonl")
     tradeoffs = [float(t) for t in str(args.tradeoff).split(",")] if args.tradeoff is not None else [None]
-    cons = Constraints(needs_tools=args.tools, needs_json=args.json_output, max_tokens=args.max_tokens)
-    messages = [{"role": "user", "content": " ".join(args.prompt)}]
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": " ".join(args.prompt)}]}
+    if args.max_tokens:
+        body["max_tokens"] = args.max_tokens
+    if args.json_output:
+        body["response_format"] = {"type": "json_object"}
     for t in tradeoffs:
-        d = router.route(messages, models, cons, tradeoff=t)
+        d = _decide(router, body, models, t, needs_tools=args.tools)
         if args.json:
             print(_dumps(d.to_dict()))
             continue
@@ -61,51 +62,79 @@ def cmd_route(args: argparse.Namespace) -> int:
         top = d.ranked[0]
         print(f"{top.model_id}  (tradeoff {d.tradeoff:g}, P(good)={top.quality:.2f}, ~${top.cost_usd:.6f}, "
               f"{d.decision_ms:.2f} ms)")
+        print(f"  {d.reason}")
         if args.explain:
-            print(f"\nprompt familiarity {d.familiarity:.2f} (1 = like the training data; low = leaning on priors)")
+            like = f"; most like: {d.category}" if d.category else ""
+            print(f"\nprompt familiarity {d.familiarity:.2f} (1 = like the training data; 0 = unlike it, general "
+                  f"ability decides){like}")
             w = max(len(c.model_id) for c in d.ranked)
-            print(f"\n{'#':>2}  {'model':<{w}}  {'P(good)':>7}  {'cost USD':>10}  {'out tok':>7}  {'score':>8}  reason")
+            print(f"\n{'#':>2}  {'model':<{w}}  {'P(good)':>7}  {'cost USD':>10}  {'out tok':>7}  {'prior':>5}  reason")
             for i, c in enumerate(d.ranked):
                 print(f"{i + 1:>2}  {c.model_id:<{w}}  {c.quality:7.3f}  {c.cost_usd:10.6f}  {c.output_tokens:7d}  "
-                      f"{c.score:8.4f}  {c.reason}")
+                      f"{c.prior_weight:5.2f}  {c.reason}")
             for m, r in d.excluded:
                 print(f" -  {m:<{w}}  excluded: {r}")
     return 0
 
 
-def _route_batch(router, models: list[Model], args: argparse.Namespace) -> int:
-    from .core import tradeoff_lambda
-    from .encoder import estimate_prompt_tokens
-    from .evaluate import predict_matrix
+def _decide(router, body: dict[str, Any], models: list[Model], tradeoff: float | None, needs_tools: bool = False):
+    """The decision the gateway's ``auto`` makes for this chat body (same request reading, same constraints)."""
+    from .core import Constraints
+    from .request import RouteRequest
 
-    tradeoffs = [float(t) for t in str(args.tradeoff).split(",")] if args.tradeoff is not None else \
-        [router.default_tradeoff]
+    req = RouteRequest.from_body(body)
+    cons = Constraints.for_request(req)
+    if needs_tools:
+        cons.needs_tools = True
+    return router.route(req, models, cons, tradeoff)
+
+
+def _route_batch(router, models: list[Model], args: argparse.Namespace) -> int:
+    """Route every line of a JSONL file: chat request bodies (``messages`` or the ``prompt`` shorthand, ``tools``,
+    ``response_format``, ``max_tokens``; an ``id`` is echoed). A malformed line stops the run with its number, and
+    an ``--out`` file is only written (renamed into place) once every line is routed."""
+    import os
+    import tempfile
+
+    from .request import RequestError
+
+    tradeoffs = [float(t) for t in str(args.tradeoff).split(",")] if args.tradeoff is not None else [None]
     src = sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")
-    items = [json.loads(line) for line in src if line.strip()]
     t0 = time.perf_counter()
-    convs = [it["messages"] if "messages" in it else str(it.get("prompt", "")) for it in items]
-    X = np.stack([router.encoder.encode(c) for c in convs]).astype(np.float32) if convs else \
-        np.zeros((0, router.encoder.out_dim), np.float32)
-    Q, C = predict_matrix(router, convs, models, X)
-    ptok = np.array([estimate_prompt_tokens(c) for c in convs])
-    ctx = np.array([m.context_length for m in models])
-    fits = ptok[:, None] <= ctx[None, :]
-    ids = [m.id for m in models]
-    out = sys.stdout if not args.out else open(args.out, "w", encoding="utf-8")
-    top_k = args.top
-    for t in tradeoffs:
-        S = np.where(fits, Q - tradeoff_lambda(t) * C, -np.inf)
-        order = np.argsort(-S, axis=1, kind="stable")
-        for i, it in enumerate(items):
-            ranked = [{"model_id": ids[j], "quality": round(float(Q[i, j]), 4), "cost_usd": float(f"{C[i, j]:.6g}")}
-                      for j in order[i, :top_k] if np.isfinite(S[i, j])]
-            out.write(_dumps({"id": it.get("id", i), "tradeoff": t, "model": ranked[0]["model_id"] if ranked else None,
-                              "ranked": ranked}) + "\n")
-    if out is not sys.stdout:
-        out.close()
+    lines: list[str] = []
+    n = 0
+    with src:
+        for no, line in enumerate(src, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict):
+                    raise RequestError("a line must be a JSON object")
+                body = item.get("request", item)
+                for t in tradeoffs:
+                    d = _decide(router, body, models, t, needs_tools=args.tools)
+                    ranked = [c.to_dict() for c in d.ranked[: args.top]]
+                    lines.append(_dumps({"id": item.get("id", no), "tradeoff": d.tradeoff, "model": d.model,
+                                         "reason": d.reason, "familiarity": round(d.familiarity, 3),
+                                         "ranked": ranked,
+                                         "excluded": [{"model_id": m, "reason": r} for m, r in d.excluded]}))
+            except (ValueError, RequestError) as e:
+                print(f"route --batch: line {no}: {e}", file=sys.stderr)
+                return 2
+            n += 1
+    if args.out:
+        out = Path(args.out)
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent if str(out.parent) else ".")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + ("\n" if lines else ""))
+        os.replace(tmp, out)
+    else:
+        for line in lines:
+            print(line)
     dt = time.perf_counter() - t0
-    print(f"routed {len(items)} prompts × {len(tradeoffs)} tradeoffs in {dt:.2f}s "
-          f"({len(items) / max(dt, 1e-9):,.0f} prompts/s)", file=sys.stderr)
+    print(f"routed {n} requests × {len(tradeoffs)} tradeoffs in {dt:.2f}s ({n / max(dt, 1e-9):,.0f} requests/s)",
+          file=sys.stderr)
     return 0
 
 
@@ -117,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .core import load_router
+    import numpy as np
+
     from .data import load_any, split_mask
     from .evaluate import evaluate, format_table, plot
 
@@ -149,7 +180,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--models", help="comma-separated catalog ids or wildcards (default: whole catalog)")
     p.add_argument("--tradeoff", help="0 (best quality) … 10 (cheapest); batch: comma-separated list")
     p.add_argument("--explain", action="store_true", help="show every candidate with quality, cost and reason")
-    p.add_argument("--batch", metavar="FILE.jsonl", help='lines {"id", "prompt"} or {"id", "messages"}; - = stdin')
+    p.add_argument("--batch", metavar="FILE.jsonl",
+                   help='one chat request per line ({"id", "messages" or "prompt", "tools", "response_format", '
+                        '"max_tokens"}); - = stdin')
     p.add_argument("--out", help="batch output file (default stdout)")
     p.add_argument("--top", type=int, default=5, help="batch: candidates kept per line")
     p.add_argument("--tools", action="store_true", help="require tool calling")

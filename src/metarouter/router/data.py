@@ -19,14 +19,6 @@ import numpy as np
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
-#: Billed but unseen reasoning tokens per answer, per the benchmark convention (shared/data/README.md).
-HIDDEN_REASONING = {
-    "openai/o1-mini-2024-09-12": 600,
-    "openai/o1-preview-2024-09-12": 1000,
-    "deepseek/deepseek-r1": 800,
-}
-
-
 def _open_text(path: Path):
     if str(path).endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
@@ -45,32 +37,73 @@ class RoutingData:
     correct: np.ndarray  # float32 (n_prompts, n_models), NaN where unlabelled
     out_chars: np.ndarray  # float32 (n_prompts, n_models), NaN where unknown
     catalog_ids: dict[str, str] = field(default_factory=dict)  # column name -> catalog id (only aliased columns)
+    tools: list[list | None] | None = None  # per prompt: the OpenAI ``tools`` offered (function-calling data), or None
+    messages: list[list | None] | None = None  # per prompt: a whole conversation instead of the bare prompt, or None
 
     def subset(self, idx) -> RoutingData:
-        idx = np.asarray(idx)
+        idx = np.asarray(idx, int)
         return RoutingData(
             [self.prompts[i] for i in idx], [self.sources[i] for i in idx], [self.datasets[i] for i in idx],
             [self.item_ids[i] for i in idx], list(self.models), self.correct[idx], self.out_chars[idx],
-            dict(self.catalog_ids),
+            dict(self.catalog_ids), [self.tools_of(i) for i in idx], [self.messages_of(i) for i in idx],
         )
+
+    def tools_of(self, i: int) -> list | None:
+        return self.tools[i] if self.tools else None
+
+    def messages_of(self, i: int) -> list | None:
+        return self.messages[i] if self.messages else None
+
+    def request(self, i: int):
+        """Prompt ``i`` as the router reads a request (:class:`~metarouter.router.request.RouteRequest`)."""
+        from .request import RouteRequest
+
+        msgs = self.messages_of(i) or [{"role": "user", "content": self.prompts[i]}]
+        return RouteRequest.from_body({"messages": msgs, "tools": self.tools_of(i) or None})
+
+    def requests(self) -> list:
+        return [self.request(i) for i in range(len(self))]
+
+    def prompt_chars(self) -> np.ndarray:
+        """Characters of each prompt plus, for function calling, of its ``tools`` JSON (the cost convention)."""
+        import json
+
+        return np.array([len(self.prompts[i]) + (len(json.dumps(t)) if (t := self.tools_of(i)) else 0)
+                         for i in range(len(self))], float)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
 
 def load_shared(data_dir: str | Path) -> RoutingData:
-    """Load the shared ``routing/`` folder (or a folder holding a Not Diamond CSV, see :func:`load_any`)."""
+    """Load the shared ``routing/`` folder: ``prompts``/``labels`` and, where present, the function-calling
+    ``bfcl_prompts``/``bfcl_labels`` (with their ``tools``)."""
     d = Path(data_dir)
+    parts = [_load_pair(d, d / "prompts.csv.gz", d / "labels.csv.gz")]
+    if (d / "bfcl_prompts.csv.gz").exists() and (d / "bfcl_labels.csv.gz").exists():
+        parts.append(_load_pair(d, d / "bfcl_prompts.csv.gz", d / "bfcl_labels.csv.gz"))
+    return concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _load_pair(d: Path, prompts_file: Path, labels_file: Path) -> RoutingData:
+    import json
+
     aliases: dict[tuple[str, str], str] = {}
     if (d / "aliases.csv").exists():
         with _open_text(d / "aliases.csv") as f:
             for r in csv.DictReader(f):
                 aliases[(r["source"], r["source_model"])] = r["model_id"]
     key_to_row: dict[tuple[str, str], int] = {}
-    prompts, sources, datasets, items = [], [], [], []
-    with _open_text(d / "prompts.csv.gz") as f:
-        for r in csv.DictReader(f):
+    prompts, sources, datasets, items, tools = [], [], [], [], []
+    with _open_text(prompts_file) as f:
+        reader = csv.DictReader(f)
+        _require_columns(prompts_file, reader.fieldnames, ("source", "item_id", "prompt"))
+        for line, r in enumerate(reader, start=2):
             key_to_row[(r["source"], r["item_id"])] = len(prompts)
+            try:
+                tools.append(json.loads(r["tools"]) if r.get("tools") else None)
+            except ValueError as e:
+                raise ValueError(f"{prompts_file}:{line}: `tools` is not JSON ({e})") from None
             prompts.append(r["prompt"])
             sources.append(r["source"])
             datasets.append(r.get("dataset") or r["source"])
@@ -78,8 +111,10 @@ def load_shared(data_dir: str | Path) -> RoutingData:
     col: dict[str, int] = {}
     rows, cols, corr, chars = [], [], [], []
     catalog_ids: dict[str, str] = {}
-    with _open_text(d / "labels.csv.gz") as f:
-        for r in csv.DictReader(f):
+    with _open_text(labels_file) as f:
+        reader = csv.DictReader(f)
+        _require_columns(labels_file, reader.fieldnames, ("source", "item_id", "model", "correct"))
+        for r in reader:
             i = key_to_row.get((r["source"], r["item_id"]))
             if i is None:
                 continue
@@ -101,7 +136,47 @@ def load_shared(data_dir: str | Path) -> RoutingData:
     models = [None] * m
     for k, j in col.items():
         models[j] = k
-    return RoutingData(prompts, sources, datasets, items, models, correct, out_chars, catalog_ids)
+    return RoutingData(prompts, sources, datasets, items, models, correct, out_chars, catalog_ids,
+                       tools if any(t is not None for t in tools) else None)
+
+
+def _require_columns(path: Path, header: list[str] | None, needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in (header or [])]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(header or []) or 'none'})")
+
+
+def load_anchors(path: str | Path, model_ids: list[str], source: str = "everyday") -> RoutingData:
+    """Everyday requests (``anchors.jsonl``: ``kind`` and ``prompt`` or ``messages``) that every model of the pool
+    answers well, labelled correct for each of ``model_ids``: a stated assumption, not a measurement. Training uses
+    them only for the prior's difficulty (on such requests the choice does not matter, so price decides) and as
+    reference traffic for familiarity, never for the per-model quality model. The prompts were written for this
+    project (greetings, small talk, one-line facts, short translations, simple classification, rewrites,
+    formatting, one-step arithmetic, short creative requests, everyday how-tos; several languages)."""
+    import json
+
+    prompts, kinds, msgs = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_no}: not JSON ({e})") from None
+            m = r.get("messages")
+            text = r.get("prompt") or next((x.get("content") for x in reversed(m or []) if x.get("role") == "user"), "")
+            if not isinstance(text, str) or not text:
+                raise ValueError(f"{path}:{line_no}: needs `prompt` or `messages` with a user message")
+            prompts.append(text)
+            kinds.append(str(r.get("kind", "")))
+            msgs.append(m)
+    n = len(prompts)
+    correct = np.ones((n, len(model_ids)), np.float32)
+    return RoutingData(prompts, [source] * n, [f"{source}/{k}" if k else source for k in kinds],
+                       [f"{k}:{i}" for i, k in enumerate(kinds)], list(model_ids), correct,
+                       np.full((n, len(model_ids)), np.nan, np.float32), {m: m for m in model_ids}, None,
+                       msgs if any(msgs) else None)
 
 
 def load_notdiamond_csv(path: str | Path, source: str = "custom") -> RoutingData:
@@ -159,9 +234,12 @@ def concat(parts: list[RoutingData]) -> RoutingData:
         out_chars[off: off + len(p), idx] = p.out_chars
         off += len(p)
         cat.update(p.catalog_ids)
+    tools = [p.tools_of(i) for p in parts for i in range(len(p))]
+    msgs = [p.messages_of(i) for p in parts for i in range(len(p))]
     return RoutingData(
         sum((p.prompts for p in parts), []), sum((p.sources for p in parts), []),
         sum((p.datasets for p in parts), []), sum((p.item_ids for p in parts), []), models, correct, out_chars, cat,
+        tools if any(t is not None for t in tools) else None, msgs if any(m is not None for m in msgs) else None,
     )
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import Catalog, Model
-from .core import Router, tradeoff_lambda
+from . import policy
+from .core import Router
 from .data import RoutingData, benchmark_cost_usd
-from .encoder import estimate_prompt_tokens
 from .metrics import PoolReference
 
 
@@ -22,7 +22,7 @@ from .metrics import PoolReference
 class Pool:
     source: str
     rows: np.ndarray  # indices into the RoutingData
-    prompts: list[str]
+    prompts: list  # the requests (RouteRequest) of those rows
     models: list[Model]
     Y: np.ndarray
     C: np.ndarray
@@ -63,35 +63,49 @@ def pool_for_source(data: RoutingData, source: str, catalog: Catalog, rows: np.n
     idx = np.flatnonzero(sel)
     Y = data.correct[np.ix_(idx, cols)].astype(float)
     L = fill_lengths(data.out_chars[np.ix_(idx, cols)])
-    pc = np.array([len(data.prompts[i]) for i in idx], float)
+    pc = data.prompt_chars()[idx]
     C = benchmark_cost_usd(pc, L, np.array([m.input_pico for m in models]) / 1e12,
                            np.array([m.output_pico for m in models]) / 1e12,
                            np.array([m.hidden_reasoning_tokens for m in models], float))
-    return Pool(source, idx, [data.prompts[i] for i in idx], models, Y, C, PoolReference(Y, C))
+    return Pool(source, idx, [data.request(i) for i in idx], models, Y, C, PoolReference(Y, C))
 
 
-def predict_matrix(router: Router, prompts: list, models: list[Model],
-                   X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised :meth:`Router.predict` for many prompts: quality and predicted cost (prompts × models)."""
-    cov = None
-    if X is None:
-        enc = [router.encoder.encode(p, with_coverage=True) for p in prompts]
-        X = np.stack([e[0] for e in enc]).astype(np.float32)
-        cov = np.array([e[1] for e in enc], np.float32)
-    rows = [router._row(m) for m in models]
-    Q, _, _ = router.predict_quality(X, rows, cov)
-    ptok = np.array([estimate_prompt_tokens(p) for p in prompts], np.float64)
-    C, _ = router.predict_cost(X, rows, ptok)
-    return Q, C
+def predict_matrix(router: Router, requests: list, models: list[Model],
+                   X: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Router.predict` for many requests: quality and predicted cost (requests × models).
+
+    ``X``: the requests' features and coverage (:meth:`Router.featurize`) when already computed."""
+    from .core import as_request
+
+    reqs = [as_request(r) for r in requests]
+    feats, cov = X if X is not None else router.featurize(reqs)
+    ptok = np.array([r.prompt_tokens() for r in reqs], np.float64)
+    pred = router.predict(feats, cov, models, ptok)
+    return pred["quality"], pred["cost"]
 
 
 def sweep(Q: np.ndarray, C: np.ndarray, tradeoffs) -> np.ndarray:
-    """(tradeoffs × prompts) choices maximising q - λ(t)·cost (ties: the cheaper)."""
-    out = []
-    for t in tradeoffs:
-        S = Q - tradeoff_lambda(t) * C
-        out.append(np.argmax(S - 1e-12 * C, axis=1))
-    return np.stack(out)
+    """(tradeoffs × prompts) the policy's choice at each tradeoff (:func:`.policy.choose`)."""
+    return np.stack([policy.choose(Q, C, t) for t in tradeoffs])
+
+
+def calibration(P: np.ndarray, Y: np.ndarray, bins: int = 10) -> dict:
+    """Expected calibration error of predicted P(good) against 0/1 labels, and the reliability diagram's bins
+    (equal-width; per bin: mean prediction, observed rate, count)."""
+    p, y = np.asarray(P, float).ravel(), np.asarray(Y, float).ravel()
+    keep = ~np.isnan(y)
+    p, y = p[keep], y[keep]
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            mp, rate = float(p[sel].mean()), float(y[sel].mean())
+            ece += sel.mean() * abs(mp - rate)
+            rows.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "mean_p": mp, "rate": rate,
+                         "n": int(sel.sum())})
+    return {"ece": float(ece), "n": int(len(p)), "bins": rows}
 
 
 TRADEOFF_GRID = np.round(np.arange(0, 10.001, 0.05), 2)  # the dial is continuous: 201 settings
@@ -102,12 +116,6 @@ def random_points(pool: Pool, n_mix: int = 21, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(pool.models), len(pool.prompts))
     return pool.ref.points_of(pick[None, :])
-
-
-def router_points(router: Router, pool: Pool, tradeoffs=TRADEOFF_GRID, X: np.ndarray | None = None):
-    Q, C = predict_matrix(router, pool.prompts, pool.models, X)
-    ch = sweep(Q, C, tradeoffs)
-    return pool.ref.points_of(ch), ch
 
 
 def evaluate(router: Router, data: RoutingData, rows: np.ndarray, catalog: Catalog, allowed: list[str] | None = None,
@@ -130,8 +138,9 @@ def evaluate(router: Router, data: RoutingData, rows: np.ndarray, catalog: Catal
             if bar:
                 bar.update(1)
             continue
-        pts, ch = router_points(router, pool)
-        dflt = pool.ref.points_of(sweep(*predict_matrix(router, pool.prompts, pool.models), [router.default_tradeoff]))
+        Q, C = predict_matrix(router, pool.prompts, pool.models)
+        pts = pool.ref.points_of(sweep(Q, C, TRADEOFF_GRID))
+        dflt = pool.ref.points_of(sweep(Q, C, [router.default_tradeoff]))
         s = pool.ref.summarize(pts)
         results[src] = {
             "pool": [m.id for m in pool.models], "n_prompts": len(pool.prompts),
@@ -144,6 +153,7 @@ def evaluate(router: Router, data: RoutingData, rows: np.ndarray, catalog: Catal
                                                            "acc": float(pool.ref.oracle_point[0, 1])},
             "single": {m.id: {"cost": float(c), "acc": float(a)} for m, (c, a) in zip(pool.models, pool.ref.single)},
             "best_single": pool.models[pool.ref.best_model].id,
+            "calibration": calibration(Q, pool.Y),
         }
         if bar:
             bar.update(1)

@@ -1,14 +1,18 @@
-"""Per-model quality predictors behind one scikit-learn-like contract.
+"""The router's predictors, each behind one scikit-learn-like contract.
 
-``fit(X, Y)`` takes encoded prompts ``X`` (n × d) and a correctness matrix ``Y`` (n × models, NaN = unlabelled);
-``predict(X)`` returns P(correct) (n × models). Parameters live in ``__init__``; fitted state ends in ``_``.
-``to_arrays()`` / ``from_arrays()`` give plain numpy arrays for the artifact (no pickle).
+Parameters live in ``__init__``; ``fit(...)`` learns the state (attributes ending in ``_``); ``predict(...)`` is
+numpy only (what serves at run time); ``to_arrays()`` / ``from_arrays()`` give plain arrays for the artifact (no
+pickle). Training loads the same classes from the artifact that it fitted, so what is evaluated is what serves.
 
-- :class:`KNNPredictor` — the baseline: cosine neighbours' label means, shrunk to each model's mean.
-- :class:`MFPredictor` — IRT / matrix-factorisation style: a shared prompt tower ``z = tanh(X W + b)`` and one
-  embedding per model, ``P(correct) = σ(z · u_m + c_m)``; trained on every labelled model (catalog or not) so that
-  the prompt tower learns from all of them. Numpy only, full-batch Adam, fixed seed.
-- :class:`LengthModel` — expected answer length: ``log(chars) = g(X) + o_m`` (shared prompt part, per-model offset).
+- :class:`CategoryModel` — softmax regression of the prompt's domain (the training data's dataset labels).
+- :class:`QualityModel` — matrix factorisation / IRT style: a shared prompt tower ``z = tanh([x, s·p_cat] W + b)`` and
+  one vector per model, ``P(good) = σ((z · u_m + c_m) / T)``, the temperature ``T`` fitted on a validation split.
+- :class:`PriorModel` — what is known without a prompt like the training data: a general ability per model (Arena-Hard)
+  against the request's difficulty (a ridge regression over the encoded request), ``σ(α·a_m + β·d(x) + γ)``.
+- :class:`FamiliarityModel` — how like the training prompts a request is (a classifier of training prompts against
+  reference traffic): it weighs the learned quality against the prior.
+- :class:`LengthModel` — expected answer length: ``log(chars) = g(x) + o_m``.
+- :class:`KNNPredictor` — the RouterBench-style baseline of the benchmark.
 """
 
 from __future__ import annotations
@@ -16,63 +20,89 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-class KNNPredictor:
-    def __init__(self, k: int = 25, alpha: float = 2.0, emb_dims: int | None = None):
-        self.k, self.alpha, self.emb_dims = k, alpha, emb_dims
+def softmax(S: np.ndarray) -> np.ndarray:
+    S = S - S.max(-1, keepdims=True)
+    E = np.exp(S)
+    return E / E.sum(-1, keepdims=True)
 
-    def _emb(self, X: np.ndarray) -> np.ndarray:
-        E = np.asarray(X, np.float32)[:, : self.emb_dims] if self.emb_dims else np.asarray(X, np.float32)
-        return E / (np.linalg.norm(E, axis=1, keepdims=True) + 1e-9)
 
-    def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNPredictor:
-        self.X_ = self._emb(X)
-        self.mask_ = ~np.isnan(Y)
-        self.Y_ = np.nan_to_num(Y).astype(np.float32)
-        self.prior_ = (self.Y_.sum(0) + 1) / (self.mask_.sum(0) + 2)
+def _prefixed(a: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v for k, v in a.items()}
+
+
+def _unprefixed(a: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in a.items() if k.startswith(p)}
+
+
+class CategoryModel:
+    """Multinomial logistic regression over the encoded prompt (fit with scikit-learn, predicted with numpy)."""
+
+    def __init__(self, C: float = 10.0, seed: int = 0):
+        self.C, self.seed = C, seed
+
+    def fit(self, X: np.ndarray, labels: list[str]) -> CategoryModel:
+        self.classes_ = sorted(set(labels))
+        y = np.array([self.classes_.index(v) for v in labels])
+        if len(self.classes_) < 2:
+            self.W_, self.b_ = np.zeros((X.shape[1], 1), np.float32), np.zeros(1, np.float32)
+            return self
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=self.C, max_iter=3000, random_state=self.seed).fit(X, y)
+        W, b = clf.coef_.T, clf.intercept_
+        if W.shape[1] == 1:  # binary: scikit-learn keeps one column
+            W, b = np.hstack([-W / 2, W / 2]), np.array([-b[0] / 2, b[0] / 2])
+        self.W_, self.b_ = W.astype(np.float32), b.astype(np.float32)
         return self
 
-    def neighbours(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        S = self._emb(X) @ self.X_.T
-        k = min(self.k, S.shape[1])
-        idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        return idx, np.take_along_axis(S, idx, 1)
-
     def predict(self, X: np.ndarray) -> np.ndarray:
-        idx, _ = self.neighbours(X)
-        s = self.Y_[idx].sum(1)
-        n = self.mask_[idx].sum(1)
-        return (s + self.alpha * self.prior_) / (n + self.alpha)
+        return softmax(X @ self.W_ + self.b_)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"X": self.X_.astype(np.float16), "Y": self.Y_.astype(np.uint8), "mask": self.mask_,
-                "prior": self.prior_, "k": np.array(self.k), "alpha": np.array(self.alpha)}
+        return {"W": self.W_, "b": self.b_}
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> KNNPredictor:
-        p = cls(k=int(a["k"]), alpha=float(a["alpha"]))
-        p.X_, p.Y_, p.mask_, p.prior_ = a["X"].astype(np.float32), a["Y"].astype(np.float32), a["mask"], a["prior"]
+    def from_arrays(cls, a: dict[str, np.ndarray], classes: list[str]) -> CategoryModel:
+        p = cls()
+        p.W_, p.b_, p.classes_ = a["W"].astype(np.float32), a["b"].astype(np.float32), list(classes)
         return p
 
 
-class MFPredictor:
-    def __init__(self, dim: int = 48, l2: float = 1e-3, l2_model: float = 1e-3, lr: float = 0.01,
-                 epochs: int = 600, seed: int = 0, sample_weight_power: float = 0.0):
-        self.dim, self.l2, self.l2_model, self.lr, self.epochs, self.seed = dim, l2, l2_model, lr, epochs, seed
-        self.sample_weight_power = sample_weight_power
+class QualityModel:
+    """P(good answer) per prompt and model column; columns are the labelled models of the training data.
 
-    def fit(self, X: np.ndarray, Y: np.ndarray, col_weight: np.ndarray | None = None) -> MFPredictor:
-        """``col_weight`` (models,) scales each model's loss (e.g. catalog models count more)."""
-        X = np.asarray(X, np.float64)
-        n, d = X.shape
+    ``(1 − w) · σ(MF logit / T) + w · p_cat · A``: the factorisation, blended with each domain's accuracy per model
+    (``A``, shrunk to the model's mean); ``T`` and ``w`` are chosen on validation prompts (least log loss)."""
+
+    def __init__(self, dim: int = 48, cat_scale: float = 3.0, l2: float = 1e-4, lr: float = 0.01, epochs: int = 600,
+                 seed: int = 0):
+        self.dim, self.cat_scale, self.l2, self.lr, self.epochs, self.seed = dim, cat_scale, l2, lr, epochs, seed
+
+    def _inputs(self, X: np.ndarray, P_cat: np.ndarray) -> np.ndarray:
+        return np.hstack([X, self.cat_scale * P_cat]).astype(np.float32)
+
+    def fit(self, X: np.ndarray, P_cat: np.ndarray, Y: np.ndarray, col_weight: np.ndarray | None = None,
+            row_weight: np.ndarray | None = None, category: np.ndarray | None = None) -> QualityModel:
+        """``Y`` (prompts × columns, NaN = unlabelled); ``col_weight`` / ``row_weight`` scale the loss; ``category``:
+        each prompt's domain (index into ``P_cat``'s columns; default: its most likely one) for the accuracy table."""
+        k = np.asarray(category) if category is not None else np.asarray(P_cat).argmax(1)
+        mean = (np.nansum(Y, 0) + 1) / ((~np.isnan(Y)).sum(0) + 2)
+        self.table_ = np.stack([(np.nansum(Y[k == c], 0) + 5 * mean) / ((~np.isnan(Y[k == c])).sum(0) + 5)
+                                for c in range(P_cat.shape[1])]).astype(np.float32)
+        self.table_weight_ = 0.0
+        X2 = np.asarray(self._inputs(X, P_cat), np.float64)  # float64: the same fit on every machine's BLAS
+        n, d = X2.shape
         m = Y.shape[1]
         mask = ~np.isnan(Y)
         T = np.nan_to_num(Y).astype(np.float64)
-        cw = np.ones(m) if col_weight is None else np.asarray(col_weight, float)
-        Wt = mask * cw[None, :]
+        Wt = mask * (np.ones(m) if col_weight is None else np.asarray(col_weight, float))[None, :]
+        if row_weight is not None:
+            Wt = Wt * np.asarray(row_weight, float)[:, None]
         Wt /= Wt.sum()
         rng = np.random.default_rng(self.seed)
         W = rng.normal(0, 1 / np.sqrt(d), (d, self.dim))
@@ -85,34 +115,155 @@ class MFPredictor:
         vel = [np.zeros_like(p) for p in params]
         b1, b2, eps = 0.9, 0.999, 1e-8
         for t in range(1, self.epochs + 1):
-            Z = np.tanh(X @ W + b)
-            P = _sigmoid(Z @ U.T + c)
+            Z = np.tanh(X2 @ W + b)
+            P = sigmoid(Z @ U.T + c)
             G = (P - T) * Wt
-            gU = G.T @ Z + 2 * self.l2_model * U
-            gc = G.sum(0)
             dA = (G @ U) * (1 - Z * Z)
-            gW = X.T @ dA + 2 * self.l2 * W
-            gb = dA.sum(0)
-            for k, g in enumerate((gW, gb, gU, gc)):
+            grads = (X2.T @ dA + 2 * self.l2 * W, dA.sum(0), G.T @ Z + 2 * self.l2 * U, G.sum(0))
+            for k, g in enumerate(grads):
                 mom[k] = b1 * mom[k] + (1 - b1) * g
                 vel[k] = b2 * vel[k] + (1 - b2) * g * g
                 params[k] -= self.lr * (mom[k] / (1 - b1**t)) / (np.sqrt(vel[k] / (1 - b2**t)) + eps)
         self.W_, self.b_, self.U_, self.c_ = (p.astype(np.float32) for p in params)
+        self.temperature_ = 1.0
         return self
 
-    def embed(self, X: np.ndarray) -> np.ndarray:
-        return np.tanh(np.asarray(X, np.float32) @ self.W_ + self.b_)
+    def calibrate(self, X: np.ndarray, P_cat: np.ndarray, Y: np.ndarray) -> QualityModel:
+        """Temperature of the logits and weight of the domain table, on labelled validation prompts (least log
+        loss on a grid)."""
+        L = self.logits(X, P_cat).astype(np.float64)
+        A = (P_cat @ self.table_).astype(np.float64)
+        mask = ~np.isnan(Y)
+        y, z, a = Y[mask], L[mask], A[mask]
+        best = (np.inf, 1.0, 0.0)
+        for T in np.arange(0.5, 3.001, 0.05):
+            s = sigmoid(z / T)
+            for w in np.arange(0.0, 0.801, 0.1):
+                p = np.clip((1 - w) * s + w * a, 1e-6, 1 - 1e-6)
+                loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+                best = min(best, (loss, float(T), float(w)))
+        self.temperature_, self.table_weight_ = best[1], best[2]
+        return self
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.embed(X) @ self.U_.T + self.c_)
+    def embed(self, X: np.ndarray, P_cat: np.ndarray) -> np.ndarray:
+        return np.tanh(self._inputs(X, P_cat) @ self.W_ + self.b_)
+
+    def logits(self, X: np.ndarray, P_cat: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        U, c = (self.U_, self.c_) if cols is None else (self.U_[cols], self.c_[cols])
+        return self.embed(X, P_cat) @ U.T + c
+
+    def predict(self, X: np.ndarray, P_cat: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+        q = sigmoid(self.logits(X, P_cat, cols) / self.temperature_)
+        if self.table_weight_:
+            A = self.table_ if cols is None else self.table_[:, cols]
+            q = (1 - self.table_weight_) * q + self.table_weight_ * (P_cat @ A)
+        return q
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"W": self.W_, "b": self.b_, "U": self.U_, "c": self.c_}
+        return {"W": self.W_, "b": self.b_, "U": self.U_, "c": self.c_, "table": self.table_,
+                "hyper": np.array([self.cat_scale, self.temperature_, self.table_weight_], np.float32)}
 
     @classmethod
-    def from_arrays(cls, a: dict[str, np.ndarray]) -> MFPredictor:
-        p = cls(dim=a["W"].shape[1])
-        p.W_, p.b_, p.U_, p.c_ = (a[k].astype(np.float32) for k in ("W", "b", "U", "c"))
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> QualityModel:
+        p = cls(dim=a["W"].shape[1], cat_scale=float(a["hyper"][0]))
+        p.W_, p.b_, p.U_, p.c_, p.table_ = (a[k].astype(np.float32) for k in ("W", "b", "U", "c", "table"))
+        p.temperature_, p.table_weight_ = float(a["hyper"][1]), float(a["hyper"][2])
+        return p
+
+
+class PriorModel:
+    """P(good) from a model's general ability and the request's difficulty (``F``: the encoded request), for prompts
+    unlike the training data and models without labels.
+
+    ``d(F)`` is a ridge regression of each training prompt's mean correctness (logit, smoothed); α, β, γ a logistic
+    regression of the labels on (ability, d).
+    """
+
+    def __init__(self, l2: float = 1.0):
+        self.l2 = l2
+
+    def fit(self, F: np.ndarray, Y: np.ndarray, ability: np.ndarray, labelled: np.ndarray | None = None,
+            row_weight: np.ndarray | None = None) -> PriorModel:
+        """``Y`` (prompts × models, NaN = unlabelled), ``ability`` (models,) on a 0–1 scale. The difficulty is fitted
+        on every prompt; the ability slope only on ``labelled`` rows (default: all), so that requests whose labels
+        are a stated assumption (the everyday anchors: every model answers well) teach difficulty, not ability."""
+        F = np.asarray(F, np.float64)
+        mask = ~np.isnan(Y)
+        keep = mask.sum(1) > 0
+        mean = (np.nan_to_num(Y).sum(1)[keep] + 0.5) / (mask.sum(1)[keep] + 1.0)
+        target = np.log(mean / (1 - mean))
+        Fa = np.hstack([F[keep], np.ones((keep.sum(), 1))])
+        rw = np.ones(keep.sum()) if row_weight is None else np.asarray(row_weight, float)[keep]
+        w = np.linalg.solve((Fa * rw[:, None]).T @ Fa + self.l2 * np.eye(Fa.shape[1]), (Fa * rw[:, None]).T @ target)
+        self.w_, self.w0_ = w[:-1].astype(np.float32), float(w[-1])
+        d = F @ w[:-1] + w[-1]
+        if labelled is not None:
+            mask = mask & np.asarray(labelled, bool)[:, None]
+        rows, cols = np.nonzero(mask)
+        A = np.stack([np.asarray(ability, float)[cols], d[rows], np.ones(len(rows))], 1)
+        y = Y[rows, cols].astype(np.float64)
+        theta = np.array([4.0, 1.0, -2.0])
+        for _ in range(50):  # Newton's method on the log loss (3 parameters, a little ridge)
+            p = sigmoid(A @ theta)
+            g = A.T @ (p - y) / len(y) + 1e-4 * theta
+            H = (A * (p * (1 - p))[:, None]).T @ A / len(y) + 1e-4 * np.eye(3)
+            step = np.linalg.solve(H, g)
+            theta -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        self.alpha_, self.beta_, self.gamma_ = (float(v) for v in theta)
+        return self
+
+    def difficulty(self, F: np.ndarray) -> np.ndarray:
+        return np.asarray(F, np.float32) @ self.w_ + self.w0_
+
+    def predict(self, F: np.ndarray, ability: np.ndarray) -> np.ndarray:
+        """P(good) (prompts × models) for models of the given abilities."""
+        d = self.difficulty(F)
+        return sigmoid(self.alpha_ * np.asarray(ability, np.float32)[None, :] + self.beta_ * d[:, None] + self.gamma_)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"w": self.w_, "scalars": np.array([self.w0_, self.alpha_, self.beta_, self.gamma_], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> PriorModel:
+        p = cls()
+        p.w_ = a["w"].astype(np.float32)
+        p.w0_, p.alpha_, p.beta_, p.gamma_ = (float(v) for v in a["scalars"])
+        return p
+
+
+class FamiliarityModel:
+    """1 = a request like the training prompts, 0 = unlike them: a classifier of training prompts against reference
+    traffic (real user prompts and everyday requests, unlabelled), i.e. the density ratio of the two on the encoded
+    request. ``P(training-like) ≥ hi`` counts as fully familiar, ``≤ lo`` as unfamiliar, linear between."""
+
+    def __init__(self, C: float = 1.0, lo: float = 0.2, hi: float = 0.6, seed: int = 0):
+        self.C, self.lo, self.hi, self.seed = C, lo, hi, seed
+
+    def fit(self, X_train: np.ndarray, X_reference: np.ndarray) -> FamiliarityModel:
+        from sklearn.linear_model import LogisticRegression
+
+        X = np.vstack([X_train, X_reference])
+        y = np.r_[np.ones(len(X_train)), np.zeros(len(X_reference))]
+        clf = LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced", random_state=self.seed).fit(X, y)
+        self.w_, self.b_ = clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+        return self
+
+    def probability(self, X: np.ndarray) -> np.ndarray:
+        return sigmoid(np.asarray(X, np.float32) @ self.w_ + self.b_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.clip((self.probability(X) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"w": self.w_, "scalars": np.array([self.b_, self.lo, self.hi], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> FamiliarityModel:
+        b, lo, hi = (float(v) for v in a["scalars"])
+        p = cls(lo=lo, hi=hi)
+        p.w_, p.b_ = a["w"].astype(np.float32), b
         return p
 
 
@@ -151,3 +302,39 @@ class LengthModel:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Expected answer length in characters (n × models); NaN where the model has no offset."""
         return np.exp(self.shared(X)[:, None] + self.offset_[None, :])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"w": self.w_, "w0": np.array(self.w0_, np.float64)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> LengthModel:
+        p = cls()
+        p.w_, p.w0_ = a["w"].astype(np.float32), float(a["w0"])
+        return p
+
+
+class KNNPredictor:
+    """RouterBench-style baseline: cosine neighbours' label means, shrunk to each model's mean."""
+
+    def __init__(self, k: int = 25, alpha: float = 2.0):
+        self.k, self.alpha = k, alpha
+
+    @staticmethod
+    def _emb(X: np.ndarray) -> np.ndarray:
+        E = np.asarray(X, np.float32)
+        return E / (np.linalg.norm(E, axis=1, keepdims=True) + 1e-9)
+
+    def fit(self, X: np.ndarray, Y: np.ndarray) -> KNNPredictor:
+        self.X_ = self._emb(X)
+        self.mask_ = ~np.isnan(Y)
+        self.Y_ = np.nan_to_num(Y).astype(np.float32)
+        self.prior_ = (self.Y_.sum(0) + 1) / (self.mask_.sum(0) + 2)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        S = self._emb(X) @ self.X_.T
+        k = min(self.k, S.shape[1])
+        idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        s = self.Y_[idx].sum(1)
+        n = self.mask_[idx].sum(1)
+        return (s + self.alpha * self.prior_) / (n + self.alpha)
