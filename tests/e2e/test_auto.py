@@ -218,3 +218,34 @@ def test_default_tradeoff_routes_easy_and_hard_prompts_differently(client, gatew
     assert q[hard.model] >= q[easy.model]
     for r in (easy, hard):
         assert generation(gateway, r.id)["model"] == r.model
+
+
+def test_route_endpoint_decides_without_calling_or_charging(gateway, fake):
+    from metarouter.router import load_router
+    from metarouter.router.cli import _decide
+
+    key = gateway.create_key("route-only", limit=0.01)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"messages": [{"role": "user", "content": "Prove that there are infinitely many primes."}],
+            "max_tokens": 500}
+    before = len(fake.requests)
+    r = httpx.post(f"{gateway.url}/api/v1/route", json=body, headers=auth)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["object"] == "route" and d["model"] == d["candidates"][0]["model_id"] == d["router_choice"]
+    assert d["reason"].startswith("choice") and d["fallbacks"] == [c["model_id"] for c in d["candidates"][1:]]
+    # the same decision as the CLI's `route` for the same request (every provider is available here)
+    cli = _decide(load_router(), body, list(CATALOG), None)
+    assert [c["model_id"] for c in d["candidates"]] == cli.model_ids and d["reason"] == cli.reason
+    # nothing called, nothing recorded, nothing charged
+    assert len(fake.requests) == before
+    k = httpx.get(f"{gateway.url}/api/v1/key", headers=auth).json()["data"]
+    assert k["usage"] == 0
+    # controls apply as for chat; bad input gets a 400 in OpenRouter's error shape
+    r = httpx.post(f"{gateway.url}/v1/route", headers=auth,
+                   json={**body, **auto_plugin(allowed_models=["anthropic/*"], cost_quality_tradeoff=0)})
+    assert r.status_code == 200 and r.json()["model"].startswith("anthropic/")
+    for bad in ({"model": "openai/gpt-4o-2024-08-06", **body}, {"messages": "hi"}, {"messages": []}):
+        r = httpx.post(f"{gateway.url}/api/v1/route", json=bad, headers=auth)
+        assert r.status_code == 400 and r.json()["error"]["message"], bad
+    assert httpx.post(f"{gateway.url}/api/v1/route", json=body).status_code == 401

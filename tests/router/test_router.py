@@ -395,3 +395,19 @@ def test_split_mask_matches_data():
 
     d = RoutingData(["a", "b"], ["s", "s"], ["s", "s"], ["1", "2"], ["m"], np.zeros((2, 1)), np.zeros((2, 1)))
     assert split_mask(d).dtype == bool
+
+
+def test_cli_train_and_eval_bad_input(tmp_path, capsys):
+    from metarouter.router.cli import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question,openai/gpt-4o-mini-2024-07-18/score\nhi,1\n")
+    out = tmp_path / "r.npz"
+    assert main(["train", "--data", str(bad), "--out", str(out), "--quiet"]) == 2
+    assert "'prompt'" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 2
+    assert "no routing data" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(SystemExit, match="no catalog model matches"):
+        main(["route", "hello", "--models", "nobody/*"])
+    assert main(["eval", "--data", str(bad), "--quiet"]) == 2
+    assert "'prompt'" in capsys.readouterr().err

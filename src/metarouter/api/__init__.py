@@ -96,6 +96,9 @@ def _wire_auto_router(app, settings: Settings) -> None:
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
     app.state.models_hooks.append(add_auto)
+    from .route import route_routes
+
+    app.router.routes.extend(route_routes())
 
 
 def _wire_rate_limits(app, settings: Settings) -> None:

@@ -179,6 +179,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         app.state.store = st
         app.state.gateway = gw
         app.state.auth = KeyAuth(st, settings.auth_cache_ttl)
+        app.state.read_json = read_json  # the one body reader, for endpoints wired in from other modules
         state.update(store=st, gateway=gw, auth=app.state.auth)
         for hook in app.state.startup_hooks:
             await hook(app)

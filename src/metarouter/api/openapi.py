@@ -339,6 +339,25 @@ _ERROR = {
 _DATE = {"type": "string", "description": "A date, YYYY-MM-DD (others are 400)"}
 
 
+def _route_request(chat: dict[str, Any]) -> dict[str, Any]:
+    """A chat request whose ``model`` may be left out and is otherwise ``auto``."""
+    props = dict(chat.get("properties", {}))
+    props["model"] = {"type": "string", "enum": ["auto", "openrouter/auto", "metarouter/auto"]}
+    return {**chat, "properties": props, "required": [r for r in chat.get("required", []) if r != "model"]}
+
+
+_CANDIDATE = {"type": "object", "required": ["model_id", "quality", "cost_usd", "reason"], "properties": {
+    "model_id": {"type": "string"}, "quality": {"type": "number", "description": "Predicted P(good answer)"},
+    "cost_usd": {"type": "number"}, "prompt_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+    "reason": {"type": "string"}, "score": {"type": "number"}, "prior_weight": {"type": "number"}}}
+_ROUTE_DECISION = {"type": "object", "required": ["object", "model", "reason", "candidates"], "properties": {
+    "object": {"const": "route"}, "model": {"type": "string"}, "reason": {"type": "string"},
+    "tradeoff": {"type": "number"}, "familiarity": {"type": "number"}, "category": {"type": ["string", "null"]},
+    "candidates": {"type": "array", "items": _CANDIDATE}, "fallbacks": {"type": "array", "items": {"type": "string"}},
+    "excluded": {"type": "array", "items": {"type": "object", "properties": {
+        "model_id": {"type": "string"}, "reason": {"type": "string"}}}}}}
+
+
 def _data(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["data"], "properties": {"data": schema}}
 
@@ -387,6 +406,13 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                      "content": {"application/json": {"schema": _CHAT_RESPONSE},
                                  "text/event-stream": {"schema": _SSE_EVENT}}},
                     400, 401, 402, 403, 408, 413, 429, 431, 502, 503),
+            }},
+            "/route": {"post": {
+                "operationId": "routeChatRequest",
+                "summary": "The auto router's decision for a chat request, without calling a model or charging",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _route_request(
+                    chat_request_schema(max_messages))}}},
+                "responses": _responses(_json(_ROUTE_DECISION, "The decision"), 400, 401, 403, 404, 413, 503),
             }},
             "/models": {"get": {
                 "operationId": "listModels", "summary": "The catalog", "security": [],

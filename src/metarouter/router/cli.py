@@ -152,7 +152,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, plot
 
     router = load_router(args.artifact)
-    data = load_any(args.data)
+    try:
+        data = load_any(args.data)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"eval: {e}", file=sys.stderr)
+        return 2
     rows = np.flatnonzero(split_mask(data)) if not args.all_rows else np.arange(len(data))
     allowed = [m.id for m in _models(args.models)] if args.models else None
     res = evaluate(router, data, rows, default_catalog(), allowed=allowed, progress=not args.quiet)
