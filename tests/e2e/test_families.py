@@ -176,6 +176,23 @@ def test_streaming_plain(client, fam):
 
 
 @params
+def test_echoed_history_streams(client, fake, fam):
+    """A client sends the answer back as it got it (with `reasoning`, `refusal`, `annotations`) and names its user:
+    every family takes it, streamed, with usage (Mistral refuses unknown fields, `stream_options` among them)."""
+    first = client.chat.completions.create(model=fam.model, messages=[{"role": "user", "content": "one"}])
+    echoed = {**first.choices[0].message.model_dump(), "reasoning": "I thought.", "annotations": []}
+    content, _, finish, chunks, _ = collect(client.chat.completions.create(
+        model=fam.model, stream=True, messages=[{"role": "user", "content": "one", "name": "ann"}, echoed,
+                                                {"role": "user", "content": "two"}]))
+    assert content.startswith("You said: two") and finish == "stop"
+    assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
+    if fam.name == "mistral":
+        body = sent(fake, fam)
+        assert "stream_options" not in body
+        assert {k for k, v in body["messages"][1].items() if v is not None} == {"role", "content"}
+
+
+@params
 def test_image_message(client, fake, fam):
     parts = [{"type": "text", "text": "what is this"},
              {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},

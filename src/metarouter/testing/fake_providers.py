@@ -391,15 +391,42 @@ def deepseek_chat(path: str, headers: dict[str, str], body: Any, query: dict[str
 
 
 _MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+#: the request fields Mistral's chat completions take (``mistralai`` ChatCompletionRequest); the API answers 422
+#: ``extra_forbidden`` to any other, top level or on a message
+_MISTRAL_FIELDS = frozenset({
+    "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "metadata",
+    "response_format", "tools", "tool_choice", "presence_penalty", "frequency_penalty", "min_tokens",
+    "repetition_penalty", "top_k", "logprobs", "top_logprobs", "prompt_logprobs", "top_prompt_logprobs", "n",
+    "prediction", "parallel_tool_calls", "reasoning_effort", "prompt_mode", "guardrails", "prompt_cache_key",
+    "service_tier", "safe_prompt",
+})
+_MISTRAL_MESSAGE_FIELDS = {
+    "system": {"role", "content"}, "user": {"role", "content"},
+    "assistant": {"role", "content", "tool_calls", "prefix"}, "tool": {"role", "content", "tool_call_id", "name"},
+}
+
+
+def _mistral_extra_forbidden(loc: list[Any], value: Any) -> FakeReply:
+    """Mistral's 422 for an unknown field: FastAPI's validation-error shape."""
+    return FakeReply(422, {"object": "error", "message": {"detail": [{
+        "type": "extra_forbidden", "loc": ["body", *loc], "msg": "Extra inputs are not permitted", "input": value}]},
+        "type": "invalid_request_message_error", "param": None, "code": None})
 
 
 def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, str]) -> FakeReply:
-    """Mistral: OpenAI's format, but unknown fields are rejected and tool-call ids are 9 alphanumerics."""
-    extra = {"seed", "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "service_tier",
-             "reasoning_effort", "max_completion_tokens"} & set(body)
+    """Mistral: OpenAI's format, but unknown fields are rejected, tool-call ids are 9 alphanumerics, and a stream
+    carries its usage on the last chunk without being asked."""
+    extra = sorted(set(body) - _MISTRAL_FIELDS)
     if extra:
-        return FakeReply(422, mistral_error(422, f"Extra inputs are not permitted: {sorted(extra)}"))
-    for m in body.get("messages") or []:
+        return _mistral_extra_forbidden([extra[0]], body[extra[0]])
+    for i, m in enumerate(body.get("messages") or []):
+        allowed = _MISTRAL_MESSAGE_FIELDS.get(m.get("role"))
+        if allowed is None:
+            return FakeReply(422, mistral_error(422, f"messages.{i}.role: Input tag {m.get('role')!r} does not match "
+                                                     "any of the expected tags"))
+        extra = sorted(set(m) - allowed)
+        if extra:
+            return _mistral_extra_forbidden(["messages", i, m["role"], extra[0]], m[extra[0]])
         ids = [tc.get("id") for tc in m.get("tool_calls") or []] + (
             [m["tool_call_id"]] if m.get("role") == "tool" else [])
         if any(not _MISTRAL_ID.match(str(i or "")) for i in ids):
@@ -416,8 +443,15 @@ def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str,
             for i, tc in enumerate((c.get("delta") if chunk else c.get("message", {})).get("tool_calls") or []):
                 if "id" in tc:
                     tc["id"] = f"FakeId{tc.get('index', i):03d}"
+            (c.get("delta") if chunk else c.get("message", {})).pop("refusal", None)  # not in Mistral's format
 
-    return _rewrite(openai_chat(path, headers, body, query), fix)
+    reply = _rewrite(openai_chat(path, headers, {**body, "stream_options": {"include_usage": True}}, query), fix)
+    if reply.sse is not None:  # Mistral's usage rides on the chunk with the finish reason, not a chunk of its own
+        usage_frame, done = reply.sse[-2], reply.sse[-1]
+        finish = orjson.loads(reply.sse[-3][6:])
+        finish["usage"] = orjson.loads(usage_frame[6:])["usage"]
+        reply.sse = [*reply.sse[:-3], b"data: " + orjson.dumps(finish) + b"\n\n", done]
+    return reply
 
 
 HANDLERS = {
