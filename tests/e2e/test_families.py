@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 import openai
@@ -190,6 +191,48 @@ def test_echoed_history_streams(client, fake, fam):
         body = sent(fake, fam)
         assert "stream_options" not in body
         assert {k for k, v in body["messages"][1].items() if v is not None} == {"role", "content"}
+
+
+#: per-token prices in picodollars, as the providers publish them: (input, cache read, cache write, output)
+CACHE_RATES = {"openai": (2_500_000, 1_250_000, 2_500_000, 10_000_000),
+               "anthropic": (3_000_000, 300_000, 3_750_000, 15_000_000),
+               "google": (75_000, 18_750, 75_000, 300_000),
+               "deepseek": (550_000, 140_000, 550_000, 2_190_000)}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("fam", [f for f in FAMILIES if f.name in CACHE_RATES], ids=str)
+def test_cached_prompt_tokens_billed_at_cache_rates(client, gateway, fam, stream):
+    """Each family's fake reports prompt-cache hits (and Anthropic cache writes) in its own usage fields; the cost
+    prices them at the cache rates, exactly, with OpenRouter's cost_details and prompt_tokens_details."""
+    text = "remember this CACHED 7" + (" CACHE_WRITE 5" if fam.name == "anthropic" else "")
+    kwargs = {"model": fam.model, "messages": [{"role": "user", "content": text * 4}], "max_tokens": 200}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        gen_id, usage = chunks[-1].id, chunks[-1].usage
+    else:
+        resp = client.chat.completions.create(**kwargs)
+        gen_id, usage = resp.id, resp.usage
+    written = 5 if fam.name == "anthropic" else 0
+    assert usage.prompt_tokens_details.cached_tokens == 7
+    assert (usage.prompt_tokens_details.cache_write_tokens or 0) == written
+    inp, read, write, out = CACHE_RATES[fam.name]
+    prompt_pico = (usage.prompt_tokens - 7 - written) * inp + 7 * read + written * write
+    completion_pico = usage.completion_tokens * out
+    extra = usage.model_extra
+    assert extra["cost"] == float(Decimal(prompt_pico + completion_pico) / 10**12)
+    assert extra["cost_details"] == {"upstream_inference_cost": extra["cost"],
+                                     "upstream_inference_prompt_cost": float(Decimal(prompt_pico) / 10**12),
+                                     "upstream_inference_completions_cost": float(Decimal(completion_pico) / 10**12)}
+    gen = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id},
+                    headers={"Authorization": f"Bearer {gateway.api_key}"}).json()["data"]
+    assert gen["total_cost"] == extra["cost"] and gen["native_tokens_cached"] == 7
+
+
+def test_uncached_usage_reports_zero_cached_tokens(client):
+    resp = client.chat.completions.create(model="cohere/command-r", messages=[{"role": "user", "content": "hi"}])
+    assert resp.usage.prompt_tokens_details.cached_tokens == 0
+    assert resp.usage.model_extra["cost_details"]["upstream_inference_prompt_cost"] > 0
 
 
 @params

@@ -213,3 +213,24 @@ def test_llama_host_names(host: str) -> None:
 def test_llama_catalog_name_wins_on_its_own_provider() -> None:
     out = build("meta-llama/llama-3.1-405b-instruct", {"messages": MSGS})
     assert out["model"] == CAT.get("meta-llama/llama-3.1-405b-instruct").native_model
+
+
+# -------------------------------------------------------------------------------------------- prompt caching
+
+@pytest.mark.parametrize("prov,usage", [
+    ("openai", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0}}),
+    # DeepSeek: its own fields, with or without OpenAI's (which it reports as 0 on older deployments)
+    ("deepseek", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                  "prompt_cache_hit_tokens": 1920, "prompt_cache_miss_tokens": 86}),
+    ("deepseek", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                  "prompt_tokens_details": {"cached_tokens": 0}, "prompt_cache_hit_tokens": 1920,
+                  "prompt_cache_miss_tokens": 86}),
+])
+def test_cached_prompt_tokens_parsed(prov: str, usage: dict) -> None:
+    resp = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    out = get_adapter(provider(prov)).parse_response(orjson.dumps(resp))
+    check_openai_completion(out)
+    assert out["usage"] == {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                            "prompt_tokens_details": {"cached_tokens": 1920}}

@@ -214,7 +214,12 @@ _NINT = {"type": ["integer", "null"]}
 _USAGE = {
     "type": "object",
     "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
-                   "total_tokens": {"type": "integer"}, "cost": _NUM},
+                   "total_tokens": {"type": "integer"}, "cost": _NUM,
+                   "prompt_tokens_details": {"type": "object", "properties": {
+                       "cached_tokens": {"type": "integer"}, "cache_write_tokens": {"type": "integer"}}},
+                   "cost_details": {"type": "object", "properties": {
+                       k: _NUM for k in ("upstream_inference_cost", "upstream_inference_prompt_cost",
+                                         "upstream_inference_completions_cost")}}},
 }
 
 _CHAT_RESPONSE = {
@@ -262,7 +267,7 @@ _MODEL = {
         "pricing": {"type": "object", "required": ["prompt", "completion"],
                     "properties": {k: {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
                                    for k in ("prompt", "completion", "request", "image", "web_search",
-                                             "internal_reasoning")}},
+                                             "internal_reasoning", "input_cache_read", "input_cache_write")}},
         "top_provider": {"type": "object", "properties": {"context_length": _NINT,
                                                           "max_completion_tokens": _NINT,
                                                           "is_moderated": {"type": "boolean"}}},

@@ -26,11 +26,13 @@ from ..swr import SWRCache
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
+    cost_parts,
     estimate_prompt_tokens,
     estimate_text_tokens,
     message_text_and_images,
     requested_max_tokens,
     usage_with_cost,
+    worst_case_pico,
 )
 
 log = logging.getLogger("metarouter.gateway")
@@ -189,14 +191,14 @@ class Gateway:
                 fresh.remaining_pico if fresh is not None else None,
                 None if credits is None else credits - usage,
             ) if r is not None]
-            left = min(remaining) - prompt_tokens * model.input_pico
+            left = min(remaining) - prompt_tokens * model.worst_prompt_pico
             affordable = left // model.output_pico if model.output_pico else model.max_output()
             if affordable < 1:
                 raise _no_credit(model)
             max_tokens = min(model.max_output(), affordable)
             if max_tokens < model.max_output():
                 capped_body = {**body, "max_tokens": max_tokens}
-        worst = model.cost_pico(prompt_tokens, max_tokens)
+        worst = worst_case_pico(model, prompt_tokens, max_tokens)
         if key is None:
             return 0, capped_body
         if not await self.store.reserve(key.public_id, worst):
@@ -399,7 +401,8 @@ class Gateway:
             text = "".join(str((c.get("message") or {}).get("content") or "") for c in out.get("choices", []))
             pt, ct = estimate_prompt_tokens(body), estimate_text_tokens(len(text))
             usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-        cost = model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
+        parts = cost_parts(model, usage)
+        cost = sum(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         choice0 = (out.get("choices") or [{}])[0]
         record = self._base_record(plan, ctx, gen_id, started, False)
@@ -423,7 +426,7 @@ class Gateway:
             "model": model.id,
             "provider": provider_display(provider.name),
             "choices": out.get("choices") or [],
-            "usage": usage_with_cost(usage, cost),
+            "usage": usage_with_cost(usage, parts),
         }
         if out.get("system_fingerprint"):
             response["system_fingerprint"] = out["system_fingerprint"]
@@ -591,8 +594,9 @@ class _StreamRun:
                     "error": {"code": self.error.status, "message": self.error.message},
                 }))
             usage = self._usage(translator.usage)
-            cost = self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
-            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, cost)}
+            parts = cost_parts(self.model, usage)
+            cost = sum(parts)
+            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, parts)}
             if self.ctx.want_metadata:
                 final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
             self._record(usage, cost, status="ok" if self.error is None else "error")
@@ -602,8 +606,7 @@ class _StreamRun:
             if not recorded and self.first_at is not None:
                 # the client went away (or we were cancelled) after the answer began: record what was served
                 usage = self._usage(translator.usage)
-                self._record(usage, self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"]),
-                             status="cancelled")
+                self._record(usage, sum(cost_parts(self.model, usage)), status="cancelled")
 
     def _usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
         if usage is not None:

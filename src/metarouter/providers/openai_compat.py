@@ -66,9 +66,7 @@ def normalize_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     ct = int(usage.get("completion_tokens") or 0)
     out: dict[str, Any] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     ptd = usage.get("prompt_tokens_details") or {}
-    cached = ptd.get("cached_tokens")
-    if cached is None:
-        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's name for it
+    cached = ptd.get("cached_tokens") or usage.get("prompt_cache_hit_tokens")  # (DeepSeek's name for it)
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": int(cached)}
     ctd = usage.get("completion_tokens_details") or {}

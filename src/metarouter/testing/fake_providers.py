@@ -11,7 +11,8 @@ request so tests can check a translation round trip:
 * JSON mode: ``{"echo": <last user text>}``;
 * trigger words in the last user text: ``FAIL <status>`` answers that status with the family's error body,
   ``STREAM_ERROR`` puts the family's in-stream error after the first text event, ``BLOCK`` (Gemini) blocks the
-  prompt.
+  prompt, ``CACHED <n>`` / ``CACHE_WRITE <n>`` report n prompt tokens read from / written to the prompt cache
+  in the family's usage fields.
 
 Register with ``FakeUpstream(HANDLERS)``; knobs (latency, queued failures, broken streams) are the server's.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .fake_upstream import FakeReply, count_tokens, openai_chat
+from .fake_upstream import FakeReply, cache_tokens, count_tokens, openai_chat
 
 _FAIL = re.compile(r"\bFAIL (\d{3})\b")
 
@@ -141,8 +142,9 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
     prompt = count_tokens(orjson.dumps(messages).decode() + str(system))
     out_tokens = count_tokens(orjson.dumps(content).decode())
     msg_id = f"msg_fake{prompt:06d}{out_tokens:06d}"
-    usage = {"input_tokens": prompt, "output_tokens": out_tokens, "cache_creation_input_tokens": 0,
-             "cache_read_input_tokens": 0}
+    read, written = cache_tokens(user, prompt)  # Anthropic's input_tokens leave the cached ones out
+    usage = {"input_tokens": prompt - read - written, "output_tokens": out_tokens,
+             "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
     if not body.get("stream"):
         return FakeReply(200, {"id": msg_id, "type": "message", "role": "assistant", "model": body.get("model"),
                                "content": content, "stop_reason": stop_reason, "stop_sequence": stop_seq,
@@ -231,6 +233,8 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
         text, finish = text[: gen["maxOutputTokens"] * 4], "MAX_TOKENS"
     out_tokens = count_tokens(text + orjson.dumps(out_parts).decode())
     usage = {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
+    if cached := cache_tokens(user, prompt)[0]:
+        usage["cachedContentTokenCount"] = cached
     if not stream:
         all_parts = ([{"text": text}] if text else []) + out_parts
         return FakeReply(200, {"candidates": [{"content": {"parts": all_parts, "role": "model"},
@@ -373,21 +377,20 @@ def deepseek_chat(path: str, headers: dict[str, str], body: Any, query: dict[str
         if body.get("tools"):
             return FakeReply(400, {"error": {"message": "deepseek-reasoner does not support Function Calling",
                                              "type": "invalid_request_error", "param": None, "code": None}})
-    reply = openai_chat(path, headers, body, query)
-    if not reasoner:
-        return reply
     thought = "Let me think about it."
 
     def fix(obj: dict[str, Any], chunk: bool) -> None:
-        for c in obj.get("choices") or []:
+        for c in (obj.get("choices") or []) if reasoner else []:
             if not chunk:
                 c["message"]["reasoning_content"] = thought
             elif c["delta"].get("role"):
                 c["delta"]["reasoning_content"] = thought
-        if obj.get("usage"):
-            obj["usage"]["completion_tokens_details"] = {"reasoning_tokens": count_tokens(thought)}
+        if usage := obj.get("usage"):  # DeepSeek's own names for its prompt cache (its documented usage object)
+            hit = usage.pop("prompt_tokens_details")["cached_tokens"]
+            usage.update(prompt_cache_hit_tokens=hit, prompt_cache_miss_tokens=usage["prompt_tokens"] - hit)
+            usage["completion_tokens_details"] = {"reasoning_tokens": count_tokens(thought) if reasoner else 0}
 
-    return _rewrite(reply, fix)
+    return _rewrite(openai_chat(path, headers, body, query), fix)
 
 
 _MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")

@@ -12,6 +12,7 @@ It runs its own event loop in a thread, so synchronous and asynchronous tests ca
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import defaultdict
@@ -69,6 +70,18 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+_CACHED = re.compile(r"\bCACHED (\d+)\b")
+_CACHE_WRITE = re.compile(r"\bCACHE_WRITE (\d+)\b")
+
+
+def cache_tokens(text: str, prompt_tokens: int) -> tuple[int, int]:
+    """The fakes' prompt cache, by trigger words in the last user text: ``CACHED <n>`` reports n prompt tokens read
+    from the cache, ``CACHE_WRITE <n>`` n written to it (Anthropic). Returns (read, written), within the prompt."""
+    read = min(prompt_tokens, int(m.group(1))) if (m := _CACHED.search(text)) else 0
+    written = min(prompt_tokens - read, int(m.group(1))) if (m := _CACHE_WRITE.search(text)) else 0
+    return read, written
+
+
 def count_tokens(text: str) -> int:
     """The fakes' deterministic 'tokenizer': 4 characters a token, at least 1."""
     return max(1, (len(text) + 3) // 4)
@@ -109,7 +122,7 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         completion_tokens = count_tokens(reply)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens,
-             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+             "prompt_tokens_details": {"cached_tokens": cache_tokens(text_in, prompt_tokens)[0], "audio_tokens": 0},
              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
     if not body.get("stream"):
