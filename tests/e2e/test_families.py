@@ -328,6 +328,26 @@ def test_gemini_blocked_prompt(client):
     assert ei.value.status_code == 403 and "blocked" in ei.value.body["message"]
 
 
+def test_gemini_json_schema_with_references(client, fake):
+    """A pydantic-style schema ($defs/$ref, anyOf with null) reaches Gemini with its structure inlined; a reference
+    Gemini cannot be given is a 400."""
+    schema = {"type": "object", "properties": {"address": {"$ref": "#/$defs/Address"}},
+              "required": ["address"], "$defs": {"Address": {"type": "object", "title": "Address", "properties": {
+                  "city": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}}
+    resp = client.chat.completions.create(model="google/gemini-flash-1.5", messages=[
+        {"role": "user", "content": "where"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(resp.choices[0].message.content) == {"echo": "where"}
+    sent_schema = fake.requests_for("google")[-1].body["generationConfig"]["responseSchema"]
+    assert sent_schema["properties"]["address"] == {"type": "OBJECT", "properties": {
+        "city": {"type": "STRING", "nullable": True}}}
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="google/gemini-flash-1.5", messages=[
+            {"role": "user", "content": "where"}], response_format={"type": "json_schema", "json_schema": {
+                "name": "a", "schema": {"type": "object", "properties": {"a": {"$ref": "other.json#/x"}}}}})
+    assert "$ref" in ei.value.message
+
+
 @pytest.mark.parametrize("model_id", CAT.ids())
 def test_every_catalog_model_answers(client, model_id):
     resp = client.chat.completions.create(model=model_id, messages=[{"role": "system", "content": "Be brief."},
