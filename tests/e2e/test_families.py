@@ -328,6 +328,31 @@ def test_gemini_blocked_prompt(client):
     assert ei.value.status_code == 403 and "blocked" in ei.value.body["message"]
 
 
+def test_anthropic_json_schema_with_tools_answers_json(client, fake):
+    """A tool loop under a JSON-schema response format ends in JSON, not prose (Anthropic has no JSON mode: the
+    answer is a forced tool, and with the user's tools some tool call stays forced)."""
+    model = "anthropic/claude-3.5-sonnet"
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {
+        "echo": {"type": "string"}}}}}
+    messages = [{"role": "user", "content": "look up otters"}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, response_format=rf)
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "lookup" and first.choices[0].finish_reason == "tool_calls"
+    messages += [first.choices[0].message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"}),
+                 {"role": "tool", "tool_call_id": call.id, "content": "42 otters"}]
+    second = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, response_format=rf)
+    assert json.loads(second.choices[0].message.content) == {"echo": "42 otters"}
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert sent(fake, next(f for f in FAMILIES if f.name == "anthropic"))["tool_choice"] == {"type": "any"}
+
+
+def test_anthropic_whitespace_stop_sequences(client, fake):
+    resp = client.chat.completions.create(model="anthropic/claude-3.5-sonnet", stop=["\n", "otters"],
+                                          messages=[{"role": "user", "content": "say otters twice"}])
+    assert resp.choices[0].message.content == "You said: say " and resp.choices[0].finish_reason == "stop"
+    assert fake.requests_for("anthropic")[-1].body["stop_sequences"] == ["otters"]
+
+
 def test_gemini_json_schema_with_references(client, fake):
     """A pydantic-style schema ($defs/$ref, anyOf with null) reaches Gemini with its structure inlined; a reference
     Gemini cannot be given is a 400."""

@@ -61,7 +61,8 @@ PARAMS: tuple[Param, ...] = (
     Param("temperature", "temperature", _clamp_temperature, note="clamped to 0..1"),
     Param("top_p", "top_p"),
     Param("top_k", "top_k"),
-    Param("stop", "stop_sequences", stop_list, note="→ stop_sequences"),
+    Param("stop", "stop_sequences", lambda s: [x for x in stop_list(s) or () if x.strip()] or None,
+          note="→ stop_sequences; whitespace-only ones dropped"),
     Param("user", "metadata.user_id", lambda u: str(u)[:256] or None, note="→ metadata.user_id"),
     Param("tools", None, needs="tools"),
     Param("tool_choice", None, needs="tools"),
@@ -210,10 +211,18 @@ class AnthropicAdapter(TableParameters):
             if rf.get("type") == "json_schema":
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
                 if schema.get("type") == "object":
-                    tools.append({"name": JSON_TOOL, "description": "Reply with a JSON object matching the schema.",
-                                  "input_schema": schema})
+                    if tool_choice and tool_choice["type"] == "none":
+                        tools, tool_choice = [], None  # no tool may be called: only the answer's
+                    description = "Reply with a JSON object matching the schema."
+                    if tools:
+                        description += " Call this tool to give your final answer."
+                    tools.append({"name": JSON_TOOL, "description": description, "input_schema": schema})
                     if len(tools) == 1:
                         tool_choice = {"type": "tool", "name": JSON_TOOL}
+                    elif not tool_choice or tool_choice["type"] == "auto":
+                        # with tools of the user's, the answer must still come as JSON: some tool must be called,
+                        # and the answer's tool is the way to answer (a forced user tool stays forced)
+                        tool_choice = {**(tool_choice or {}), "type": "any"}
                 else:
                     system.append({"type": "text", "text": "Reply only with JSON matching this schema: "
                                    + dumps(schema)})

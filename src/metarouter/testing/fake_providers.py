@@ -115,6 +115,8 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
     if m := _FAIL.search(user):
         status = int(m.group(1))
         return FakeReply(status, anthropic_error(status))
+    if any(not s.strip() for s in body.get("stop_sequences") or []):
+        return FakeReply(400, anthropic_error(400, "stop_sequences: each stop sequence must contain non-whitespace"))
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {"type": "auto"}
     content: list[dict[str, Any]] = []
@@ -122,6 +124,10 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
         r = results[0].get("content")
         r = r if isinstance(r, str) else " ".join(b.get("text", "") for b in r or [])
         text = f"The tool said: {r}"
+        if choice.get("type") == "any":  # a tool must be called: answer through the last one
+            text = ""
+            content.append({"type": "tool_use", "id": f"toolu_fakeans{len(r):04d}", "name": tools[-1]["name"],
+                            "input": {"echo": r}})
     elif tools and last["role"] == "user" and choice.get("type") != "none":
         forced = choice.get("name") if choice.get("type") == "tool" else None
         text = "Let me use a tool." if not forced else ""
