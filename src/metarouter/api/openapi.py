@@ -189,6 +189,19 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
                                 "json_schema": {"type": "object", "description": "{name, schema, strict}"}}},
                 {"type": "null"},
             ]},
+            "reasoning": {"type": ["object", "null"],
+                          "description": "OpenRouter's reasoning control: `effort` or `max_tokens` (not both), mapped "
+                                         "for models with `reasoning_control` and dropped elsewhere; `exclude` keeps "
+                                         "reasoning out of the answer on every model.",
+                          "properties": {"effort": {"enum": ["xhigh", "high", "medium", "low", "minimal", "none",
+                                                             None]},
+                                         "max_tokens": {"type": ["integer", "null"], "minimum": 0,
+                                                        "maximum": 2**63 - 1},
+                                         "exclude": {"type": ["boolean", "null"]},
+                                         "enabled": {"type": ["boolean", "null"]}},
+                          "not": {"type": "object", "required": ["effort", "max_tokens"], "properties": {
+                              "effort": {"type": "string"}, "max_tokens": {"type": "integer"}}}},
+            "reasoning_effort": {"enum": ["xhigh", "high", "medium", "low", "minimal", "none", None]},
             "user": {"type": ["string", "null"]},
             "session_id": {"type": ["string", "null"],
                            "description": "Groups requests (sticky routing for `openrouter/auto`); also read from "

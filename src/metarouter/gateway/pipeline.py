@@ -18,6 +18,7 @@ from ..catalog import Model
 from ..config import Settings
 from ..errors import GatewayError
 from ..providers import get_adapter
+from ..providers.common import excludes_reasoning
 from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
@@ -633,13 +634,6 @@ class _StreamRun:
             attempts=[a.as_dict() for a in self.attempts],
         )
         self.gw.record(record, self.reserved)
-
-
-def excludes_reasoning(body: dict[str, Any]) -> bool:
-    """OpenRouter's ``reasoning: {exclude: true}`` / ``include_reasoning: false``: keep reasoning out of the answer
-    (it is still billed when the provider bills it)."""
-    r = body.get("reasoning")
-    return body.get("include_reasoning") is False or (isinstance(r, dict) and bool(r.get("exclude")))
 
 
 def _no_credit(model: Model) -> GatewayError:

@@ -17,8 +17,9 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
-    TableParameters,
     Param,
+    Reasoning,
+    TableParameters,
     apply_params,
     content_parts,
     dumps,
@@ -28,6 +29,7 @@ from .common import (
     image_of,
     json_body,
     parse_arguments,
+    reasoning_of,
     role_chunk,
     stop_list,
     text_chunk,
@@ -68,6 +70,7 @@ PARAMS: tuple[Param, ...] = (
     Param("tool_choice", None, needs="tools"),
     Param("parallel_tool_calls", None, needs="tools", note="→ disable_parallel_tool_use"),
     Param("response_format", None, needs="tools", note="emulated with a forced tool"),
+    Param("reasoning", None, needs="reasoning_control", note="→ thinking.budget_tokens"),
 )
 
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
@@ -195,6 +198,33 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return tc
 
 
+def _think(out: dict[str, Any], reasoning: Reasoning, system: list[dict[str, Any]], model: Model) -> None:
+    """Extended thinking (``thinking: {type: enabled, budget_tokens}``) and what Anthropic requires with it: a budget
+    of at least 1024 tokens below ``max_tokens``, no temperature or top_k, top_p ≥ 0.95, no forced tool call."""
+    max_tokens = out["max_tokens"]
+    budget = min(reasoning.budget(max_tokens), max_tokens - 1)
+    if budget < 1024:
+        raise GatewayError(400, f"reasoning on {model.id}: Anthropic's thinking needs a budget of at least 1024 "
+                                f"tokens below max_tokens ({max_tokens}); raise max_tokens or reasoning.max_tokens",
+                           metadata={"param": "reasoning"}, retryable=False)
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    out.pop("temperature", None)
+    out.pop("top_k", None)
+    if out.get("top_p", 1) < 0.95:
+        del out["top_p"]
+    choice = out.get("tool_choice") or {}
+    if choice.get("type") == "tool" and choice.get("name") == JSON_TOOL or (
+        choice.get("type") == "any" and any(t["name"] == JSON_TOOL for t in out.get("tools", ()))
+    ):  # the JSON answer cannot be forced while thinking: asked for instead
+        out["tool_choice"] = {**choice, "type": "auto"}
+        out["tool_choice"].pop("name", None)
+        system.append({"type": "text", "text": f"Give your final answer by calling the {JSON_TOOL} tool."})
+    elif choice.get("type") in ("any", "tool"):
+        raise GatewayError(400, f"reasoning on {model.id}: Anthropic cannot force a tool call while thinking; use "
+                                "tool_choice auto or none, or leave reasoning out", metadata={"param": "tool_choice"},
+                           retryable=False)
+
+
 class AnthropicAdapter(TableParameters):
     wire = "anthropic"
     param_table = PARAMS
@@ -233,6 +263,9 @@ class AnthropicAdapter(TableParameters):
                 out["tools"] = tools
             if tool_choice:
                 out["tool_choice"] = tool_choice
+        reasoning = reasoning_of(body) if model.reasoning_control else None
+        if reasoning is not None and not reasoning.off:
+            _think(out, reasoning, system, model)
         if system:
             cached = any("cache_control" in b for b in system)
             out["system"] = system if cached else "\n\n".join(b["text"] for b in system)

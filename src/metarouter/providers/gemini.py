@@ -16,18 +16,21 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
-    TableParameters,
     Param,
+    Reasoning,
+    TableParameters,
     apply_params,
     content_parts,
     content_text,
     dumps,
     endpoint,
     error_status_for_type,
+    excludes_reasoning,
     finish_chunk,
     image_of,
     json_body,
     parse_arguments,
+    reasoning_of,
     role_chunk,
     stable_id,
     stop_list,
@@ -71,7 +74,11 @@ PARAMS: tuple[Param, ...] = (
     Param("response_format", None, needs="json_output", note="→ responseMimeType/responseSchema"),
     Param("tools", None, needs="tools", note="→ functionDeclarations"),
     Param("tool_choice", None, needs="tools", note="→ toolConfig"),
+    Param("reasoning", None, needs="reasoning_control", note="→ thinkingConfig"),
 )
+
+#: the largest thinking budget every Gemini thinking model takes (2.5 Flash; Pro takes up to 32768)
+THINKING_BUDGET_MAX = 24576
 
 #: JSON-schema keywords Gemini's OpenAPI subset understands (others are dropped, not rejected upstream)
 _SCHEMA_KEYS = {
@@ -308,6 +315,19 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     raise GatewayError(400, f"unsupported tool_choice {choice!r}")
 
 
+def _thinking_config(body: dict[str, Any], reasoning: Reasoning, model: Model) -> dict[str, Any]:
+    """``thinkingConfig``: a budget (0 turns thinking off, -1 lets the model decide), thoughts included unless the
+    request excludes them."""
+    if reasoning.off:
+        return {"thinkingBudget": 0}
+    if reasoning.effort is None and reasoning.max_tokens is None:
+        budget = -1
+    else:
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output()
+        budget = reasoning.budget(limit, cap=THINKING_BUDGET_MAX)
+    return {"thinkingBudget": budget, "includeThoughts": not excludes_reasoning(body)}
+
+
 def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
     """From the provider's config: ``safety_settings`` (a native list) or ``safety_threshold`` for all categories."""
     if provider.extra.get("safety_settings"):
@@ -336,6 +356,9 @@ class GeminiAdapter(TableParameters):
                 schema = (rf.get("json_schema") or {}).get("schema")
                 if rf.get("type") == "json_schema" and schema:
                     out["generationConfig"]["responseSchema"] = to_gemini_schema(schema)
+        reasoning = reasoning_of(body) if model.reasoning_control else None
+        if reasoning is not None:
+            out.setdefault("generationConfig", {})["thinkingConfig"] = _thinking_config(body, reasoning, model)
         if model.tools and body.get("tools"):
             decls = []
             for t in body["tools"]:

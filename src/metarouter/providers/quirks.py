@@ -21,6 +21,7 @@ import orjson
 
 from ..catalog import Model
 from .base import ProviderConfig, UpstreamRequest
+from .common import reasoning_of
 from .openai_compat import OpenAICompatAdapter
 
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
@@ -43,24 +44,43 @@ def is_o1_legacy(native: str) -> bool:
     return native.startswith(("o1-preview", "o1-mini"))
 
 
+def takes_reasoning_effort(model: Model) -> bool:
+    """Whether an OpenAI model takes ``reasoning_effort``: o1 and later o-series models by name, and any model whose
+    catalog entry says ``reasoning_control`` (models added in the config)."""
+    native = model.native_model
+    return model.reasoning_control or (is_reasoning_model(native) and not is_o1_legacy(native))
+
+
 class OpenAIAdapter(OpenAICompatAdapter):
     """OpenAI itself: the reference adapter, plus the o-series rules (by native model name)."""
 
-    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens"}
+    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens",
+                                             "reasoning": "→ reasoning_effort; a budget → its effort level"}
 
     def supported_parameters(self, model: Model) -> list[str]:
         params = super().supported_parameters(model)
+        if takes_reasoning_effort(model):
+            params.append("reasoning")
+        else:
+            params = [p for p in params if p != "reasoning_effort"]
         native = model.native_model
         if not is_reasoning_model(native):
-            return [p for p in params if p != "reasoning_effort"]
+            return params
         params = [p for p in params if p not in _SAMPLING]  # max_tokens is renamed, not dropped
         if is_o1_legacy(native):
-            drop = {"tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort"}
+            drop = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
             params = [p for p in params if p not in drop]
         return params
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out = super().translate_body(body, model, stream=stream)
+        out.pop("reasoning", None)  # OpenRouter's, not OpenAI's: mapped to reasoning_effort here
+        reasoning = reasoning_of(body) if takes_reasoning_effort(model) else None
+        if reasoning is not None and "reasoning_effort" not in out:
+            limit = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output()
+            effort = reasoning.effort_for(limit)
+            if effort is not None:  # (`enabled: false` alone: the model's default, as o-series always reason)
+                out["reasoning_effort"] = effort
         native = model.native_model
         if not is_reasoning_model(native):
             return out

@@ -145,6 +145,8 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
         text, stop_reason = text[: body["max_tokens"] * 4], "max_tokens"
     if text:
         content.insert(0, {"type": "text", "text": text})
+    if (body.get("thinking") or {}).get("type") == "enabled":  # extended thinking comes first, signed
+        content.insert(0, {"type": "thinking", "thinking": f"Thinking about: {user}", "signature": "ZmFrZQ=="})
     prompt = count_tokens(orjson.dumps(messages).decode() + str(system))
     out_tokens = count_tokens(orjson.dumps(content).decode())
     msg_id = f"msg_fake{prompt:06d}{out_tokens:06d}"
@@ -170,6 +172,14 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
                     frames.append(_sse({"type": "error", "error": {"type": "overloaded_error",
                                                                    "message": "Overloaded"}}, "error"))
                     return FakeReply(200, sse=frames)
+        elif block["type"] == "thinking":
+            frames.append(_sse({"type": "content_block_start", "index": i, "content_block": {
+                "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
+            for w in _words(block["thinking"]):
+                frames.append(_sse({"type": "content_block_delta", "index": i,
+                                    "delta": {"type": "thinking_delta", "thinking": w}}, "content_block_delta"))
+            frames.append(_sse({"type": "content_block_delta", "index": i, "delta": {
+                "type": "signature_delta", "signature": block["signature"]}}, "content_block_delta"))
         else:
             frames.append(_sse({"type": "content_block_start", "index": i, "content_block": {
                 "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}, "content_block_start"))
@@ -241,12 +251,18 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
     usage = {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
     if cached := cache_tokens(user, prompt)[0]:
         usage["cachedContentTokenCount"] = cached
+    thinking = gen.get("thinkingConfig") or {}
+    thought = [{"text": f"Thinking about: {user}", "thought": True}] if thinking.get("includeThoughts") else []
+    if thought or thinking.get("thinkingBudget", 0) != 0:
+        usage["thoughtsTokenCount"] = count_tokens(f"Thinking about: {user}")
+        usage["totalTokenCount"] += usage["thoughtsTokenCount"]
     if not stream:
-        all_parts = ([{"text": text}] if text else []) + out_parts
+        all_parts = thought + ([{"text": text}] if text else []) + out_parts
         return FakeReply(200, {"candidates": [{"content": {"parts": all_parts, "role": "model"},
                                                "finishReason": finish, "index": 0}],
                                "usageMetadata": usage, "modelVersion": model})
-    frames = []
+    frames = [_sse({"candidates": [{"content": {"parts": thought, "role": "model"}, "index": 0}],
+                    "modelVersion": model}, crlf=True)] if thought else []
     words = _words(text) if text else []
     for i, w in enumerate(words):
         frames.append(_sse({"candidates": [{"content": {"parts": [{"text": w}], "role": "model"}, "index": 0}],
