@@ -237,9 +237,10 @@ def test_uncached_usage_reports_zero_cached_tokens(client):
 
 @params
 def test_image_message(client, fake, fam):
+    otter = f"{fake.url}/files/otter.jpg"
     parts = [{"type": "text", "text": "what is this"},
              {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-             {"type": "image_url", "image_url": {"url": "https://example.com/otter.jpg"}}]
+             {"type": "image_url", "image_url": {"url": otter}}]
     try:
         resp = client.chat.completions.create(model=fam.model, messages=[{"role": "user", "content": parts}])
     except openai.APIStatusError as exc:  # a gateway may refuse images for a text-only model, but cleanly
@@ -249,14 +250,13 @@ def test_image_message(client, fake, fam):
     if fam.name == "anthropic":
         blocks = body["messages"][0]["content"]
         assert blocks[1]["source"] == {"type": "base64", "media_type": "image/png", "data": PNG}
-        assert blocks[2]["source"] == {"type": "url", "url": "https://example.com/otter.jpg"}
-    elif fam.name == "google":
+        assert blocks[2]["source"] == {"type": "url", "url": otter}
+    elif fam.name == "google":  # Gemini takes no web URLs: the gateway fetched the image and sent it inline
         p = body["contents"][0]["parts"]
         assert p[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
-        assert p[2] == {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/otter.jpg"}}
+        assert p[2] == {"inlineData": {"mimeType": "image/jpeg", "data": PNG}}  # (the fake serves the same pixel)
     elif fam.name == "cohere":
-        assert body["messages"][0]["content"][2] == {"type": "image_url",
-                                                     "image_url": {"url": "https://example.com/otter.jpg"}}
+        assert body["messages"][0]["content"][2] == {"type": "image_url", "image_url": {"url": otter}}
     else:
         assert body["messages"][0]["content"] == parts
     text = resp.choices[0].message.content
@@ -351,6 +351,19 @@ def test_anthropic_whitespace_stop_sequences(client, fake):
                                           messages=[{"role": "user", "content": "say otters twice"}])
     assert resp.choices[0].message.content == "You said: say " and resp.choices[0].finish_reason == "stop"
     assert fake.requests_for("anthropic")[-1].body["stop_sequences"] == ["otters"]
+
+
+def test_gemini_image_that_cannot_be_fetched(client, fake):
+    """Gemini needs the image inline: one that is not an image is a clear 400, and a fallback model that takes
+    image URLs itself still answers."""
+    parts = [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": f"{fake.url}/files/page.html"}}]
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="google/gemini-flash-1.5", messages=[{"role": "user", "content": parts}])
+    assert "not an image" in ei.value.message and "data URL" in ei.value.message
+    assert not fake.requests_for("google")
+    resp = client.chat.completions.create(model="google/gemini-flash-1.5", messages=[{"role": "user", "content": parts}],
+                                          extra_body={"models": ["anthropic/claude-3.5-sonnet"]})
+    assert resp.model == "anthropic/claude-3.5-sonnet"
 
 
 def test_gemini_json_schema_with_references(client, fake):

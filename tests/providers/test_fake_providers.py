@@ -155,7 +155,8 @@ def test_tool_call_then_result(family: str, stream: bool) -> None:
 def test_image_and_json(family: str) -> None:
     out, _ = call(family, {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/x.jpg"}}]}]})
+        {"type": "image_url", "image_url": {"url": "gs://bucket/x.jpg" if family == "google" else
+                                            "https://example.com/x.jpg"}}]}]})
     assert out["choices"][0]["message"]["content"] == "You said: look [2 image(s)]"
     js, _ = call(family, {"messages": [{"role": "user", "content": "json please"}],
                           "response_format": {"type": "json_object"}})

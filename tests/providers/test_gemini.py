@@ -93,14 +93,23 @@ def test_roles_system_generation_config() -> None:
 
 
 def test_images_inline_and_file_data() -> None:
+    files_api = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
     out = build({"messages": [{"role": "user", "content": [
         {"type": "text", "text": "Describe"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/a/cat.webp?x=1"}},
+        {"type": "image_url", "image_url": {"url": "gs://bucket/a/cat.webp"}},
+        {"type": "image_url", "image_url": {"url": files_api}},
     ]}]})
     parts = out["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
-    assert parts[2] == {"fileData": {"mimeType": "image/webp", "fileUri": "https://example.com/a/cat.webp?x=1"}}
+    assert parts[2] == {"fileData": {"mimeType": "image/webp", "fileUri": "gs://bucket/a/cat.webp"}}
+    assert parts[3] == {"fileData": {"mimeType": "image/jpeg", "fileUri": files_api}}
+    # a web URL is no fileUri to Gemini: the pipeline fetches it and sends it inline; never sent as fileData
+    assert GeminiAdapter.inline_images_only
+    with pytest.raises(GatewayError) as ei:
+        build({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a/cat.webp?x=1"}}]}]})
+    assert ei.value.status == 400 and "inline" in ei.value.message
 
 
 def test_tools_history_and_schema_conversion() -> None:

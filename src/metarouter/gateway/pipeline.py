@@ -24,6 +24,7 @@ from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
+from .images import ImageFetcher, remote_image_urls
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
@@ -97,6 +98,7 @@ class Gateway:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._credit_cache: SWRCache[tuple[int | None, int]] = SWRCache(self._load_credit, ttl=1.0)
         self._background: set[asyncio.Task] = set()
+        self.images = ImageFetcher(settings.image_fetch)  # remote images for providers that take inline ones only
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -123,6 +125,7 @@ class Gateway:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        await self.images.close()
 
     # --- resolution ------------------------------------------------------------------------------------------
     async def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
@@ -300,6 +303,7 @@ class Gateway:
         needs_vision = message_text_and_images(body["messages"])[1] > 0
         needs_tools = bool(body.get("tools"))
         require_params = bool((body.get("provider") or {}).get("require_parameters"))
+        fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
@@ -328,8 +332,16 @@ class Gateway:
                 self._failed(attempts, Attempt(model.id, provider.name, 503, err.message))
                 last_error = err
                 continue
+            send = body
+            if getattr(get_adapter(provider), "inline_images_only", False) and remote_image_urls(body):
+                try:
+                    send = await self.images.inline(body, fetched)
+                except GatewayError as exc:  # this candidate cannot have the image; the next may fetch it itself
+                    attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
+                    last_error = exc
+                    continue
             try:
-                reserved, capped = await self._reserve(ctx, model, body)
+                reserved, capped = await self._reserve(ctx, model, send)
             except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
@@ -340,7 +352,7 @@ class Gateway:
                 for k in range(tries):
                     t0 = time.perf_counter()
                     try:
-                        adapter, resp = await self._open(model, provider, capped or body, stream=stream)
+                        adapter, resp = await self._open(model, provider, capped or send, stream=stream)
                         t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
                         yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
                         if t.error is None:

@@ -80,6 +80,9 @@ PARAMS: tuple[Param, ...] = (
 #: the largest thinking budget every Gemini thinking model takes (2.5 Flash; Pro takes up to 32768)
 THINKING_BUDGET_MAX = 24576
 
+#: image URIs Gemini's ``fileData`` takes: Cloud Storage and its own Files API (``…/v1beta/files/…``)
+GEMINI_FILE_URLS = ("gs://", "https://generativelanguage.googleapis.com/")
+
 #: JSON-schema keywords Gemini's OpenAPI subset understands (others are dropped, not rejected upstream)
 _SCHEMA_KEYS = {
     "type", "format", "description", "nullable", "enum", "items", "properties", "required", "minItems",
@@ -248,8 +251,12 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
             assert img is not None
             if img.data is not None:
                 parts.append({"inlineData": {"mimeType": img.mime_type, "data": img.data}})
-            else:
+            elif img.url and img.url.startswith(GEMINI_FILE_URLS):
                 parts.append({"fileData": {"mimeType": img.mime_type, "fileUri": img.url}})
+            else:  # (the pipeline fetches web images and sends them inline before this point)
+                raise GatewayError(400, f"image_url {str(img.url)[:200]!r}: Gemini takes images inline (a base64 data "
+                                        "URL) or as a Files API / gs:// URI", metadata={"param": "image_url"},
+                                   retryable=False)
     return parts
 
 
@@ -341,6 +348,8 @@ def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
 class GeminiAdapter(TableParameters):
     wire = "gemini"
     param_table = PARAMS
+    #: fileData takes Files API and Cloud Storage URIs only: the pipeline inlines web images (gateway/images.py)
+    inline_images_only = True
 
     def translate_body(self, body: dict[str, Any], model: Model, *, provider: ProviderConfig | None = None
                        ) -> dict[str, Any]:

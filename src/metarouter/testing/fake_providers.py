@@ -19,6 +19,7 @@ Register with ``FakeUpstream(HANDLERS)``; knobs (latency, queued failures, broke
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -214,6 +215,10 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
     user = " ".join(p["text"] for p in parts if "text" in p)
     images = sum(1 for p in parts if "inlineData" in p or "fileData" in p)
     responses = [p["functionResponse"] for p in parts if "functionResponse" in p]
+    for p in parts:  # fileData names Files API or Cloud Storage files, not web pages
+        uri = (p.get("fileData") or {}).get("fileUri", "gs://")
+        if not uri.startswith(("gs://", "https://generativelanguage.googleapis.com/")):
+            return FakeReply(400, google_error(400, f"Invalid or unsupported file uri: {uri}"))
     system = " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or [])
     if fm := _FAIL.search(user):
         status = int(fm.group(1))
@@ -479,10 +484,35 @@ def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str,
     return reply
 
 
+# ------------------------------------------------------------------------------------------------- files
+
+#: a 1×1 PNG, served as ``/files/pixel.png`` (and under any other ``.png``/``.jpg`` name)
+PIXEL_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def files(path: str, headers: dict[str, str], body: Any, query: dict[str, str]) -> FakeReply:
+    """A web server for image URLs: ``/files/<name>.png|.jpg`` a small image, ``/files/page.html`` not an image,
+    ``/files/big.png`` an image of ``?bytes=N`` bytes, ``/files/moved.png`` a redirect to ``pixel.png``."""
+    name = path.rsplit("/", 1)[-1]
+    if name == "moved.png":
+        return FakeReply(302, raw=b"", headers={"Location": "pixel.png"})
+    if name == "page.html":
+        return FakeReply(200, raw=b"<html>not an image</html>", headers={"Content-Type": "text/html"})
+    if name == "big.png":
+        return FakeReply(200, raw=PIXEL_PNG + b"\0" * int(query.get("bytes", 1 << 20)),
+                         headers={"Content-Type": "image/png"})
+    if name.endswith((".png", ".jpg")):
+        return FakeReply(200, raw=PIXEL_PNG, headers={"Content-Type": "image/png" if name.endswith(".png")
+                                                      else "image/jpeg"})
+    return FakeReply(404, raw=b"not found", headers={"Content-Type": "text/plain"})
+
+
 HANDLERS = {
     "anthropic": anthropic_messages,
     "google": gemini_generate,
     "cohere": cohere_chat,
     "deepseek": deepseek_chat,
     "mistral": mistral_chat,
+    "files": files,
 }

@@ -29,6 +29,7 @@ class FakeReply:
     json: Any = None
     sse: list[bytes] | None = None  # complete SSE frames, each ending in a blank line
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a body that is not JSON (files), sent with its headers' Content-Type
 
 
 @dataclass
@@ -235,6 +236,8 @@ class FakeUpstream:
         if handler is None:
             return web.json_response({"error": {"message": f"no fake provider {provider!r}"}}, status=404)
         reply = handler("/" + rest, headers, body if body is not None else {}, dict(request.query))
+        if reply.raw is not None:
+            return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
         if reply.sse is None:
             return web.Response(status=reply.status, body=orjson.dumps(reply.json), content_type="application/json",
                                 headers=reply.headers)
