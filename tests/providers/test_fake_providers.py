@@ -10,6 +10,7 @@ import pytest
 import test_anthropic
 import test_cohere
 import test_gemini
+import test_quirks
 from provider_sdkcheck import (
     accumulate,
     check_openai_chunks,
@@ -85,7 +86,8 @@ def call(family: str, body: dict, *, stream: bool = False):
     parts = urlsplit(req.url)
     native = orjson.loads(req.body)
     {"anthropic": test_anthropic.check_request, "google": test_gemini.check_request,
-     "cohere": test_cohere.check_request}.get(family, lambda b: None)(native)
+     "cohere": test_cohere.check_request,
+     "mistral": lambda b: test_quirks.check_mistral_request(b, stream=stream)}.get(family, lambda b: None)(native)
     path = parts.path[len(f"/{family}"):]
     reply = HANDLERS[family](path, {k.lower(): v for k, v in req.headers.items()}, native, dict(parse_qsl(parts.query)))
     payload = b"".join(reply.sse) if reply.sse is not None else orjson.dumps(reply.json)
