@@ -38,6 +38,7 @@ def gateway_config(fake: FakeUpstream, **extra) -> dict:
         "timeouts": {"connect": 2, "first_byte": 5, "total": 30},
         # fast retries, and a breaker that a shared test server never trips (tests of it start their own)
         "resilience": {"retries": 2, "backoff_base": 0.01, "backoff_max": 0.05, "breaker_failures": 10_000},
+        "image_fetch": {"allow_private": True},  # image URLs served by the fake, on 127.0.0.1
     }
     cfg.update(extra)
     return cfg

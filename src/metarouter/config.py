@@ -43,6 +43,15 @@ class Limits:
 
 
 @dataclass
+class ImageFetch:
+    """Remote images fetched for providers that take only inline ones (Gemini): ``gateway/images.py``."""
+
+    max_bytes: int = 20 * 1024 * 1024  # all images of one request together (Gemini's inline request limit)
+    timeout: float = 10.0  # seconds per image, redirects included
+    allow_private: bool = False  # loopback/private/link-local hosts (tests; images on an internal host)
+
+
+@dataclass
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -55,6 +64,7 @@ class Settings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    image_fetch: ImageFetch = field(default_factory=ImageFetch)
     #: seconds to wait for the first upstream event before a stream commits to HTTP 200 and starts sending
     #: ``: OPENROUTER PROCESSING`` comments (errors before then still get their real status code)
     stream_commit_after: float = 0.5
@@ -122,7 +132,8 @@ def load_settings(
     s.database_url = env.get("METAROUTER_DATABASE_URL") or s.database_url
     s.redis_url = env.get("METAROUTER_REDIS_URL") or s.redis_url
     s.admin_key = env.get("METAROUTER_ADMIN_KEY") or None
-    for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("resilience", ResilienceSettings)):
+    for key, cls in (("timeouts", Timeouts), ("limits", Limits), ("resilience", ResilienceSettings),
+                     ("image_fetch", ImageFetch)):
         if isinstance(raw.get(key), dict):
             setattr(s, key, cls(**{**getattr(s, key).__dict__, **raw[key]}))
     specs: dict[str, Any] = {name: {} for name in DEFAULT_PROVIDERS}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 
 import httpx
 import openai
@@ -176,10 +177,70 @@ def test_streaming_plain(client, fam):
 
 
 @params
+def test_echoed_history_streams(client, fake, fam):
+    """A client sends the answer back as it got it (with `reasoning`, `refusal`, `annotations`) and names its user:
+    every family takes it, streamed, with usage (Mistral refuses unknown fields, `stream_options` among them)."""
+    first = client.chat.completions.create(model=fam.model, messages=[{"role": "user", "content": "one"}])
+    echoed = {**first.choices[0].message.model_dump(), "reasoning": "I thought.", "annotations": []}
+    content, _, finish, chunks, _ = collect(client.chat.completions.create(
+        model=fam.model, stream=True, messages=[{"role": "user", "content": "one", "name": "ann"}, echoed,
+                                                {"role": "user", "content": "two"}]))
+    assert content.startswith("You said: two") and finish == "stop"
+    assert chunks[-1].usage.prompt_tokens > 0 and chunks[-1].usage.completion_tokens > 0
+    if fam.name == "mistral":
+        body = sent(fake, fam)
+        assert "stream_options" not in body
+        assert {k for k, v in body["messages"][1].items() if v is not None} == {"role", "content"}
+
+
+#: per-token prices in picodollars, as the providers publish them: (input, cache read, cache write, output)
+CACHE_RATES = {"openai": (2_500_000, 1_250_000, 2_500_000, 10_000_000),
+               "anthropic": (3_000_000, 300_000, 3_750_000, 15_000_000),
+               "google": (75_000, 18_750, 75_000, 300_000),
+               "deepseek": (550_000, 140_000, 550_000, 2_190_000)}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("fam", [f for f in FAMILIES if f.name in CACHE_RATES], ids=str)
+def test_cached_prompt_tokens_billed_at_cache_rates(client, gateway, fam, stream):
+    """Each family's fake reports prompt-cache hits (and Anthropic cache writes) in its own usage fields; the cost
+    prices them at the cache rates, exactly, with OpenRouter's cost_details and prompt_tokens_details."""
+    text = "remember this CACHED 7" + (" CACHE_WRITE 5" if fam.name == "anthropic" else "")
+    kwargs = {"model": fam.model, "messages": [{"role": "user", "content": text * 4}], "max_tokens": 200}
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kwargs))
+        gen_id, usage = chunks[-1].id, chunks[-1].usage
+    else:
+        resp = client.chat.completions.create(**kwargs)
+        gen_id, usage = resp.id, resp.usage
+    written = 5 if fam.name == "anthropic" else 0
+    assert usage.prompt_tokens_details.cached_tokens == 7
+    assert (usage.prompt_tokens_details.cache_write_tokens or 0) == written
+    inp, read, write, out = CACHE_RATES[fam.name]
+    prompt_pico = (usage.prompt_tokens - 7 - written) * inp + 7 * read + written * write
+    completion_pico = usage.completion_tokens * out
+    extra = usage.model_extra
+    assert extra["cost"] == float(Decimal(prompt_pico + completion_pico) / 10**12)
+    assert extra["cost_details"] == {"upstream_inference_cost": extra["cost"],
+                                     "upstream_inference_prompt_cost": float(Decimal(prompt_pico) / 10**12),
+                                     "upstream_inference_completions_cost": float(Decimal(completion_pico) / 10**12)}
+    gen = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id},
+                    headers={"Authorization": f"Bearer {gateway.api_key}"}).json()["data"]
+    assert gen["total_cost"] == extra["cost"] and gen["native_tokens_cached"] == 7
+
+
+def test_uncached_usage_reports_zero_cached_tokens(client):
+    resp = client.chat.completions.create(model="cohere/command-r", messages=[{"role": "user", "content": "hi"}])
+    assert resp.usage.prompt_tokens_details.cached_tokens == 0
+    assert resp.usage.model_extra["cost_details"]["upstream_inference_prompt_cost"] > 0
+
+
+@params
 def test_image_message(client, fake, fam):
+    otter = f"{fake.url}/files/otter.jpg"
     parts = [{"type": "text", "text": "what is this"},
              {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-             {"type": "image_url", "image_url": {"url": "https://example.com/otter.jpg"}}]
+             {"type": "image_url", "image_url": {"url": otter}}]
     try:
         resp = client.chat.completions.create(model=fam.model, messages=[{"role": "user", "content": parts}])
     except openai.APIStatusError as exc:  # a gateway may refuse images for a text-only model, but cleanly
@@ -189,14 +250,13 @@ def test_image_message(client, fake, fam):
     if fam.name == "anthropic":
         blocks = body["messages"][0]["content"]
         assert blocks[1]["source"] == {"type": "base64", "media_type": "image/png", "data": PNG}
-        assert blocks[2]["source"] == {"type": "url", "url": "https://example.com/otter.jpg"}
-    elif fam.name == "google":
+        assert blocks[2]["source"] == {"type": "url", "url": otter}
+    elif fam.name == "google":  # Gemini takes no web URLs: the gateway fetched the image and sent it inline
         p = body["contents"][0]["parts"]
         assert p[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
-        assert p[2] == {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/otter.jpg"}}
+        assert p[2] == {"inlineData": {"mimeType": "image/jpeg", "data": PNG}}  # (the fake serves the same pixel)
     elif fam.name == "cohere":
-        assert body["messages"][0]["content"][2] == {"type": "image_url",
-                                                     "image_url": {"url": "https://example.com/otter.jpg"}}
+        assert body["messages"][0]["content"][2] == {"type": "image_url", "image_url": {"url": otter}}
     else:
         assert body["messages"][0]["content"] == parts
     text = resp.choices[0].message.content
@@ -266,6 +326,64 @@ def test_gemini_blocked_prompt(client):
         client.chat.completions.create(model="google/gemini-flash-1.5",
                                        messages=[{"role": "user", "content": "BLOCK this"}])
     assert ei.value.status_code == 403 and "blocked" in ei.value.body["message"]
+
+
+def test_anthropic_json_schema_with_tools_answers_json(client, fake):
+    """A tool loop under a JSON-schema response format ends in JSON, not prose (Anthropic has no JSON mode: the
+    answer is a forced tool, and with the user's tools some tool call stays forced)."""
+    model = "anthropic/claude-3.5-sonnet"
+    rf = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {
+        "echo": {"type": "string"}}}}}
+    messages = [{"role": "user", "content": "look up otters"}]
+    first = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, response_format=rf)
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "lookup" and first.choices[0].finish_reason == "tool_calls"
+    messages += [first.choices[0].message.model_dump(exclude_none=True, include={"role", "content", "tool_calls"}),
+                 {"role": "tool", "tool_call_id": call.id, "content": "42 otters"}]
+    second = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, response_format=rf)
+    assert json.loads(second.choices[0].message.content) == {"echo": "42 otters"}
+    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert sent(fake, next(f for f in FAMILIES if f.name == "anthropic"))["tool_choice"] == {"type": "any"}
+
+
+def test_anthropic_whitespace_stop_sequences(client, fake):
+    resp = client.chat.completions.create(model="anthropic/claude-3.5-sonnet", stop=["\n", "otters"],
+                                          messages=[{"role": "user", "content": "say otters twice"}])
+    assert resp.choices[0].message.content == "You said: say " and resp.choices[0].finish_reason == "stop"
+    assert fake.requests_for("anthropic")[-1].body["stop_sequences"] == ["otters"]
+
+
+def test_gemini_image_that_cannot_be_fetched(client, fake):
+    """Gemini needs the image inline: one that is not an image is a clear 400, and a fallback model that takes
+    image URLs itself still answers."""
+    parts = [{"type": "text", "text": "what"}, {"type": "image_url", "image_url": {"url": f"{fake.url}/files/page.html"}}]
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="google/gemini-flash-1.5", messages=[{"role": "user", "content": parts}])
+    assert "not an image" in ei.value.message and "data URL" in ei.value.message
+    assert not fake.requests_for("google")
+    resp = client.chat.completions.create(model="google/gemini-flash-1.5", messages=[{"role": "user", "content": parts}],
+                                          extra_body={"models": ["anthropic/claude-3.5-sonnet"]})
+    assert resp.model == "anthropic/claude-3.5-sonnet"
+
+
+def test_gemini_json_schema_with_references(client, fake):
+    """A pydantic-style schema ($defs/$ref, anyOf with null) reaches Gemini with its structure inlined; a reference
+    Gemini cannot be given is a 400."""
+    schema = {"type": "object", "properties": {"address": {"$ref": "#/$defs/Address"}},
+              "required": ["address"], "$defs": {"Address": {"type": "object", "title": "Address", "properties": {
+                  "city": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}}}
+    resp = client.chat.completions.create(model="google/gemini-flash-1.5", messages=[
+        {"role": "user", "content": "where"}], response_format={
+        "type": "json_schema", "json_schema": {"name": "a", "schema": schema}})
+    assert json.loads(resp.choices[0].message.content) == {"echo": "where"}
+    sent_schema = fake.requests_for("google")[-1].body["generationConfig"]["responseSchema"]
+    assert sent_schema["properties"]["address"] == {"type": "OBJECT", "properties": {
+        "city": {"type": "STRING", "nullable": True}}}
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="google/gemini-flash-1.5", messages=[
+            {"role": "user", "content": "where"}], response_format={"type": "json_schema", "json_schema": {
+                "name": "a", "schema": {"type": "object", "properties": {"a": {"$ref": "other.json#/x"}}}}})
+    assert "$ref" in ei.value.message
 
 
 @pytest.mark.parametrize("model_id", CAT.ids())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from openrouter import OpenRouter
 
@@ -43,6 +45,20 @@ def test_models_list_validates(client):
     assert sonnet.pricing.prompt == "0.000003" and sonnet.pricing.completion == "0.000015"
     assert sonnet.context_length == 200000
     assert by_id["google/gemini-flash-1.5"].pricing.prompt == "0.000000075"
+    # prompt-cache rates in the SDK's own fields (PublicPricing.input_cache_read / input_cache_write)
+    assert (sonnet.pricing.input_cache_read, sonnet.pricing.input_cache_write) == ("0.0000003", "0.00000375")
+    assert by_id[MODEL].pricing.input_cache_read == "0.000000075" and by_id[MODEL].pricing.input_cache_write is None
+    assert by_id["cohere/command-r"].pricing.input_cache_read is None
+
+
+def test_usage_cost_details_validate(client):
+    """A cache hit's usage as the SDK's ChatUsage: cached tokens, cost at the cache rate, cost_details."""
+    r = client.chat.send(model=MODEL, messages=[{"role": "user", "content": "a long prompt CACHED 4"}])
+    u = r.usage
+    assert u.prompt_tokens_details.cached_tokens == 4
+    assert u.cost_details.upstream_inference_prompt_cost == float(
+        Decimal((u.prompt_tokens - 4) * 150_000 + 4 * 75_000) / 10**12)
+    assert u.cost_details.upstream_inference_completions_cost == float(Decimal(u.completion_tokens * 600_000) / 10**12)
 
 
 def test_key_and_credits(client, gateway):

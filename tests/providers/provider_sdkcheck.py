@@ -56,6 +56,29 @@ def validate_model(tp: Any, data: Any) -> Any:
     return value
 
 
+def validate_known_fields(tp: Any, data: Any) -> Any:
+    """Validate ``data`` as SDK type ``tp`` and fail on any key, at any depth, that names no field of the model it
+    was validated into (by wire alias). For SDKs whose models silently ignore unknown fields (``mistralai``), where
+    neither extras nor the TypedDicts (which name some fields differently from the wire) can tell."""
+    value = pydantic.TypeAdapter(tp).validate_python(data)
+    problems: list[str] = []
+    _unknown_fields(value, data, "$", problems)
+    assert not problems, "\n".join(problems)
+    return value
+
+
+def _unknown_fields(value: Any, data: Any, path: str, out: list[str]) -> None:
+    if isinstance(value, pydantic.BaseModel) and isinstance(data, dict):
+        fields = {(f.alias or name): name for name, f in type(value).model_fields.items()}
+        out += [f"{path}.{k}: unknown to {type(value).__name__}" for k in data if k not in fields]
+        for k, v in data.items():
+            if k in fields:
+                _unknown_fields(getattr(value, fields[k]), v, f"{path}.{k}", out)
+    elif isinstance(value, (list, tuple)) and isinstance(data, list):
+        for i, (item, raw) in enumerate(zip(value, data)):
+            _unknown_fields(item, raw, f"{path}[{i}]", out)
+
+
 def validate_typeddict(tp: Any, data: Any) -> None:
     """Validate ``data`` against an SDK TypedDict (params) type: unknown keys at any depth, missing required
     keys, wrong literals or scalar types fail. (Pydantic alone would drop unknown keys and validates the SDK's

@@ -169,6 +169,32 @@ def test_json_schema_emulated_with_forced_tool() -> None:
     assert "JSON" in obj["system"] and "tools" not in obj
 
 
+def test_json_schema_with_user_tools_still_forced_to_json() -> None:
+    """With tools of the user's, a free tool choice would let the model answer in prose: some tool must be called,
+    and the answer's tool is how it answers."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    msgs = [{"role": "user", "content": "x"}]
+    out = build({"messages": msgs, "tools": TOOLS, "response_format": rf})
+    assert [t["name"] for t in out["tools"]] == ["get_weather", JSON_TOOL]
+    assert out["tool_choice"] == {"type": "any"}
+    serial = build({"messages": msgs, "tools": TOOLS, "response_format": rf, "tool_choice": "auto",
+                    "parallel_tool_calls": False})
+    assert serial["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    forced = build({"messages": msgs, "tools": TOOLS, "response_format": rf,
+                    "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    assert forced["tool_choice"] == {"type": "tool", "name": "get_weather"}
+    none = build({"messages": msgs, "tools": TOOLS, "response_format": rf, "tool_choice": "none"})
+    assert [t["name"] for t in none["tools"]] == [JSON_TOOL] and none["tool_choice"] == {"type": "tool",
+                                                                                        "name": JSON_TOOL}
+
+
+def test_whitespace_only_stop_sequences_dropped() -> None:
+    out = build({"messages": [{"role": "user", "content": "x"}], "stop": ["\n", " ", "END", "\t\n"]})
+    assert out["stop_sequences"] == ["END"]
+    assert "stop_sequences" not in build({"messages": [{"role": "user", "content": "x"}], "stop": "\n\n"})
+
+
 def test_cache_control_kept_and_prefill_trimmed() -> None:
     out = build({"messages": [
         {"role": "system", "content": [{"type": "text", "text": "Long context", "cache_control": {"type": "ephemeral"}}]},

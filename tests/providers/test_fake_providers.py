@@ -10,6 +10,7 @@ import pytest
 import test_anthropic
 import test_cohere
 import test_gemini
+import test_quirks
 from provider_sdkcheck import (
     accumulate,
     check_openai_chunks,
@@ -85,7 +86,8 @@ def call(family: str, body: dict, *, stream: bool = False):
     parts = urlsplit(req.url)
     native = orjson.loads(req.body)
     {"anthropic": test_anthropic.check_request, "google": test_gemini.check_request,
-     "cohere": test_cohere.check_request}.get(family, lambda b: None)(native)
+     "cohere": test_cohere.check_request,
+     "mistral": lambda b: test_quirks.check_mistral_request(b, stream=stream)}.get(family, lambda b: None)(native)
     path = parts.path[len(f"/{family}"):]
     reply = HANDLERS[family](path, {k.lower(): v for k, v in req.headers.items()}, native, dict(parse_qsl(parts.query)))
     payload = b"".join(reply.sse) if reply.sse is not None else orjson.dumps(reply.json)
@@ -155,7 +157,8 @@ def test_tool_call_then_result(family: str, stream: bool) -> None:
 def test_image_and_json(family: str) -> None:
     out, _ = call(family, {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/x.jpg"}}]}]})
+        {"type": "image_url", "image_url": {"url": "gs://bucket/x.jpg" if family == "google" else
+                                            "https://example.com/x.jpg"}}]}]})
     assert out["choices"][0]["message"]["content"] == "You said: look [2 image(s)]"
     js, _ = call(family, {"messages": [{"role": "user", "content": "json please"}],
                           "response_format": {"type": "json_object"}})

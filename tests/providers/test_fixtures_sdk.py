@@ -13,6 +13,7 @@ from provider_sdkcheck import (
     fixture_bytes,
     fixture_json,
     sse_events,
+    validate_known_fields,
     validate_model,
 )
 
@@ -115,12 +116,21 @@ def test_deepseek_stream() -> None:
             ChatCompletionChunk.model_validate(orjson.loads(ev.data))
 
 
+def test_mistral_stream() -> None:
+    """Mistral's stream: its own chunk type, usage on the last chunk (unasked: Mistral takes no stream_options)."""
+    from mistralai.client.models import CompletionChunk
+
+    chunks = [validate_known_fields(CompletionChunk, orjson.loads(ev.data))
+              for ev in sse_events(fixture_bytes("mistral/stream_text.sse")) if ev.data != "[DONE]"]
+    assert chunks[-1].usage.prompt_tokens == 9 and chunks[-1].choices[0].finish_reason == "stop"
+
+
 def test_every_fixture_is_checked() -> None:
     checked = set()
     for fam, pats in {"anthropic": ["message_*.json", "error_*.json", "*.sse"],
                       "gemini": ["response_*.json", "*.sse", "error_*.json"],
                       "cohere": ["response_*.json", "*.sse"], "deepseek": ["*.json", "*.sse"],
-                      "mistral": ["response_*.json"]}.items():
+                      "mistral": ["response_*.json", "*.sse"]}.items():
         for p in pats:
             checked.update(_files(fam, p))
     every = {str(p.relative_to(FIXTURES)) for p in pathlib.Path(FIXTURES).rglob("*") if p.is_file()}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Literal, Optional
 
 import orjson
+import pydantic
 import pytest
 from provider_sdkcheck import (
     accumulate,
@@ -91,14 +93,23 @@ def test_roles_system_generation_config() -> None:
 
 
 def test_images_inline_and_file_data() -> None:
+    files_api = "https://generativelanguage.googleapis.com/v1beta/files/abc-123"
     out = build({"messages": [{"role": "user", "content": [
         {"type": "text", "text": "Describe"},
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-        {"type": "image_url", "image_url": {"url": "https://example.com/a/cat.webp?x=1"}},
+        {"type": "image_url", "image_url": {"url": "gs://bucket/a/cat.webp"}},
+        {"type": "image_url", "image_url": {"url": files_api}},
     ]}]})
     parts = out["contents"][0]["parts"]
     assert parts[1] == {"inlineData": {"mimeType": "image/png", "data": PNG}}
-    assert parts[2] == {"fileData": {"mimeType": "image/webp", "fileUri": "https://example.com/a/cat.webp?x=1"}}
+    assert parts[2] == {"fileData": {"mimeType": "image/webp", "fileUri": "gs://bucket/a/cat.webp"}}
+    assert parts[3] == {"fileData": {"mimeType": "image/jpeg", "fileUri": files_api}}
+    # a web URL is no fileUri to Gemini: the pipeline fetches it and sends it inline; never sent as fileData
+    assert GeminiAdapter.inline_images_only
+    with pytest.raises(GatewayError) as ei:
+        build({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a/cat.webp?x=1"}}]}]})
+    assert ei.value.status == 400 and "inline" in ei.value.message
 
 
 def test_tools_history_and_schema_conversion() -> None:
@@ -145,6 +156,83 @@ def test_response_format() -> None:
     from google.genai import types
 
     types.Schema.model_validate(to_gemini_schema(TOOLS[0]["function"]["parameters"]))
+
+
+class Address(pydantic.BaseModel):
+    street: str
+    city: Optional[str] = None
+
+
+class Node(pydantic.BaseModel):
+    value: int
+    children: list["Node"] = []
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    address: Address
+    previous: list[Address] = []
+    home: Optional[Address] = None
+    mood: Literal["ok", "meh"]
+    either: int | str
+    tree: Node
+
+
+def _untitled(schema):
+    """(google-genai also drops the title beside a nullable anyOf; metarouter keeps a field's words)"""
+    if isinstance(schema, dict):
+        return {k: _untitled(v) for k, v in schema.items() if k != "title"}
+    return [_untitled(v) for v in schema] if isinstance(schema, list) else schema
+
+
+def test_json_schema_references_inlined_as_google_genai_does() -> None:
+    """pydantic's $defs/$ref, anyOf-with-null and unions: the same Gemini Schema google-genai's own conversion
+    makes, where the old translation sent `"address": {}` (its structure lost)."""
+    from google.genai import types
+
+    js = Person.model_json_schema()
+    out = build({"messages": [{"role": "user", "content": "x"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "person", "schema": js}}})
+    ours = out["generationConfig"]["responseSchema"]
+    sdk = types.Schema.from_json_schema(json_schema=types.JSONSchema(**js)).model_dump(
+        mode="json", by_alias=True, exclude_none=True)
+    assert _untitled(ours) == _untitled(sdk)
+    props = ours["properties"]
+    assert props["address"] == {"type": "OBJECT", "required": ["street"], "properties": {
+        "street": {"type": "STRING"}, "city": {"type": "STRING", "nullable": True}}}
+    assert props["home"]["nullable"] is True and props["home"]["properties"] == props["address"]["properties"]
+    assert props["previous"]["items"] == props["address"]
+    assert props["either"]["anyOf"] == [{"type": "INTEGER"}, {"type": "STRING"}]
+    # a recursive reference is inlined once, then cut where it recurses
+    assert props["tree"] == {"type": "OBJECT", "required": ["value"], "properties": {
+        "value": {"type": "INTEGER"}, "children": {"type": "ARRAY", "default": []}}}
+
+
+def test_tool_parameters_references_enums_and_nullable() -> None:
+    params = {"type": "object", "$defs": {"Unit": {"type": "string", "enum": ["c", "f"], "title": "Unit"}},
+              "properties": {
+                  "unit": {"$ref": "#/$defs/Unit", "description": "Which scale"},
+                  "days": {"type": "integer", "enum": [1, 3, 7], "description": "Forecast length"},
+                  "level": {"enum": [1, 2, None]},
+                  "note": {"anyOf": [{"type": "string", "maxLength": 9}, {"type": "null"}]},
+                  "flags": {"allOf": [{"$ref": "#/$defs/Unit"}], "description": "merged"}},
+              "required": ["unit"]}
+    out = build({"tools": [{"type": "function", "function": {"name": "f", "parameters": params}}],
+                 "messages": [{"role": "user", "content": "x"}]})
+    props = out["tools"][0]["functionDeclarations"][0]["parameters"]["properties"]
+    assert props["unit"] == {"type": "STRING", "enum": ["c", "f"], "description": "Which scale"}
+    # Gemini takes enums on STRING schemas only: an integer enum stays an integer, bounded and described
+    assert props["days"] == {"type": "INTEGER", "minimum": 1, "maximum": 7,
+                             "description": "Forecast length (one of 1, 3, 7)"}
+    assert props["level"] == {"type": "INTEGER", "nullable": True, "minimum": 1, "maximum": 2,
+                              "description": "One of 1, 2"}
+    assert props["note"] == {"type": "STRING", "maxLength": 9, "nullable": True}
+    assert props["flags"] == {"type": "STRING", "enum": ["c", "f"], "description": "merged"}
+    with pytest.raises(GatewayError) as ei:
+        build({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"$ref": "https://example.com/schema.json"}}}}}],
+            "messages": [{"role": "user", "content": "x"}]})
+    assert ei.value.status == 400 and "$ref" in ei.value.message
 
 
 def test_safety_settings_from_provider_config() -> None:

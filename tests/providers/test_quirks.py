@@ -12,6 +12,7 @@ from provider_sdkcheck import (
     check_openai_completion,
     fixture_bytes,
     run_stream,
+    validate_known_fields,
     validate_typeddict,
 )
 
@@ -140,6 +141,54 @@ def test_mistral_tool_ids_rewritten_consistently() -> None:
     assert mistral_tool_id("call_abc") == mistral_tool_id("call_abc") != mistral_tool_id("call_abd")
 
 
+#: a history as clients send it back: this gateway's `reasoning` and the response's `refusal`/`annotations` echoed,
+#: a user `name`, a developer message, an Anthropic cache hint on a part, a tool without `parameters`
+ECHOED = {"messages": [
+    {"role": "developer", "content": "Be terse."},
+    {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]},
+    {"role": "assistant", "content": "Hello.", "refusal": None, "annotations": [], "reasoning": "They greet me.",
+     "reasoning_details": [{"type": "reasoning.text", "text": "They greet me."}]},
+    {"role": "user", "content": "Weather?"}],
+    "tools": [{"type": "function", "function": {"name": "f"}}]}
+
+
+def check_mistral_request(body: dict, *, stream: bool) -> None:
+    """The body validates as the mistralai SDK's request model, with no field the SDK does not know."""
+    from mistralai.client.models import ChatCompletionRequest, ChatCompletionStreamRequest
+
+    validate_known_fields(ChatCompletionStreamRequest if stream else ChatCompletionRequest, body)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_mistral_takes_only_its_own_fields(stream: bool) -> None:
+    out = build("mistralai/mistral-large-2407", {**ECHOED, "max_tokens": 9, "seed": 3}, stream=stream)
+    check_mistral_request(out, stream=stream)
+    assert "stream_options" not in out and out.get("stream", False) is stream  # Mistral sends usage unasked
+    assert [m["role"] for m in out["messages"]] == ["system", "user", "assistant", "user"]
+    assert out["messages"][1] == {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+    assert out["messages"][2] == {"role": "assistant", "content": "Hello."}
+    assert out["tools"][0]["function"]["parameters"] == {"type": "object", "properties": {}}
+    assert ECHOED["messages"][2]["reasoning"] == "They greet me."  # the caller's body is untouched
+
+
+def test_mistral_stream_usage_from_the_last_chunk() -> None:
+    tr = get_adapter(provider("mistral")).stream_translator(CAT.get("mistralai/mistral-large-2407"))
+    chunks = run_stream(tr, fixture_bytes("mistral/stream_text.sse"), splits=1)
+    check_openai_chunks(chunks)
+    assert accumulate(chunks)["content"] == "Bonjour !" and tr.done
+    assert tr.usage == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+
+
+@pytest.mark.parametrize("model_id,prov", [("openai/gpt-4o-2024-08-06", "openai"),
+                                           ("meta-llama/llama-3.1-70b-instruct", "together"),
+                                           ("deepseek/deepseek-r1", "deepseek")])
+def test_openai_compatible_hosts_drop_echoed_reasoning(model_id: str, prov: str) -> None:
+    out = build(model_id, ECHOED, prov=prov, stream=True)
+    check_openai_request(out)
+    assert out["messages"][2] == {"role": "assistant", "content": "Hello.", "refusal": None}
+    assert out["messages"][1]["name"] == "ann" and out["messages"][1]["content"] == [{"type": "text", "text": "Hi"}]
+
+
 def test_mistral_response_and_error() -> None:
     p = provider("mistral")
     ad = get_adapter(p)
@@ -164,3 +213,24 @@ def test_llama_host_names(host: str) -> None:
 def test_llama_catalog_name_wins_on_its_own_provider() -> None:
     out = build("meta-llama/llama-3.1-405b-instruct", {"messages": MSGS})
     assert out["model"] == CAT.get("meta-llama/llama-3.1-405b-instruct").native_model
+
+
+# -------------------------------------------------------------------------------------------- prompt caching
+
+@pytest.mark.parametrize("prov,usage", [
+    ("openai", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0}}),
+    # DeepSeek: its own fields, with or without OpenAI's (which it reports as 0 on older deployments)
+    ("deepseek", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                  "prompt_cache_hit_tokens": 1920, "prompt_cache_miss_tokens": 86}),
+    ("deepseek", {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                  "prompt_tokens_details": {"cached_tokens": 0}, "prompt_cache_hit_tokens": 1920,
+                  "prompt_cache_miss_tokens": 86}),
+])
+def test_cached_prompt_tokens_parsed(prov: str, usage: dict) -> None:
+    resp = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "usage": usage}
+    out = get_adapter(provider(prov)).parse_response(orjson.dumps(resp))
+    check_openai_completion(out)
+    assert out["usage"] == {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+                            "prompt_tokens_details": {"cached_tokens": 1920}}

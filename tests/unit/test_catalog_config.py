@@ -4,6 +4,7 @@ import pytest
 
 from metarouter.catalog import default_catalog, matches, usd_per_mtok_to_pico
 from metarouter.config import load_settings
+from metarouter.gateway.accounting import worst_case_pico
 
 
 def test_catalog_has_the_twenty_seed_models_with_exact_prices():
@@ -16,6 +17,36 @@ def test_catalog_has_the_twenty_seed_models_with_exact_prices():
     assert r1.reasoning and r1.hidden_reasoning_tokens == 800 and r1.native_model == "deepseek-reasoner"
     assert c.get("meta-llama/llama-3.1-70b-instruct").provider == "together"
     assert c.get("ANTHROPIC/Claude-3.5-Sonnet") is c.get("anthropic/claude-3.5-sonnet")
+
+
+def test_prompt_cache_prices_are_exact_and_billed_at_their_rates():
+    c = default_catalog()
+    sonnet, gpt4o, r1 = c.get("anthropic/claude-3.5-sonnet"), c.get("openai/gpt-4o-2024-08-06"), c.get("deepseek/deepseek-r1")
+    # the providers' published rates: Anthropic read 0.1x / write 1.25x input, OpenAI cached 0.5x, DeepSeek cache hit
+    assert (sonnet.input_pico, sonnet.cache_read_pico, sonnet.cache_write_pico) == (3_000_000, 300_000, 3_750_000)
+    assert (gpt4o.cache_read_pico, gpt4o.cache_write_pico) == (1_250_000, None)
+    assert r1.cache_read_pico == 140_000 and c.get("google/gemini-flash-1.5").cache_read_pico == 18_750
+    # 1000 prompt tokens of which 600 read from the cache and 300 written to it, 10 output tokens
+    assert sonnet.cost_parts_pico(1000, 10, cached_tokens=600, cache_write_tokens=300) == (
+        100 * 3_000_000 + 600 * 300_000 + 300 * 3_750_000, 10 * 15_000_000)
+    assert gpt4o.cost_pico(1000, 10, cached_tokens=600) == 400 * 2_500_000 + 600 * 1_250_000 + 10 * 10_000_000
+    assert r1.cost_pico(1000, 0, cached_tokens=1000) == 1000 * 140_000
+    nemo = c.get("mistralai/mistral-nemo")  # no cache price: cached tokens cost what input costs
+    assert nemo.cache_read_pico is None and nemo.cost_pico(100, 0, cached_tokens=50) == nemo.cost_pico(100, 0)
+    # a cache write costs more than input: the worst case a budget holds uses the highest prompt rate
+    assert sonnet.worst_prompt_pico == 3_750_000 and gpt4o.worst_prompt_pico == gpt4o.input_pico
+    assert worst_case_pico(sonnet, 1000, 10) == 1000 * 3_750_000 + 10 * 15_000_000
+
+
+def test_config_models_declare_cache_prices(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("models:\n  add:\n    x/cached: {provider: openai, context_length: 1000, input_usd_per_1m: 1,\n"
+                   "               output_usd_per_1m: 2, cache_read_usd_per_1m: 0.1, reasoning_control: true}\n"
+                   "  anthropic/claude-3.5-sonnet: {cache_write_usd_per_1m: null}\n")
+    cat = load_settings(str(cfg)).catalog
+    m = cat.get("x/cached")
+    assert m.cache_read_pico == 100_000 and m.cache_write_pico is None and m.reasoning_control
+    assert cat.get("anthropic/claude-3.5-sonnet").cache_write_pico is None
 
 
 def test_price_conversion_is_exact_and_refuses_sub_picodollar():

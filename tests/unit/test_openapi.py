@@ -50,6 +50,9 @@ MSG = [{"role": "user", "content": "hi"}]
     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}]},
     {"messages": MSG * 6}, {"model": "m" * 257}, {"models": [5]}, {"models": ["m" * 257]}, {"models": "m"},
     {"logprobs": "yes"}, {"stream_options": 5},
+    {"reasoning": "high"}, {"reasoning": {"effort": "max"}}, {"reasoning": {"effort": "high", "max_tokens": 100}},
+    {"reasoning": {"max_tokens": -1}}, {"reasoning": {"max_tokens": 1.5}}, {"reasoning": {"exclude": "yes"}},
+    {"reasoning_effort": "extreme"},
 ])
 def test_schema_and_validation_refuse_the_same_bodies(extra):
     body = {"model": "m", "messages": MSG, **extra}
@@ -70,6 +73,8 @@ def test_schema_and_validation_refuse_the_same_bodies(extra):
                   {"role": "tool", "tool_call_id": "1", "content": "42"}]},
     {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
                                                {"type": "image_url", "image_url": {"url": "data:x"}}]}]},
+    {"reasoning": {"effort": "high", "exclude": True}}, {"reasoning": {"max_tokens": 2000, "enabled": True}},
+    {"reasoning": {"effort": "none", "max_tokens": None}}, {"reasoning_effort": "minimal"}, {"reasoning": None},
     {"messages": MSG * 5}, {"session_id": "s", "provider": {"order": ["openai"]},
                             "plugins": [{"id": "auto-router", "allowed_models": ["openai/*"]}]},
 ])

@@ -130,6 +130,18 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
     created = 0
     with contextlib.suppress(ValueError):
         created = int(time.mktime(time.strptime(m.created, "%Y-%m-%d"))) if m.created else 0
+    pricing = {
+        "prompt": usd_string(m.input_pico),
+        "completion": usd_string(m.output_pico),
+        "request": "0",
+        "image": "0",
+        "web_search": "0",
+        "internal_reasoning": usd_string(m.output_pico) if m.reasoning else "0",
+    }
+    if m.cache_read_pico is not None:
+        pricing["input_cache_read"] = usd_string(m.cache_read_pico)
+    if m.cache_write_pico is not None:
+        pricing["input_cache_write"] = usd_string(m.cache_write_pico)
     return {
         "id": m.id,
         "canonical_slug": m.id,
@@ -144,14 +156,7 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
             "tokenizer": TOKENIZER_NAMES.get(m.tokenizer, "Other"),
             "instruct_type": None,
         },
-        "pricing": {
-            "prompt": usd_string(m.input_pico),
-            "completion": usd_string(m.output_pico),
-            "request": "0",
-            "image": "0",
-            "web_search": "0",
-            "internal_reasoning": usd_string(m.output_pico) if m.reasoning else "0",
-        },
+        "pricing": pricing,
         "top_provider": {
             "context_length": m.context_length,
             "max_completion_tokens": m.max_output_tokens,

@@ -189,6 +189,19 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
                                 "json_schema": {"type": "object", "description": "{name, schema, strict}"}}},
                 {"type": "null"},
             ]},
+            "reasoning": {"type": ["object", "null"],
+                          "description": "OpenRouter's reasoning control: `effort` or `max_tokens` (not both), mapped "
+                                         "for models with `reasoning_control` and dropped elsewhere; `exclude` keeps "
+                                         "reasoning out of the answer on every model.",
+                          "properties": {"effort": {"enum": ["xhigh", "high", "medium", "low", "minimal", "none",
+                                                             None]},
+                                         "max_tokens": {"type": ["integer", "null"], "minimum": 0,
+                                                        "maximum": 2**63 - 1},
+                                         "exclude": {"type": ["boolean", "null"]},
+                                         "enabled": {"type": ["boolean", "null"]}},
+                          "not": {"type": "object", "required": ["effort", "max_tokens"], "properties": {
+                              "effort": {"type": "string"}, "max_tokens": {"type": "integer"}}}},
+            "reasoning_effort": {"enum": ["xhigh", "high", "medium", "low", "minimal", "none", None]},
             "user": {"type": ["string", "null"]},
             "session_id": {"type": ["string", "null"],
                            "description": "Groups requests (sticky routing for `openrouter/auto`); also read from "
@@ -214,7 +227,12 @@ _NINT = {"type": ["integer", "null"]}
 _USAGE = {
     "type": "object",
     "properties": {"prompt_tokens": {"type": "integer"}, "completion_tokens": {"type": "integer"},
-                   "total_tokens": {"type": "integer"}, "cost": _NUM},
+                   "total_tokens": {"type": "integer"}, "cost": _NUM,
+                   "prompt_tokens_details": {"type": "object", "properties": {
+                       "cached_tokens": {"type": "integer"}, "cache_write_tokens": {"type": "integer"}}},
+                   "cost_details": {"type": "object", "properties": {
+                       k: _NUM for k in ("upstream_inference_cost", "upstream_inference_prompt_cost",
+                                         "upstream_inference_completions_cost")}}},
 }
 
 _CHAT_RESPONSE = {
@@ -262,7 +280,7 @@ _MODEL = {
         "pricing": {"type": "object", "required": ["prompt", "completion"],
                     "properties": {k: {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}
                                    for k in ("prompt", "completion", "request", "image", "web_search",
-                                             "internal_reasoning")}},
+                                             "internal_reasoning", "input_cache_read", "input_cache_write")}},
         "top_provider": {"type": "object", "properties": {"context_length": _NINT,
                                                           "max_completion_tokens": _NINT,
                                                           "is_moderated": {"type": "boolean"}}},

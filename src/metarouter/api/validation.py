@@ -143,4 +143,30 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
             raise _bad(f"`{name}` must be an object", name)
     if body.get("plugins") is not None and not isinstance(body["plugins"], list):
         raise _bad("`plugins` must be an array", "plugins")
+    _reasoning(body)
     return body
+
+
+REASONING_EFFORTS = ("xhigh", "high", "medium", "low", "minimal", "none")
+
+
+def _reasoning(body: dict) -> None:
+    """OpenRouter's ``reasoning: {effort | max_tokens, exclude, enabled}`` (and OpenAI's ``reasoning_effort``)."""
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise _bad(f"`reasoning_effort` must be one of {', '.join(REASONING_EFFORTS)}", "reasoning_effort")
+    r = body.get("reasoning")
+    if r is None:
+        return
+    if not isinstance(r, dict):
+        raise _bad("`reasoning` must be an object: {effort | max_tokens, exclude, enabled}", "reasoning")
+    if r.get("effort") is not None and r["effort"] not in REASONING_EFFORTS:
+        raise _bad(f"`reasoning.effort` must be one of {', '.join(REASONING_EFFORTS)}", "reasoning.effort")
+    budget = r.get("max_tokens")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
+        raise _bad("`reasoning.max_tokens` must be an integer ≥ 0", "reasoning.max_tokens")
+    if r.get("effort") is not None and r.get("max_tokens") is not None:
+        raise _bad("`reasoning`: set effort or max_tokens, not both", "reasoning")
+    for name in ("exclude", "enabled"):
+        if r.get(name) is not None and not isinstance(r[name], bool):
+            raise _bad(f"`reasoning.{name}` must be a boolean", f"reasoning.{name}")

@@ -57,10 +57,15 @@ class Model:
     max_output_tokens: int | None
     input_pico: int  # price per input token, picodollars
     output_pico: int  # price per output token, picodollars
+    cache_read_pico: int | None = None  # per prompt token read from the provider's cache (None: the input price)
+    cache_write_pico: int | None = None  # per prompt token written to it (Anthropic; None: the input price)
     tools: bool = False
     vision: bool = False
     json_output: bool = False
     reasoning: bool = False
+    #: takes OpenRouter's ``reasoning: {effort | max_tokens}`` (mapped to the provider's own control); a
+    #: reasoning model without it (o1-mini, DeepSeek R1) reasons at its fixed default
+    reasoning_control: bool = False
     hidden_reasoning_tokens: int = 0
     tokenizer: str = ""
     created: str = ""
@@ -74,9 +79,27 @@ class Model:
     def output_usd_per_mtok(self) -> Decimal:
         return Decimal(self.output_pico) / PICO_PER_USD_PER_MTOK
 
-    def cost_pico(self, prompt_tokens: int, completion_tokens: int) -> int:
+    def cost_pico(self, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0,
+                  cache_write_tokens: int = 0) -> int:
         """Exact cost of one request in picodollars (completion tokens include reasoning tokens)."""
-        return prompt_tokens * self.input_pico + completion_tokens * self.output_pico
+        return sum(self.cost_parts_pico(prompt_tokens, completion_tokens, cached_tokens=cached_tokens,
+                                        cache_write_tokens=cache_write_tokens))
+
+    def cost_parts_pico(self, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0,
+                        cache_write_tokens: int = 0) -> tuple[int, int]:
+        """(prompt cost, completion cost) in picodollars. ``prompt_tokens`` includes the cached tokens (read from
+        the provider's prompt cache) and the cache-write tokens, which are priced at their own rates."""
+        cached = max(0, min(cached_tokens, prompt_tokens))
+        written = max(0, min(cache_write_tokens, prompt_tokens - cached))
+        read_price = self.input_pico if self.cache_read_pico is None else self.cache_read_pico
+        write_price = self.input_pico if self.cache_write_pico is None else self.cache_write_pico
+        prompt = (prompt_tokens - cached - written) * self.input_pico + cached * read_price + written * write_price
+        return prompt, completion_tokens * self.output_pico
+
+    @property
+    def worst_prompt_pico(self) -> int:
+        """The highest price a prompt token can have (a cache write costs more than plain input on Anthropic)."""
+        return max(self.input_pico, self.cache_read_pico or 0, self.cache_write_pico or 0)
 
     def max_output(self) -> int:
         """The most output tokens one request may ask for."""
@@ -109,13 +132,16 @@ def model_from_mapping(row: dict[str, Any], base: Model | None = None) -> Model:
             kw[key] = conv(row[key])
     if "max_output_tokens" in row:
         kw["max_output_tokens"] = _int_or_none(row["max_output_tokens"])
-    for key in ("tools", "vision", "json_output", "reasoning"):
+    for key in ("tools", "vision", "json_output", "reasoning", "reasoning_control"):
         if key in row and row[key] not in (None, ""):
             kw[key] = _bool(row[key])
     if row.get("input_usd_per_1m") not in (None, ""):
         kw["input_pico"] = usd_per_mtok_to_pico(row["input_usd_per_1m"])
     if row.get("output_usd_per_1m") not in (None, ""):
         kw["output_pico"] = usd_per_mtok_to_pico(row["output_usd_per_1m"])
+    for key, field_name in (("cache_read_usd_per_1m", "cache_read_pico"), ("cache_write_usd_per_1m", "cache_write_pico")):
+        if key in row:  # an empty value (CSV) or null (config) means "no cache price: billed as input"
+            kw[field_name] = None if row[key] in (None, "") else usd_per_mtok_to_pico(row[key])
     kw.setdefault("name", kw.get("id", ""))
     kw.setdefault("native_model", str(kw.get("id", "")).split("/", 1)[-1])
     kw.setdefault("max_output_tokens", None)

@@ -59,10 +59,28 @@ def requested_max_tokens(body: dict[str, Any]) -> int | None:
 
 
 def worst_case_pico(model: Model, prompt_tokens: int, max_tokens: int) -> int:
-    return model.cost_pico(prompt_tokens, max_tokens)
+    """What a request may cost at most: every prompt token at the highest prompt rate (a cache write costs more
+    than plain input), every output token the request allows."""
+    return prompt_tokens * model.worst_prompt_pico + max_tokens * model.output_pico
 
 
-def usage_with_cost(usage: dict[str, Any], cost_pico: int) -> dict[str, Any]:
+def cost_parts(model: Model, usage: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) cost of an OpenAI-shaped usage in picodollars, cached and cache-write tokens at their
+    own rates."""
+    details = usage.get("prompt_tokens_details") or {}
+    return model.cost_parts_pico(usage["prompt_tokens"], usage["completion_tokens"],
+                                 cached_tokens=int(details.get("cached_tokens") or 0),
+                                 cache_write_tokens=int(details.get("cache_write_tokens") or 0))
+
+
+def usage_with_cost(usage: dict[str, Any], parts: tuple[int, int]) -> dict[str, Any]:
+    """The usage a client gets, as OpenRouter reports it: ``cost`` (USD), ``cost_details`` split into prompt and
+    completion, and ``prompt_tokens_details.cached_tokens`` always present."""
+    prompt_pico, completion_pico = parts
     out = dict(usage)
-    out["cost"] = pico_to_usd(cost_pico)
+    out["prompt_tokens_details"] = {"cached_tokens": 0, **(usage.get("prompt_tokens_details") or {})}
+    out["cost"] = pico_to_usd(prompt_pico + completion_pico)
+    out["cost_details"] = {"upstream_inference_cost": out["cost"],
+                           "upstream_inference_prompt_cost": pico_to_usd(prompt_pico),
+                           "upstream_inference_completions_cost": pico_to_usd(completion_pico)}
     return out

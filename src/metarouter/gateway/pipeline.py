@@ -18,19 +18,23 @@ from ..catalog import Model
 from ..config import Settings
 from ..errors import GatewayError
 from ..providers import get_adapter
+from ..providers.common import excludes_reasoning
 from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
+from .images import ImageFetcher, remote_image_urls
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
+    cost_parts,
     estimate_prompt_tokens,
     estimate_text_tokens,
     message_text_and_images,
     requested_max_tokens,
     usage_with_cost,
+    worst_case_pico,
 )
 
 log = logging.getLogger("metarouter.gateway")
@@ -94,6 +98,7 @@ class Gateway:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._credit_cache: SWRCache[tuple[int | None, int]] = SWRCache(self._load_credit, ttl=1.0)
         self._background: set[asyncio.Task] = set()
+        self.images = ImageFetcher(settings.image_fetch)  # remote images for providers that take inline ones only
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -120,6 +125,7 @@ class Gateway:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        await self.images.close()
 
     # --- resolution ------------------------------------------------------------------------------------------
     async def plan(self, body: dict[str, Any], ctx: RequestContext) -> Plan:
@@ -189,14 +195,14 @@ class Gateway:
                 fresh.remaining_pico if fresh is not None else None,
                 None if credits is None else credits - usage,
             ) if r is not None]
-            left = min(remaining) - prompt_tokens * model.input_pico
+            left = min(remaining) - prompt_tokens * model.worst_prompt_pico
             affordable = left // model.output_pico if model.output_pico else model.max_output()
             if affordable < 1:
                 raise _no_credit(model)
             max_tokens = min(model.max_output(), affordable)
             if max_tokens < model.max_output():
                 capped_body = {**body, "max_tokens": max_tokens}
-        worst = model.cost_pico(prompt_tokens, max_tokens)
+        worst = worst_case_pico(model, prompt_tokens, max_tokens)
         if key is None:
             return 0, capped_body
         if not await self.store.reserve(key.public_id, worst):
@@ -297,6 +303,7 @@ class Gateway:
         needs_vision = message_text_and_images(body["messages"])[1] > 0
         needs_tools = bool(body.get("tools"))
         require_params = bool((body.get("provider") or {}).get("require_parameters"))
+        fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
@@ -325,8 +332,16 @@ class Gateway:
                 self._failed(attempts, Attempt(model.id, provider.name, 503, err.message))
                 last_error = err
                 continue
+            send = body
+            if getattr(get_adapter(provider), "inline_images_only", False) and remote_image_urls(body):
+                try:
+                    send = await self.images.inline(body, fetched)
+                except GatewayError as exc:  # this candidate cannot have the image; the next may fetch it itself
+                    attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
+                    last_error = exc
+                    continue
             try:
-                reserved, capped = await self._reserve(ctx, model, body)
+                reserved, capped = await self._reserve(ctx, model, send)
             except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
@@ -337,7 +352,7 @@ class Gateway:
                 for k in range(tries):
                     t0 = time.perf_counter()
                     try:
-                        adapter, resp = await self._open(model, provider, capped or body, stream=stream)
+                        adapter, resp = await self._open(model, provider, capped or send, stream=stream)
                         t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
                         yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
                         if t.error is None:
@@ -399,7 +414,8 @@ class Gateway:
             text = "".join(str((c.get("message") or {}).get("content") or "") for c in out.get("choices", []))
             pt, ct = estimate_prompt_tokens(body), estimate_text_tokens(len(text))
             usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-        cost = model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
+        parts = cost_parts(model, usage)
+        cost = sum(parts)
         latency_ms = (time.perf_counter() - started) * 1000
         choice0 = (out.get("choices") or [{}])[0]
         record = self._base_record(plan, ctx, gen_id, started, False)
@@ -423,7 +439,7 @@ class Gateway:
             "model": model.id,
             "provider": provider_display(provider.name),
             "choices": out.get("choices") or [],
-            "usage": usage_with_cost(usage, cost),
+            "usage": usage_with_cost(usage, parts),
         }
         if out.get("system_fingerprint"):
             response["system_fingerprint"] = out["system_fingerprint"]
@@ -591,8 +607,9 @@ class _StreamRun:
                     "error": {"code": self.error.status, "message": self.error.message},
                 }))
             usage = self._usage(translator.usage)
-            cost = self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])
-            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, cost)}
+            parts = cost_parts(self.model, usage)
+            cost = sum(parts)
+            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, parts)}
             if self.ctx.want_metadata:
                 final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
             self._record(usage, cost, status="ok" if self.error is None else "error")
@@ -602,8 +619,7 @@ class _StreamRun:
             if not recorded and self.first_at is not None:
                 # the client went away (or we were cancelled) after the answer began: record what was served
                 usage = self._usage(translator.usage)
-                self._record(usage, self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"]),
-                             status="cancelled")
+                self._record(usage, sum(cost_parts(self.model, usage)), status="cancelled")
 
     def _usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
         if usage is not None:
@@ -630,13 +646,6 @@ class _StreamRun:
             attempts=[a.as_dict() for a in self.attempts],
         )
         self.gw.record(record, self.reserved)
-
-
-def excludes_reasoning(body: dict[str, Any]) -> bool:
-    """OpenRouter's ``reasoning: {exclude: true}`` / ``include_reasoning: false``: keep reasoning out of the answer
-    (it is still billed when the provider bills it)."""
-    r = body.get("reasoning")
-    return body.get("include_reasoning") is False or (isinstance(r, dict) and bool(r.get("exclude")))
 
 
 def _no_credit(model: Model) -> GatewayError:

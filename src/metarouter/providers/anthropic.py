@@ -17,8 +17,9 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
-    TableParameters,
     Param,
+    Reasoning,
+    TableParameters,
     apply_params,
     content_parts,
     dumps,
@@ -28,6 +29,7 @@ from .common import (
     image_of,
     json_body,
     parse_arguments,
+    reasoning_of,
     role_chunk,
     stop_list,
     text_chunk,
@@ -61,12 +63,14 @@ PARAMS: tuple[Param, ...] = (
     Param("temperature", "temperature", _clamp_temperature, note="clamped to 0..1"),
     Param("top_p", "top_p"),
     Param("top_k", "top_k"),
-    Param("stop", "stop_sequences", stop_list, note="→ stop_sequences"),
+    Param("stop", "stop_sequences", lambda s: [x for x in stop_list(s) or () if x.strip()] or None,
+          note="→ stop_sequences; whitespace-only ones dropped"),
     Param("user", "metadata.user_id", lambda u: str(u)[:256] or None, note="→ metadata.user_id"),
     Param("tools", None, needs="tools"),
     Param("tool_choice", None, needs="tools"),
     Param("parallel_tool_calls", None, needs="tools", note="→ disable_parallel_tool_use"),
     Param("response_format", None, needs="tools", note="emulated with a forced tool"),
+    Param("reasoning", None, needs="reasoning_control", note="→ thinking.budget_tokens"),
 )
 
 _TOOL_ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
@@ -194,6 +198,33 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
     return tc
 
 
+def _think(out: dict[str, Any], reasoning: Reasoning, system: list[dict[str, Any]], model: Model) -> None:
+    """Extended thinking (``thinking: {type: enabled, budget_tokens}``) and what Anthropic requires with it: a budget
+    of at least 1024 tokens below ``max_tokens``, no temperature or top_k, top_p ≥ 0.95, no forced tool call."""
+    max_tokens = out["max_tokens"]
+    budget = min(reasoning.budget(max_tokens), max_tokens - 1)
+    if budget < 1024:
+        raise GatewayError(400, f"reasoning on {model.id}: Anthropic's thinking needs a budget of at least 1024 "
+                                f"tokens below max_tokens ({max_tokens}); raise max_tokens or reasoning.max_tokens",
+                           metadata={"param": "reasoning"}, retryable=False)
+    out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    out.pop("temperature", None)
+    out.pop("top_k", None)
+    if out.get("top_p", 1) < 0.95:
+        del out["top_p"]
+    choice = out.get("tool_choice") or {}
+    if choice.get("type") == "tool" and choice.get("name") == JSON_TOOL or (
+        choice.get("type") == "any" and any(t["name"] == JSON_TOOL for t in out.get("tools", ()))
+    ):  # the JSON answer cannot be forced while thinking: asked for instead
+        out["tool_choice"] = {**choice, "type": "auto"}
+        out["tool_choice"].pop("name", None)
+        system.append({"type": "text", "text": f"Give your final answer by calling the {JSON_TOOL} tool."})
+    elif choice.get("type") in ("any", "tool"):
+        raise GatewayError(400, f"reasoning on {model.id}: Anthropic cannot force a tool call while thinking; use "
+                                "tool_choice auto or none, or leave reasoning out", metadata={"param": "tool_choice"},
+                           retryable=False)
+
+
 class AnthropicAdapter(TableParameters):
     wire = "anthropic"
     param_table = PARAMS
@@ -210,10 +241,18 @@ class AnthropicAdapter(TableParameters):
             if rf.get("type") == "json_schema":
                 schema = (rf.get("json_schema") or {}).get("schema") or {"type": "object"}
                 if schema.get("type") == "object":
-                    tools.append({"name": JSON_TOOL, "description": "Reply with a JSON object matching the schema.",
-                                  "input_schema": schema})
+                    if tool_choice and tool_choice["type"] == "none":
+                        tools, tool_choice = [], None  # no tool may be called: only the answer's
+                    description = "Reply with a JSON object matching the schema."
+                    if tools:
+                        description += " Call this tool to give your final answer."
+                    tools.append({"name": JSON_TOOL, "description": description, "input_schema": schema})
                     if len(tools) == 1:
                         tool_choice = {"type": "tool", "name": JSON_TOOL}
+                    elif not tool_choice or tool_choice["type"] == "auto":
+                        # with tools of the user's, the answer must still come as JSON: some tool must be called,
+                        # and the answer's tool is the way to answer (a forced user tool stays forced)
+                        tool_choice = {**(tool_choice or {}), "type": "any"}
                 else:
                     system.append({"type": "text", "text": "Reply only with JSON matching this schema: "
                                    + dumps(schema)})
@@ -224,6 +263,9 @@ class AnthropicAdapter(TableParameters):
                 out["tools"] = tools
             if tool_choice:
                 out["tool_choice"] = tool_choice
+        reasoning = reasoning_of(body) if model.reasoning_control else None
+        if reasoning is not None and not reasoning.off:
+            _think(out, reasoning, system, model)
         if system:
             cached = any("cache_control" in b for b in system)
             out["system"] = system if cached else "\n\n".join(b["text"] for b in system)

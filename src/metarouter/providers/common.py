@@ -182,6 +182,59 @@ def error_status_for_type(kind: str | None, default: int) -> int:
     return table.get(kind or "", default)
 
 
+# ------------------------------------------------------------------------------------------- reasoning
+
+#: OpenRouter's share of ``max_tokens`` given to reasoning at each effort (its reasoning-tokens docs), and the
+#: bounds it puts on a budget derived from one (budget = max(min(max_tokens × ratio, 32000), 1024))
+EFFORT_RATIOS = {"xhigh": 0.95, "high": 0.8, "medium": 0.5, "low": 0.2, "minimal": 0.1}
+EFFORT_BUDGET_MIN, EFFORT_BUDGET_MAX = 1024, 32000
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """What OpenRouter's ``reasoning`` object asks of a model: an ``effort``, a token budget (``max_tokens``), to
+    reason with the model's defaults (neither), or not to reason (``off``: ``effort: "none"``/``enabled: false``)."""
+
+    effort: str | None = None
+    max_tokens: int | None = None
+    off: bool = False
+
+    def budget(self, max_tokens: int, *, cap: int = EFFORT_BUDGET_MAX) -> int:
+        """A token budget: the one asked for, or the effort's share of ``max_tokens`` within OpenRouter's bounds."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        ratio = EFFORT_RATIOS.get(self.effort or "medium", EFFORT_RATIOS["medium"])
+        return max(min(int(max_tokens * ratio), cap), EFFORT_BUDGET_MIN)
+
+    def effort_for(self, max_tokens: int) -> str | None:
+        """An effort level, for models that take only one: the one asked for, or the level of the largest share
+        of ``max_tokens`` the asked budget reaches (high 80 %, medium 50 %, else low)."""
+        if self.effort is not None or self.max_tokens is None:
+            return self.effort
+        share = self.max_tokens / max(1, max_tokens)
+        return "high" if share >= EFFORT_RATIOS["high"] else "medium" if share >= EFFORT_RATIOS["medium"] else "low"
+
+
+def reasoning_of(body: dict[str, Any]) -> Reasoning | None:
+    """The reasoning a request asks for, or None when it asks nothing of the model (no ``reasoning``, or only
+    ``exclude``, which the gateway applies to the answer itself). OpenAI's ``reasoning_effort`` counts as an effort."""
+    r = body.get("reasoning")
+    r = r if isinstance(r, dict) else {}
+    effort = r.get("effort") or body.get("reasoning_effort")
+    if r.get("enabled") is False or effort == "none":
+        return Reasoning(effort=effort, off=True)
+    if effort is not None or r.get("max_tokens") is not None:
+        return Reasoning(effort=effort, max_tokens=r.get("max_tokens"))
+    return Reasoning() if r.get("enabled") is True else None
+
+
+def excludes_reasoning(body: dict[str, Any]) -> bool:
+    """OpenRouter's ``reasoning: {exclude: true}`` / ``include_reasoning: false``: keep reasoning out of the answer
+    (it is still billed when the provider bills it)."""
+    r = body.get("reasoning")
+    return body.get("include_reasoning") is False or (isinstance(r, dict) and bool(r.get("exclude")))
+
+
 # ------------------------------------------------------------------------------------------ parameters
 
 @dataclass(frozen=True, slots=True)

@@ -16,18 +16,21 @@ from ..catalog import Model
 from ..errors import GatewayError, upstream_status_to_gateway
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
-    TableParameters,
     Param,
+    Reasoning,
+    TableParameters,
     apply_params,
     content_parts,
     content_text,
     dumps,
     endpoint,
     error_status_for_type,
+    excludes_reasoning,
     finish_chunk,
     image_of,
     json_body,
     parse_arguments,
+    reasoning_of,
     role_chunk,
     stable_id,
     stop_list,
@@ -71,21 +74,125 @@ PARAMS: tuple[Param, ...] = (
     Param("response_format", None, needs="json_output", note="→ responseMimeType/responseSchema"),
     Param("tools", None, needs="tools", note="→ functionDeclarations"),
     Param("tool_choice", None, needs="tools", note="→ toolConfig"),
+    Param("reasoning", None, needs="reasoning_control", note="→ thinkingConfig"),
 )
+
+#: the largest thinking budget every Gemini thinking model takes (2.5 Flash; Pro takes up to 32768)
+THINKING_BUDGET_MAX = 24576
+
+#: image URIs Gemini's ``fileData`` takes: Cloud Storage and its own Files API (``…/v1beta/files/…``)
+GEMINI_FILE_URLS = ("gs://", "https://generativelanguage.googleapis.com/")
 
 #: JSON-schema keywords Gemini's OpenAPI subset understands (others are dropped, not rejected upstream)
 _SCHEMA_KEYS = {
     "type", "format", "description", "nullable", "enum", "items", "properties", "required", "minItems",
-    "maxItems", "minimum", "maximum", "anyOf", "propertyOrdering", "title", "minLength", "maxLength", "pattern",
+    "maxItems", "minimum", "maximum", "propertyOrdering", "title", "minLength", "maxLength", "pattern",
     "example", "default", "minProperties", "maxProperties",
 }
 
 
+_NUMBER_KEYS = ("description", "enum", "format", "maximum", "minimum", "title")
+#: the keywords that belong to each type, for splitting a union of types (google-genai's table)
+_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "number": _NUMBER_KEYS, "integer": _NUMBER_KEYS,
+    "string": ("description", "enum", "format", "maxLength", "minLength", "pattern", "title"),
+    "object": ("anyOf", "description", "maxProperties", "minProperties", "properties", "required", "title"),
+    "array": ("description", "items", "maxItems", "minItems", "title"),
+    "boolean": ("description", "title"),
+}
+
+
 def to_gemini_schema(schema: Any) -> Any:
-    """A JSON Schema → Gemini's ``Schema`` (upper-case types, ``nullable`` for ``["x", "null"]``, no extras)."""
+    """A JSON Schema → Gemini's ``Schema``, the way google-genai's ``Schema.from_json_schema`` converts one.
+
+    Gemini's OpenAPI subset has no references: ``$ref`` into ``$defs``/``definitions`` is inlined (a recursive
+    reference is cut to an empty schema, as google-genai does; only where it recurses) and ``allOf`` merged. Types
+    are upper-case; ``["x", "null"]`` and ``anyOf``/``oneOf`` ``[X, {"type": "null"}]`` become X with ``nullable``;
+    Gemini's ``enum`` holds strings of a STRING schema only, so an integer (or other non-string) enum keeps its type
+    and becomes a range and a description of the allowed values. Keywords outside the subset are dropped.
+    """
     if not isinstance(schema, dict):
         return schema
-    out: dict[str, Any] = {}
+    return _convert(schema, schema, ())
+
+
+def _resolve(ref: str, root: dict[str, Any]) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        raise GatewayError(400, f"JSON schema $ref {ref!r}: only references inside the schema (#/$defs/…) can be "
+                                "sent to Gemini")
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            raise GatewayError(400, f"JSON schema $ref {ref!r} points to nothing in the schema")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise GatewayError(400, f"JSON schema $ref {ref!r} is not a schema")
+    return node
+
+
+def _deref(schema: dict[str, Any], root: dict[str, Any], seen: tuple[str, ...]) -> tuple[dict[str, Any] | None,
+                                                                                          tuple[str, ...]]:
+    """``schema`` with its ``$ref`` replaced by the target (the reference's siblings win), or None on a cycle."""
+    while isinstance(schema.get("$ref"), str):
+        ref = schema["$ref"]
+        if ref in seen:
+            return None, seen
+        # pydantic's class and field titles go, as google-genai drops them from a resolved reference
+        target = {k: v for k, v in _resolve(ref, root).items() if k != "title"}
+        if isinstance(target.get("properties"), dict):
+            target["properties"] = {k: {a: b for a, b in v.items() if a != "title"} if isinstance(v, dict) else v
+                                    for k, v in target["properties"].items()}
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        seen = (*seen, ref)
+    return schema, seen
+
+
+def _is_null(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null" and len(schema) == 1
+
+
+def _convert(schema: Any, root: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(schema, dict):
+        return {}
+    resolved, seen = _deref(schema, root, seen)
+    if resolved is None:
+        return {}
+    schema = resolved
+    if isinstance(schema.get("allOf"), list):
+        merged = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in schema["allOf"]:
+            part, seen = _deref(part, root, seen) if isinstance(part, dict) else (None, seen)
+            for key, value in (part or {}).items():
+                if key == "properties" and isinstance(value, dict):
+                    merged["properties"] = {**value, **(merged.get("properties") or {})}
+                elif key == "required" and isinstance(value, list):
+                    merged["required"] = list(dict.fromkeys([*(merged.get("required") or []), *value]))
+                else:
+                    merged.setdefault(key, value)
+        schema = merged
+    types = schema.get("type")
+    if isinstance(types, list) and len([t for t in types if t != "null"]) > 1:
+        # a union of types: one variant per type with the keywords of that type, as google-genai splits it
+        out: dict[str, Any] = {"anyOf": [
+            _convert({k: v for k, v in schema.items() if k in _TYPE_KEYS.get(t, ())} | {"type": t},
+                     root, seen) for t in types if t != "null"]}
+        if "null" in types:
+            out["nullable"] = True
+        if schema.get("description"):
+            out["description"] = schema["description"]
+        return out
+    out = {}
+    variants = schema.get("anyOf", schema.get("oneOf"))
+    if isinstance(variants, list):
+        options = [v for v in variants if not _is_null(v)]
+        if len(options) < len(variants):
+            out["nullable"] = True
+        converted = [_convert(v, root, seen) for v in options]
+        if len(converted) == 1:  # anyOf [X, null]: X, nullable
+            out.update({k: v for k, v in converted[0].items() if k != "nullable" or v})
+        elif converted:
+            out["anyOf"] = converted
     for key, value in schema.items():
         if key == "const":
             out["enum"] = [value]
@@ -99,18 +206,38 @@ def to_gemini_schema(schema: Any) -> Any:
             if non_null:
                 out["type"] = str(non_null[0]).upper()
         elif key == "properties" and isinstance(value, dict):
-            out["properties"] = {k: to_gemini_schema(v) for k, v in value.items()}
+            out["properties"] = {k: _convert(v, root, seen) for k, v in value.items()}
         elif key == "items":
-            out["items"] = to_gemini_schema(value)
-        elif key == "anyOf" and isinstance(value, list):
-            out["anyOf"] = [to_gemini_schema(v) for v in value]
-        elif key == "enum" and isinstance(value, list):
-            out["enum"] = [str(v) for v in value]
-        else:
+            items = _convert(value, root, seen)
+            if items:  # (an empty one — a cut recursion — is left out, as google-genai does)
+                out["items"] = items
+        elif value is not None:  # (a null `default` says nothing)
             out[key] = value
-    if "enum" in out and "type" not in out:
-        out["type"] = "STRING"
+    if "enum" in out:
+        _fit_enum(out)
     return out
+
+
+def _fit_enum(out: dict[str, Any]) -> None:
+    values = out["enum"]
+    if not isinstance(values, list):
+        del out["enum"]
+        return
+    if None in values:
+        out["nullable"] = True
+        values = [v for v in values if v is not None]
+    if all(isinstance(v, str) for v in values) and out.get("type", "STRING") == "STRING":
+        out["type"], out["enum"] = "STRING", values
+        return
+    del out["enum"]  # Gemini refuses an enum on a non-string schema: say it in words, and bound numbers
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if numbers and len(numbers) == len(values):
+        out.setdefault("type", "INTEGER" if all(isinstance(v, int) for v in numbers) else "NUMBER")
+        out["minimum"], out["maximum"] = min(numbers), max(numbers)
+    elif values and all(isinstance(v, bool) for v in values):
+        out.setdefault("type", "BOOLEAN")
+    allowed = "one of " + ", ".join(dumps(v) for v in values)
+    out["description"] = f"{out['description']} ({allowed})" if out.get("description") else allowed.capitalize()
 
 
 def _user_parts(content: Any) -> list[dict[str, Any]]:
@@ -124,8 +251,12 @@ def _user_parts(content: Any) -> list[dict[str, Any]]:
             assert img is not None
             if img.data is not None:
                 parts.append({"inlineData": {"mimeType": img.mime_type, "data": img.data}})
-            else:
+            elif img.url and img.url.startswith(GEMINI_FILE_URLS):
                 parts.append({"fileData": {"mimeType": img.mime_type, "fileUri": img.url}})
+            else:  # (the pipeline fetches web images and sends them inline before this point)
+                raise GatewayError(400, f"image_url {str(img.url)[:200]!r}: Gemini takes images inline (a base64 data "
+                                        "URL) or as a Files API / gs:// URI", metadata={"param": "image_url"},
+                                   retryable=False)
     return parts
 
 
@@ -191,6 +322,19 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     raise GatewayError(400, f"unsupported tool_choice {choice!r}")
 
 
+def _thinking_config(body: dict[str, Any], reasoning: Reasoning, model: Model) -> dict[str, Any]:
+    """``thinkingConfig``: a budget (0 turns thinking off, -1 lets the model decide), thoughts included unless the
+    request excludes them."""
+    if reasoning.off:
+        return {"thinkingBudget": 0}
+    if reasoning.effort is None and reasoning.max_tokens is None:
+        budget = -1
+    else:
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output()
+        budget = reasoning.budget(limit, cap=THINKING_BUDGET_MAX)
+    return {"thinkingBudget": budget, "includeThoughts": not excludes_reasoning(body)}
+
+
 def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
     """From the provider's config: ``safety_settings`` (a native list) or ``safety_threshold`` for all categories."""
     if provider.extra.get("safety_settings"):
@@ -204,6 +348,8 @@ def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
 class GeminiAdapter(TableParameters):
     wire = "gemini"
     param_table = PARAMS
+    #: fileData takes Files API and Cloud Storage URIs only: the pipeline inlines web images (gateway/images.py)
+    inline_images_only = True
 
     def translate_body(self, body: dict[str, Any], model: Model, *, provider: ProviderConfig | None = None
                        ) -> dict[str, Any]:
@@ -219,6 +365,9 @@ class GeminiAdapter(TableParameters):
                 schema = (rf.get("json_schema") or {}).get("schema")
                 if rf.get("type") == "json_schema" and schema:
                     out["generationConfig"]["responseSchema"] = to_gemini_schema(schema)
+        reasoning = reasoning_of(body) if model.reasoning_control else None
+        if reasoning is not None:
+            out.setdefault("generationConfig", {})["thinkingConfig"] = _thinking_config(body, reasoning, model)
         if model.tools and body.get("tools"):
             decls = []
             for t in body["tools"]:

@@ -1,7 +1,9 @@
 """OpenAI-compatible upstreams: OpenAI itself and the OpenAI-shaped APIs of DeepSeek, Mistral and Llama hosts.
 
 The request is forwarded nearly as is: the model name becomes the provider's native name, OpenRouter-only fields
-are removed, parameters the upstream does not take are dropped, and streams ask for usage in their last chunk.
+are removed, parameters and message fields the upstream does not take are dropped (the ``reasoning`` this gateway
+returns comes back in clients' histories), and streams ask for usage in their last chunk where the upstream needs
+to be asked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ OPENAI_PARAMETERS: tuple[str, ...] = (
     "response_format", "user", "stream_options", "reasoning_effort", "metadata", "store", "service_tier",
     "prediction", "modalities", "audio",
 )
+
+#: The fields each message role may carry (OpenAI's ``ChatCompletion*MessageParam`` types). Anything else on a
+#: message — OpenRouter's ``reasoning``/``reasoning_details`` echoed back by clients, a response's ``annotations`` —
+#: is an unknown field to the upstream, and strict upstreams refuse the whole request over it.
+OPENAI_MESSAGE_FIELDS: dict[str, frozenset[str]] = {
+    "system": frozenset({"role", "content", "name"}),
+    "developer": frozenset({"role", "content", "name"}),
+    "user": frozenset({"role", "content", "name"}),
+    "assistant": frozenset({"role", "content", "name", "refusal", "tool_calls", "function_call", "audio"}),
+    "tool": frozenset({"role", "content", "tool_call_id"}),
+    "function": frozenset({"role", "content", "name"}),
+}
 
 FINISH_REASONS = {
     "stop": "stop",
@@ -52,9 +66,7 @@ def normalize_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     ct = int(usage.get("completion_tokens") or 0)
     out: dict[str, Any] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
     ptd = usage.get("prompt_tokens_details") or {}
-    cached = ptd.get("cached_tokens")
-    if cached is None:
-        cached = usage.get("prompt_cache_hit_tokens")  # DeepSeek's name for it
+    cached = ptd.get("cached_tokens") or usage.get("prompt_cache_hit_tokens")  # (DeepSeek's name for it)
     if cached:
         out["prompt_tokens_details"] = {"cached_tokens": int(cached)}
     ctd = usage.get("completion_tokens_details") or {}
@@ -70,6 +82,11 @@ class OpenAICompatAdapter:
 
     #: parameters this upstream family takes; subclasses narrow it for their quirks
     parameters: tuple[str, ...] = OPENAI_PARAMETERS
+    #: the fields a message of each role may carry upstream
+    message_fields: dict[str, frozenset[str]] = OPENAI_MESSAGE_FIELDS
+    #: whether a stream must ask for its usage chunk (``stream_options.include_usage``); upstreams that always
+    #: send usage and refuse the field set this to False
+    stream_usage_option: bool = True
 
     def supported_parameters(self, model: Model) -> list[str]:
         params = [p for p in self.parameters if p != "stream_options"]
@@ -81,13 +98,26 @@ class OpenAICompatAdapter:
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         allowed = set(self.supported_parameters(model))
-        out: dict[str, Any] = {"model": model.native_model, "messages": body["messages"]}
+        out: dict[str, Any] = {"model": model.native_model, "messages": self.translate_messages(body["messages"])}
         for key, value in body.items():
             if key in allowed and value is not None:
                 out[key] = value
         if stream:
             out["stream"] = True
-            out["stream_options"] = {"include_usage": True}
+            if self.stream_usage_option:
+                out["stream_options"] = {"include_usage": True}
+        return out
+
+    def translate_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of ``messages`` with only the fields their role takes upstream (the caller's body is untouched)."""
+        out = []
+        for m in messages:
+            fields = self.message_fields.get(m.get("role"))  # type: ignore[arg-type]
+            msg = {k: v for k, v in m.items() if k in fields} if fields is not None else dict(m)
+            if isinstance(msg.get("content"), list):  # Anthropic-style cache hints mean nothing here
+                msg["content"] = [{k: v for k, v in p.items() if k != "cache_control"} if isinstance(p, dict) else p
+                                  for p in msg["content"]]
+            out.append(msg)
         return out
 
     def build_request(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import Param, apply_params, set_path, supported  # noqa: F401  (re-exported: the table's types)
+from .common import Param, apply_params, reasoning_of, set_path, supported  # noqa: F401  (re-exported: the table's types)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import Model
@@ -23,7 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
 GATEWAY_FIELDS: frozenset[str] = frozenset({
     "model", "models", "messages", "prompt", "stream", "stream_options", "provider", "plugins", "transforms",
     "route", "session_id", "usage", "debug", "preset",
-    "reasoning", "include_reasoning",  # the pipeline honours their `exclude` / false on every family's output
+    # the pipeline honours their `exclude` / false on every family's output; `reasoning`'s effort or budget is a
+    # parameter of the families that list it (check_parameters)
+    "reasoning", "include_reasoning",
 })
 
 
@@ -35,7 +37,10 @@ def check_parameters(body: dict[str, Any], adapter: Adapter, model: Model) -> li
     simply dropped by ``build_request``. ``None`` values count as absent.
     """
     ok = set(adapter.supported_parameters(model))
-    return sorted(k for k, v in body.items() if v is not None and k not in GATEWAY_FIELDS and k not in ok)
+    missing = {k for k, v in body.items() if v is not None and k not in GATEWAY_FIELDS and k not in ok}
+    if "reasoning" not in ok and reasoning_of(body) is not None:  # (`exclude` alone the gateway always honours)
+        missing.add("reasoning")
+    return sorted(missing)
 
 
 # ---------------------------------------------------------------------------------------------- docs table
@@ -50,7 +55,8 @@ def parameter_table() -> tuple[list[str], list[str], dict[str, dict[str, str]]]:
     from . import family_adapters
 
     full = Model(id="x/x", name="x", provider="x", native_model="x", context_length=1, max_output_tokens=1,
-                 input_pico=0, output_pico=0, tools=True, vision=True, json_output=True, reasoning=True)
+                 input_pico=0, output_pico=0, tools=True, vision=True, json_output=True, reasoning=True,
+                 reasoning_control=True)
     bare = Model(id="x/x", name="x", provider="x", native_model="x", context_length=1, max_output_tokens=1,
                  input_pico=0, output_pico=0)
     families: list[str] = []
@@ -75,13 +81,14 @@ def parameter_table() -> tuple[list[str], list[str], dict[str, dict[str, str]]]:
 
 
 _NEEDS_BY_NAME = {"tools": "tools", "tool_choice": "tools", "parallel_tool_calls": "tools",
-                  "response_format": "json_output"}
+                  "response_format": "json_output", "reasoning": "reasoning_control",
+                  "reasoning_effort": "reasoning_control"}
 
 
 def _needs(p: Param | None, name: str) -> str:
     needs = p.needs if p else _NEEDS_BY_NAME.get(name)
     return {"tools": "tool-capable", "json_output": "JSON-capable", "vision": "vision",
-            "reasoning": "reasoning"}.get(needs or "", "some")
+            "reasoning": "reasoning", "reasoning_control": "`reasoning_control`"}.get(needs or "", "some")
 
 
 def markdown() -> str:
@@ -93,6 +100,9 @@ def markdown() -> str:
         "",
         "Which OpenAI chat-completions parameters each adapter forwards upstream. Parameters a model does not",
         "support are dropped; with `provider: {\"require_parameters\": true}` the request is rejected instead.",
+        "OpenRouter's `reasoning` (`effort` or `max_tokens`; `exclude` works everywhere) is mapped where the model's",
+        "catalog entry has `reasoning_control: true` (a budget from an effort: that share of `max_tokens`, high 80 %,",
+        "medium 50 %, low 20 %, within 1024..32000 tokens) and dropped elsewhere, like any unsupported parameter.",
         "",
         "| parameter | " + " | ".join(families) + " |",
         "|---|" + "---|" * len(families),

@@ -21,14 +21,11 @@ import orjson
 
 from ..catalog import Model
 from .base import ProviderConfig, UpstreamRequest
+from .common import reasoning_of
 from .openai_compat import OpenAICompatAdapter
 
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
              "top_logprobs", "n")
-
-
-def _copy_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [dict(m) for m in messages]
 
 
 # --------------------------------------------------------------------------------------------------- OpenAI
@@ -47,31 +44,50 @@ def is_o1_legacy(native: str) -> bool:
     return native.startswith(("o1-preview", "o1-mini"))
 
 
+def takes_reasoning_effort(model: Model) -> bool:
+    """Whether an OpenAI model takes ``reasoning_effort``: o1 and later o-series models by name, and any model whose
+    catalog entry says ``reasoning_control`` (models added in the config)."""
+    native = model.native_model
+    return model.reasoning_control or (is_reasoning_model(native) and not is_o1_legacy(native))
+
+
 class OpenAIAdapter(OpenAICompatAdapter):
     """OpenAI itself: the reference adapter, plus the o-series rules (by native model name)."""
 
-    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens"}
+    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens",
+                                             "reasoning": "→ reasoning_effort; a budget → its effort level"}
 
     def supported_parameters(self, model: Model) -> list[str]:
         params = super().supported_parameters(model)
+        if takes_reasoning_effort(model):
+            params.append("reasoning")
+        else:
+            params = [p for p in params if p != "reasoning_effort"]
         native = model.native_model
         if not is_reasoning_model(native):
-            return [p for p in params if p != "reasoning_effort"]
+            return params
         params = [p for p in params if p not in _SAMPLING]  # max_tokens is renamed, not dropped
         if is_o1_legacy(native):
-            drop = {"tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort"}
+            drop = {"tools", "tool_choice", "parallel_tool_calls", "response_format"}
             params = [p for p in params if p not in drop]
         return params
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out = super().translate_body(body, model, stream=stream)
+        out.pop("reasoning", None)  # OpenRouter's, not OpenAI's: mapped to reasoning_effort here
+        reasoning = reasoning_of(body) if takes_reasoning_effort(model) else None
+        if reasoning is not None and "reasoning_effort" not in out:
+            limit = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output()
+            effort = reasoning.effort_for(limit)
+            if effort is not None:  # (`enabled: false` alone: the model's default, as o-series always reason)
+                out["reasoning_effort"] = effort
         native = model.native_model
         if not is_reasoning_model(native):
             return out
         if "max_tokens" in out:
             out.setdefault("max_completion_tokens", out["max_tokens"])
             del out["max_tokens"]
-        messages = _copy_messages(out["messages"])
+        messages = out["messages"]  # copies already
         if is_o1_legacy(native):
             # no system or developer role at all: the instructions become (the start of) a user turn
             for m in messages:
@@ -81,7 +97,6 @@ class OpenAIAdapter(OpenAICompatAdapter):
             for m in messages:
                 if m.get("role") == "system":
                     m["role"] = "developer"
-        out["messages"] = messages
         return out
 
 
@@ -119,13 +134,8 @@ class DeepSeekAdapter(OpenAICompatAdapter):
         rf = out.get("response_format")
         if isinstance(rf, dict) and rf.get("type") == "json_schema":
             out["response_format"] = {"type": "json_object"}  # DeepSeek has JSON mode, not schemas
-        messages = _copy_messages(out["messages"])
-        for m in messages:
-            # the reasoner answers 400 when its own reasoning comes back in the history
-            m.pop("reasoning_content", None)
-            m.pop("reasoning", None)
-            m.pop("reasoning_details", None)
-        out["messages"] = messages
+        # (the reasoner answers 400 when its own `reasoning_content` comes back in the history: the message fields
+        # kept are OpenAI's, which leave it out)
         return out
 
     def _fix_message(self, message: dict[str, Any]) -> None:
@@ -140,8 +150,17 @@ class DeepSeekAdapter(OpenAICompatAdapter):
 MISTRAL_PARAMETERS: tuple[str, ...] = (
     "temperature", "top_p", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
     "tools", "tool_choice", "parallel_tool_calls", "response_format", "safe_prompt", "prediction",
-    "stream_options",
 )
+#: what Mistral's message types take (``mistralai`` SDK: SystemMessage, UserMessage, AssistantMessage,
+#: ToolMessage); its API refuses anything else (422 ``extra_forbidden``): a user's ``name``, an assistant's
+#: ``refusal``, ``annotations`` or ``reasoning``
+MISTRAL_MESSAGE_FIELDS: dict[str, frozenset[str]] = {
+    "system": frozenset({"role", "content"}),
+    "user": frozenset({"role", "content"}),
+    "assistant": frozenset({"role", "content", "tool_calls", "prefix"}),
+    "tool": frozenset({"role", "content", "tool_call_id", "name"}),
+}
+_MISTRAL_ROLES = {"developer": "system", "function": "tool"}  # roles Mistral lacks → their equivalent
 _MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
 _ALNUM = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -160,6 +179,8 @@ def mistral_tool_id(tool_call_id: str) -> str:
 
 class MistralAdapter(OpenAICompatAdapter):
     parameters = MISTRAL_PARAMETERS
+    message_fields = MISTRAL_MESSAGE_FIELDS
+    stream_usage_option = False  # Mistral puts usage on a stream's last chunk unasked, and refuses the field
     param_notes: ClassVar[dict[str, str]] = {"seed": "→ random_seed", "max_completion_tokens": "→ max_tokens",
                                              "tool_choice": "required → any"}
 
@@ -175,16 +196,23 @@ class MistralAdapter(OpenAICompatAdapter):
             out["random_seed"] = out.pop("seed")
         if out.get("tool_choice") == "required":
             out["tool_choice"] = "any"
-        messages = _copy_messages(out["messages"])
-        for m in messages:
+        if out.get("tools"):  # Mistral's Function requires `parameters`, OpenAI's does not
+            out["tools"] = [t if t["function"].get("parameters") is not None else
+                            {**t, "function": {**t["function"], "parameters": {"type": "object", "properties": {}}}}
+                            for t in out["tools"]]
+        for m in out["messages"]:
             if m.get("tool_calls"):
                 m["tool_calls"] = [{**tc, "id": mistral_tool_id(tc.get("id") or "")} for tc in m["tool_calls"]]
                 if m.get("content") is None:
                     m["content"] = ""
             if m.get("role") == "tool" and m.get("tool_call_id") is not None:
                 m["tool_call_id"] = mistral_tool_id(m["tool_call_id"])
-        out["messages"] = messages
         return out
+
+    def translate_messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        renamed = [{**m, "role": _MISTRAL_ROLES[m["role"]]} if m.get("role") in _MISTRAL_ROLES else m
+                   for m in messages]
+        return super().translate_messages(renamed)
 
 
 # ----------------------------------------------------------------------------------------------- Llama hosts

@@ -11,19 +11,21 @@ request so tests can check a translation round trip:
 * JSON mode: ``{"echo": <last user text>}``;
 * trigger words in the last user text: ``FAIL <status>`` answers that status with the family's error body,
   ``STREAM_ERROR`` puts the family's in-stream error after the first text event, ``BLOCK`` (Gemini) blocks the
-  prompt.
+  prompt, ``CACHED <n>`` / ``CACHE_WRITE <n>`` report n prompt tokens read from / written to the prompt cache
+  in the family's usage fields.
 
 Register with ``FakeUpstream(HANDLERS)``; knobs (latency, queued failures, broken streams) are the server's.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
 import orjson
 
-from .fake_upstream import FakeReply, count_tokens, openai_chat
+from .fake_upstream import FakeReply, cache_tokens, count_tokens, openai_chat
 
 _FAIL = re.compile(r"\bFAIL (\d{3})\b")
 
@@ -114,6 +116,8 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
     if m := _FAIL.search(user):
         status = int(m.group(1))
         return FakeReply(status, anthropic_error(status))
+    if any(not s.strip() for s in body.get("stop_sequences") or []):
+        return FakeReply(400, anthropic_error(400, "stop_sequences: each stop sequence must contain non-whitespace"))
     tools = body.get("tools") or []
     choice = body.get("tool_choice") or {"type": "auto"}
     content: list[dict[str, Any]] = []
@@ -121,6 +125,10 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
         r = results[0].get("content")
         r = r if isinstance(r, str) else " ".join(b.get("text", "") for b in r or [])
         text = f"The tool said: {r}"
+        if choice.get("type") == "any":  # a tool must be called: answer through the last one
+            text = ""
+            content.append({"type": "tool_use", "id": f"toolu_fakeans{len(r):04d}", "name": tools[-1]["name"],
+                            "input": {"echo": r}})
     elif tools and last["role"] == "user" and choice.get("type") != "none":
         forced = choice.get("name") if choice.get("type") == "tool" else None
         text = "Let me use a tool." if not forced else ""
@@ -138,11 +146,14 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
         text, stop_reason = text[: body["max_tokens"] * 4], "max_tokens"
     if text:
         content.insert(0, {"type": "text", "text": text})
+    if (body.get("thinking") or {}).get("type") == "enabled":  # extended thinking comes first, signed
+        content.insert(0, {"type": "thinking", "thinking": f"Thinking about: {user}", "signature": "ZmFrZQ=="})
     prompt = count_tokens(orjson.dumps(messages).decode() + str(system))
     out_tokens = count_tokens(orjson.dumps(content).decode())
     msg_id = f"msg_fake{prompt:06d}{out_tokens:06d}"
-    usage = {"input_tokens": prompt, "output_tokens": out_tokens, "cache_creation_input_tokens": 0,
-             "cache_read_input_tokens": 0}
+    read, written = cache_tokens(user, prompt)  # Anthropic's input_tokens leave the cached ones out
+    usage = {"input_tokens": prompt - read - written, "output_tokens": out_tokens,
+             "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
     if not body.get("stream"):
         return FakeReply(200, {"id": msg_id, "type": "message", "role": "assistant", "model": body.get("model"),
                                "content": content, "stop_reason": stop_reason, "stop_sequence": stop_seq,
@@ -162,6 +173,14 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
                     frames.append(_sse({"type": "error", "error": {"type": "overloaded_error",
                                                                    "message": "Overloaded"}}, "error"))
                     return FakeReply(200, sse=frames)
+        elif block["type"] == "thinking":
+            frames.append(_sse({"type": "content_block_start", "index": i, "content_block": {
+                "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
+            for w in _words(block["thinking"]):
+                frames.append(_sse({"type": "content_block_delta", "index": i,
+                                    "delta": {"type": "thinking_delta", "thinking": w}}, "content_block_delta"))
+            frames.append(_sse({"type": "content_block_delta", "index": i, "delta": {
+                "type": "signature_delta", "signature": block["signature"]}}, "content_block_delta"))
         else:
             frames.append(_sse({"type": "content_block_start", "index": i, "content_block": {
                 "type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}, "content_block_start"))
@@ -196,6 +215,10 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
     user = " ".join(p["text"] for p in parts if "text" in p)
     images = sum(1 for p in parts if "inlineData" in p or "fileData" in p)
     responses = [p["functionResponse"] for p in parts if "functionResponse" in p]
+    for p in parts:  # fileData names Files API or Cloud Storage files, not web pages
+        uri = (p.get("fileData") or {}).get("fileUri", "gs://")
+        if not uri.startswith(("gs://", "https://generativelanguage.googleapis.com/")):
+            return FakeReply(400, google_error(400, f"Invalid or unsupported file uri: {uri}"))
     system = " ".join(p.get("text", "") for p in (body.get("systemInstruction") or {}).get("parts") or [])
     if fm := _FAIL.search(user):
         status = int(fm.group(1))
@@ -231,12 +254,20 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
         text, finish = text[: gen["maxOutputTokens"] * 4], "MAX_TOKENS"
     out_tokens = count_tokens(text + orjson.dumps(out_parts).decode())
     usage = {"promptTokenCount": prompt, "candidatesTokenCount": out_tokens, "totalTokenCount": prompt + out_tokens}
+    if cached := cache_tokens(user, prompt)[0]:
+        usage["cachedContentTokenCount"] = cached
+    thinking = gen.get("thinkingConfig") or {}
+    thought = [{"text": f"Thinking about: {user}", "thought": True}] if thinking.get("includeThoughts") else []
+    if thought or thinking.get("thinkingBudget", 0) != 0:
+        usage["thoughtsTokenCount"] = count_tokens(f"Thinking about: {user}")
+        usage["totalTokenCount"] += usage["thoughtsTokenCount"]
     if not stream:
-        all_parts = ([{"text": text}] if text else []) + out_parts
+        all_parts = thought + ([{"text": text}] if text else []) + out_parts
         return FakeReply(200, {"candidates": [{"content": {"parts": all_parts, "role": "model"},
                                                "finishReason": finish, "index": 0}],
                                "usageMetadata": usage, "modelVersion": model})
-    frames = []
+    frames = [_sse({"candidates": [{"content": {"parts": thought, "role": "model"}, "index": 0}],
+                    "modelVersion": model}, crlf=True)] if thought else []
     words = _words(text) if text else []
     for i, w in enumerate(words):
         frames.append(_sse({"candidates": [{"content": {"parts": [{"text": w}], "role": "model"}, "index": 0}],
@@ -373,33 +404,59 @@ def deepseek_chat(path: str, headers: dict[str, str], body: Any, query: dict[str
         if body.get("tools"):
             return FakeReply(400, {"error": {"message": "deepseek-reasoner does not support Function Calling",
                                              "type": "invalid_request_error", "param": None, "code": None}})
-    reply = openai_chat(path, headers, body, query)
-    if not reasoner:
-        return reply
     thought = "Let me think about it."
 
     def fix(obj: dict[str, Any], chunk: bool) -> None:
-        for c in obj.get("choices") or []:
+        for c in (obj.get("choices") or []) if reasoner else []:
             if not chunk:
                 c["message"]["reasoning_content"] = thought
             elif c["delta"].get("role"):
                 c["delta"]["reasoning_content"] = thought
-        if obj.get("usage"):
-            obj["usage"]["completion_tokens_details"] = {"reasoning_tokens": count_tokens(thought)}
+        if usage := obj.get("usage"):  # DeepSeek's own names for its prompt cache (its documented usage object)
+            hit = usage.pop("prompt_tokens_details")["cached_tokens"]
+            usage.update(prompt_cache_hit_tokens=hit, prompt_cache_miss_tokens=usage["prompt_tokens"] - hit)
+            usage["completion_tokens_details"] = {"reasoning_tokens": count_tokens(thought) if reasoner else 0}
 
-    return _rewrite(reply, fix)
+    return _rewrite(openai_chat(path, headers, body, query), fix)
 
 
 _MISTRAL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+#: the request fields Mistral's chat completions take (``mistralai`` ChatCompletionRequest); the API answers 422
+#: ``extra_forbidden`` to any other, top level or on a message
+_MISTRAL_FIELDS = frozenset({
+    "model", "messages", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed", "metadata",
+    "response_format", "tools", "tool_choice", "presence_penalty", "frequency_penalty", "min_tokens",
+    "repetition_penalty", "top_k", "logprobs", "top_logprobs", "prompt_logprobs", "top_prompt_logprobs", "n",
+    "prediction", "parallel_tool_calls", "reasoning_effort", "prompt_mode", "guardrails", "prompt_cache_key",
+    "service_tier", "safe_prompt",
+})
+_MISTRAL_MESSAGE_FIELDS = {
+    "system": {"role", "content"}, "user": {"role", "content"},
+    "assistant": {"role", "content", "tool_calls", "prefix"}, "tool": {"role", "content", "tool_call_id", "name"},
+}
+
+
+def _mistral_extra_forbidden(loc: list[Any], value: Any) -> FakeReply:
+    """Mistral's 422 for an unknown field: FastAPI's validation-error shape."""
+    return FakeReply(422, {"object": "error", "message": {"detail": [{
+        "type": "extra_forbidden", "loc": ["body", *loc], "msg": "Extra inputs are not permitted", "input": value}]},
+        "type": "invalid_request_message_error", "param": None, "code": None})
 
 
 def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, str]) -> FakeReply:
-    """Mistral: OpenAI's format, but unknown fields are rejected and tool-call ids are 9 alphanumerics."""
-    extra = {"seed", "logit_bias", "logprobs", "top_logprobs", "user", "store", "metadata", "service_tier",
-             "reasoning_effort", "max_completion_tokens"} & set(body)
+    """Mistral: OpenAI's format, but unknown fields are rejected, tool-call ids are 9 alphanumerics, and a stream
+    carries its usage on the last chunk without being asked."""
+    extra = sorted(set(body) - _MISTRAL_FIELDS)
     if extra:
-        return FakeReply(422, mistral_error(422, f"Extra inputs are not permitted: {sorted(extra)}"))
-    for m in body.get("messages") or []:
+        return _mistral_extra_forbidden([extra[0]], body[extra[0]])
+    for i, m in enumerate(body.get("messages") or []):
+        allowed = _MISTRAL_MESSAGE_FIELDS.get(m.get("role"))
+        if allowed is None:
+            return FakeReply(422, mistral_error(422, f"messages.{i}.role: Input tag {m.get('role')!r} does not match "
+                                                     "any of the expected tags"))
+        extra = sorted(set(m) - allowed)
+        if extra:
+            return _mistral_extra_forbidden(["messages", i, m["role"], extra[0]], m[extra[0]])
         ids = [tc.get("id") for tc in m.get("tool_calls") or []] + (
             [m["tool_call_id"]] if m.get("role") == "tool" else [])
         if any(not _MISTRAL_ID.match(str(i or "")) for i in ids):
@@ -416,8 +473,39 @@ def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str,
             for i, tc in enumerate((c.get("delta") if chunk else c.get("message", {})).get("tool_calls") or []):
                 if "id" in tc:
                     tc["id"] = f"FakeId{tc.get('index', i):03d}"
+            (c.get("delta") if chunk else c.get("message", {})).pop("refusal", None)  # not in Mistral's format
 
-    return _rewrite(openai_chat(path, headers, body, query), fix)
+    reply = _rewrite(openai_chat(path, headers, {**body, "stream_options": {"include_usage": True}}, query), fix)
+    if reply.sse is not None:  # Mistral's usage rides on the chunk with the finish reason, not a chunk of its own
+        usage_frame, done = reply.sse[-2], reply.sse[-1]
+        finish = orjson.loads(reply.sse[-3][6:])
+        finish["usage"] = orjson.loads(usage_frame[6:])["usage"]
+        reply.sse = [*reply.sse[:-3], b"data: " + orjson.dumps(finish) + b"\n\n", done]
+    return reply
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+#: a 1×1 PNG, served as ``/files/pixel.png`` (and under any other ``.png``/``.jpg`` name)
+PIXEL_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def files(path: str, headers: dict[str, str], body: Any, query: dict[str, str]) -> FakeReply:
+    """A web server for image URLs: ``/files/<name>.png|.jpg`` a small image, ``/files/page.html`` not an image,
+    ``/files/big.png`` an image of ``?bytes=N`` bytes, ``/files/moved.png`` a redirect to ``pixel.png``."""
+    name = path.rsplit("/", 1)[-1]
+    if name == "moved.png":
+        return FakeReply(302, raw=b"", headers={"Location": "pixel.png"})
+    if name == "page.html":
+        return FakeReply(200, raw=b"<html>not an image</html>", headers={"Content-Type": "text/html"})
+    if name == "big.png":
+        return FakeReply(200, raw=PIXEL_PNG + b"\0" * int(query.get("bytes", 1 << 20)),
+                         headers={"Content-Type": "image/png"})
+    if name.endswith((".png", ".jpg")):
+        return FakeReply(200, raw=PIXEL_PNG, headers={"Content-Type": "image/png" if name.endswith(".png")
+                                                      else "image/jpeg"})
+    return FakeReply(404, raw=b"not found", headers={"Content-Type": "text/plain"})
 
 
 HANDLERS = {
@@ -426,4 +514,5 @@ HANDLERS = {
     "cohere": cohere_chat,
     "deepseek": deepseek_chat,
     "mistral": mistral_chat,
+    "files": files,
 }

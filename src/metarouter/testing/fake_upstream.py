@@ -12,6 +12,7 @@ It runs its own event loop in a thread, so synchronous and asynchronous tests ca
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections import defaultdict
@@ -28,6 +29,7 @@ class FakeReply:
     json: Any = None
     sse: list[bytes] | None = None  # complete SSE frames, each ending in a blank line
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # a body that is not JSON (files), sent with its headers' Content-Type
 
 
 @dataclass
@@ -67,6 +69,18 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
             if isinstance(c, list):
                 return " ".join(p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+_CACHED = re.compile(r"\bCACHED (\d+)\b")
+_CACHE_WRITE = re.compile(r"\bCACHE_WRITE (\d+)\b")
+
+
+def cache_tokens(text: str, prompt_tokens: int) -> tuple[int, int]:
+    """The fakes' prompt cache, by trigger words in the last user text: ``CACHED <n>`` reports n prompt tokens read
+    from the cache, ``CACHE_WRITE <n>`` n written to it (Anthropic). Returns (read, written), within the prompt."""
+    read = min(prompt_tokens, int(m.group(1))) if (m := _CACHED.search(text)) else 0
+    written = min(prompt_tokens - read, int(m.group(1))) if (m := _CACHE_WRITE.search(text)) else 0
+    return read, written
 
 
 def count_tokens(text: str) -> int:
@@ -109,7 +123,7 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         completion_tokens = count_tokens(reply)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens,
-             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+             "prompt_tokens_details": {"cached_tokens": cache_tokens(text_in, prompt_tokens)[0], "audio_tokens": 0},
              "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
     if not body.get("stream"):
@@ -222,6 +236,8 @@ class FakeUpstream:
         if handler is None:
             return web.json_response({"error": {"message": f"no fake provider {provider!r}"}}, status=404)
         reply = handler("/" + rest, headers, body if body is not None else {}, dict(request.query))
+        if reply.raw is not None:
+            return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
         if reply.sse is None:
             return web.Response(status=reply.status, body=orjson.dumps(reply.json), content_type="application/json",
                                 headers=reply.headers)
