@@ -128,42 +128,45 @@ def category_name(label: str) -> str:
     return label
 
 
-def explain(rank: int, ids: Sequence[str], q: np.ndarray, cost: np.ndarray, near_best: np.ndarray, order: Sequence[int],
-            tradeoff: float, familiarity: float, category: str | None, prior_weight: float) -> str:
-    """One line on why the candidate at ``rank`` (an index into ``order``) is there."""
-    i = order[rank]
-    qi, ci = float(q[i]), float(cost[i])
-    head = "choice" if rank == 0 else f"fallback {rank}"
-    best = int(np.argmax(q))
-    cheapest = int(np.argmin(cost))
-    qs = f"P(good)={qi:.2f}, ~{fmt_usd(ci)}"
-    if rank == 0:
-        if float(q.min()) >= SATURATED:
-            why = f"all candidates expected to answer well (P≥{float(q.min()):.2f}); cheapest chosen" if i == cheapest \
-                else f"all candidates expected to answer well (P≥{float(q.min()):.2f}); best for the price"
+def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_best: Sequence[bool],
+            order: Sequence[int], tradeoff: float, familiarity: float, category: str | None,
+            prior_weight: Sequence[float]) -> list[str]:
+    """One line per ranked candidate (in ``order``) on why it is where it is; the first is the decision's reason."""
+    best = max(range(len(q)), key=q.__getitem__)
+    cheapest = min(range(len(cost)), key=cost.__getitem__)
+    qmin, qbest = min(q), q[best]
+    out = []
+    for rank, i in enumerate(order):
+        qi, ci = q[i], cost[i]
+        qs = f"P(good)={qi:.2f}, ~{fmt_usd(ci)}"
+        if rank:
+            if i == cheapest:
+                why = f"cheapest; {(qbest - qi) * 100:.0f} pts below the best"
+            else:
+                why = "highest expected quality" if i == best else "as good as the best" if near_best[i] else \
+                    f"{(qbest - qi) * 100:.0f} pts below the best"
+            out.append(f"fallback {rank}: {why} ({qs})")
+            continue
+        if qmin >= SATURATED:
+            why = f"all candidates expected to answer well (P≥{qmin:.2f}); " + \
+                ("cheapest chosen" if i == cheapest else "best for the price")
         elif near_best[i] and i != best:
             why = f"as good as the best ({ids[best]}, within {policy.TIE * 100:.0f} pts) and cheaper"
         elif i == best:
-            lead = (qi - float(q[cheapest])) * 100
+            lead = (qi - q[cheapest]) * 100
             why = "highest expected quality" + (f", +{lead:.0f} pts over the cheapest ({ids[cheapest]})"
                                                 if i != cheapest and lead >= 0.5 else "")
             if tradeoff == 0:
                 why += " (price no object at tradeoff 0)"
         else:
-            gap = (float(q[best]) - qi) * 100
-            ratio = float(cost[best]) / max(ci, 1e-12)
-            why = (f"within {gap:.0f} pts of the best ({ids[best]}) at " +
+            ratio = cost[best] / max(ci, 1e-12)
+            why = (f"within {(qbest - qi) * 100:.0f} pts of the best ({ids[best]}) at " +
                    (f"{ratio:.0f}× less cost" if ratio >= 1.5 else "a lower cost") + f", tradeoff {tradeoff:g}")
         where = f"{category}: " if category and familiarity >= 0.5 else ""
         tail = "; unlike the training data, so general ability decides" if familiarity < 0.5 else \
-            "; quality mostly from priors" if prior_weight > 0.6 else ""
-        return f"{head}: {where}{why} ({qs}){tail}"
-    if i == cheapest:
-        why = f"cheapest; {(float(q[best]) - qi) * 100:.0f} pts below the best"
-    else:
-        why = "highest expected quality" if i == best else "as good as the best" if near_best[i] else \
-            f"{(float(q[best]) - qi) * 100:.0f} pts below the best"
-    return f"{head}: {why} ({qs})"
+            "; quality mostly from priors" if prior_weight[i] > 0.6 else ""
+        out.append(f"choice: {where}{why} ({qs}){tail}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -252,9 +255,10 @@ class Router:
         return p
 
     # -- features -----------------------------------------------------------------------------------------------------
-    def features(self, request: RouteRequest) -> tuple[np.ndarray, float]:
-        """The request's vector (embedding, hand features, request features) and its word coverage (0–1)."""
-        parsed = self.encoder.parse(request.messages)
+    def features(self, request: RouteRequest, parsed: tuple | None = None) -> tuple[np.ndarray, float]:
+        """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
+        ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
+        parsed = parsed or self.encoder.parse(request.messages)
         tool_text = request.tool_text() if request.uses_tools else ""
         if tool_text:
             parsed = ([*parsed[0], (tool_text, TOOL_SEGMENT_WEIGHT)], *parsed[1:])
@@ -335,7 +339,8 @@ class Router:
         if c.max_tokens is None and req.max_tokens is not None:
             c = Constraints(**{**c.__dict__, "max_tokens": req.max_tokens})
         prompt_tokens = req.prompt_tokens()
-        needs_vision = c.needs_vision if c.needs_vision is not None else self.encoder.parse(req.messages)[5]
+        parsed = self.encoder.parse(req.messages)
+        needs_vision = c.needs_vision if c.needs_vision is not None else parsed[5]
         kept: list[Model] = []
         excluded: list[tuple[str, str]] = []
         seen: set[str] = set()
@@ -350,7 +355,7 @@ class Router:
                 excluded.append((m.id, why))
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
-        x, coverage = self.features(req)
+        x, coverage = self.features(req, parsed)
         pred = self.predict(x[None, :], np.array([coverage]), kept, np.array([prompt_tokens]), c.max_tokens)
         q, cost, pw, out = pred["quality"][0], pred["cost"][0], pred["prior_weight"][0], pred["output_tokens"][0]
         fam = float(pred["familiarity"][0])
@@ -368,10 +373,11 @@ class Router:
         order = order.tolist()
         ids = [m.id for m in kept]
         cat = category_name(self.category.classes_[int(pred["category"][0])]) if self.category.classes_ else None
-        ranked = [Candidate(ids[i], float(q[i]), float(cost[i]), prompt_tokens, int(round(float(out[i]))), float(S[i]),
-                            float(pw[i]), bool(near_best[i]),
-                            explain(r, ids, q, cost, near_best, order, t, fam, cat, float(pw[i])))
-                  for r, i in enumerate(order)]
+        ql, cl, pl, nb = q.tolist(), cost.tolist(), pw.tolist(), near_best.tolist()
+        sl, ol = S.tolist(), np.rint(out).astype(int).tolist()
+        reasons = explain(ids, ql, cl, nb, order, t, fam, cat, pl)
+        ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
+                  for i, why in zip(order, reasons)]
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version,
                              cat if fam >= 0.5 else None)
 
