@@ -20,7 +20,17 @@ from typing import Any, Callable
 
 import orjson
 
-from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key, spend_window_starts
+from .base import (
+    GENERATION_FIELDS,
+    JSON_FIELDS,
+    ActivityQuery,
+    KeyRecord,
+    activity_where,
+    breakdown_row,
+    breakdown_sql,
+    new_key,
+    spend_window_starts,
+)
 
 log = logging.getLogger("metarouter.store")
 
@@ -604,6 +614,38 @@ class SQLiteStore:
             )
             cols = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_pico"]
             return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+        await self.flush()
+        return await self._call(get)
+
+    async def search_generations(
+        self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = activity_where(query, lambda _: "?")
+        if before is not None:
+            where += " AND (created_at, id) < (?, ?)"
+            args += [float(before[0]), str(before[1])]
+
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*args, int(limit), int(offset)),
+            )
+            return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
+
+        await self.flush()
+        return await self._call(get)
+
+    async def activity_breakdown(
+        self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        # created_at is positive, so the integer cast floors
+        sql, names, args = breakdown_sql(query, by, bucket, limit, lambda _: "?",
+                                         lambda b: f"CAST(created_at / {b} AS INTEGER) * {b}")
+
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()]
 
         await self.flush()
         return await self._call(get)
