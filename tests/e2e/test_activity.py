@@ -328,7 +328,23 @@ def test_activity_page_filters_pages_exports_and_fits_a_phone(seeded, tmp_path):
         models = {r["model"] for r in recs}
         series = b.eval("[...document.querySelectorAll('#chart g.series')].map((g) => g.dataset.model)")
         assert sorted(series) == sorted(models) and len(series) == len(set(series))
-        assert b.eval("document.querySelectorAll('#chart g.series rect').length") > len(models)
+        # one bar per 3-hour bucket (7 days in at most 100 bars) that holds requests of the model
+        bars = dict(b.eval("[...document.querySelectorAll('#chart g.series')].map((g) => "
+                           "[g.dataset.model, g.querySelectorAll('rect').length])"))
+        assert bars == {m: len({r["created_at"] // 10800 for r in recs if r["model"] == m}) for m in models}
+        # the legend totals each model's spend, or its requests once the chart shows those
+        b.eval("document.querySelector('.seg button[data-metric=\"requests\"]').click()")
+        assert b.eval("document.getElementById('chart-title').textContent") == "Requests over time, by model"
+        legend = b.eval("[...document.querySelectorAll('#legend li')].map((li) => [li.children[1].textContent, "
+                        "li.children[2].textContent])")
+        assert dict(legend) == {m: str(sum(r["model"] == m for r in recs)) for m in models}
+        assert "metric=requests" in b.eval("location.search")
+        b.eval("document.querySelector('.seg button[data-metric=\"usage\"]').click()")
+        # the share of auto traffic per model
+        auto = {m: sum(r["model"] == m and r["router"] == "auto" for r in recs) for m in models}
+        shares = dict(b.eval("[...document.querySelectorAll('#models tbody tr')].map((tr) => "
+                             "[tr.dataset.model, tr.querySelector('.auto-share').textContent])"))
+        assert shares == {m: f"{round(100 * n / sum(auto.values()))}% ({n})" for m, n in auto.items()}
         # the first page, newest first; plain dollars, "< 1 ms", the provider
         assert rows(b) == everything[:50]
         assert b.eval("document.getElementById('page-info').textContent") == f"1–50 of {len(recs)}"
