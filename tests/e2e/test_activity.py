@@ -218,6 +218,15 @@ def test_summary_figures_share_one_window(seeded):
     assert narrowed["totals"]["requests"] == sum(r["model"] == MODELS[0] for r in inside)
     assert {k["id"] for k in s["facets"]["keys"]} >= {gw.ka, gw.kb}
     assert "keys" not in api(gw, "/summary", gw.key_a).json()["data"]["facets"]  # keys are the admin's to list
+    assert t["avg_latency_ms"] == pytest.approx(sum(r["latency_ms"] for r in inside) / len(inside))
+    # the admin's key filter narrows the figures, not the choices; a key's choices are its own
+    one_key = api(gw, "/summary", since=since, until=until, key=gw.kb).json()["data"]
+    assert one_key["totals"]["requests"] == sum(r["key_id"] == gw.kb for r in inside)
+    assert one_key["facets"]["apps"] == s["facets"]["apps"]
+    assert api(gw, "/summary", gw.key_b).json()["data"]["facets"]["apps"] == sorted(
+        {r["app_title"] for r in recs if r["key_id"] == gw.kb and r["app_title"]})
+    assert "facets" not in api(gw, "/summary", since=since, facets="false").json()["data"]
+    assert api(gw, "/summary", facets="no").status_code == 400
 
 
 def test_csv_export_has_the_filtered_rows_properly_quoted(seeded):

@@ -367,20 +367,23 @@ async def test_search_generations_filters_and_pages(store):
 
 async def test_activity_breakdown_totals_groups_and_buckets(store):
     from metarouter.store.base import ActivityQuery as Q
+    from metarouter.store.base import merge_breakdown
 
     ka, kb = await _activity_fixture(store)
     (total,) = await store.activity_breakdown(Q())
     assert total == {"requests": 6, "auto_requests": 3, "errors": 1, "cancelled": 1, "prompt_tokens": 26,
-                     "completion_tokens": 31, "reasoning_tokens": 6, "cost_pico": 315, "avg_latency_ms": 10.0,
-                     "first_at": T0 + 60, "last_at": T0 + DAY}
+                     "completion_tokens": 31, "reasoning_tokens": 6, "cost_pico": 315, "latency_ms_sum": 50.0,
+                     "latency_count": 5, "first_at": T0 + 60, "last_at": T0 + DAY}
     (none,) = await store.activity_breakdown(Q(since=T0 + 2 * DAY))
-    assert none["requests"] == 0 and none["cost_pico"] == 0 and none["avg_latency_ms"] is None
+    assert none["requests"] == 0 and none["cost_pico"] == 0 and none["latency_ms_sum"] == 0
+    assert none["first_at"] is None and merge_breakdown([]) == none
     assert await store.activity_breakdown(Q(since=T0 + 2 * DAY), by="model") == []
 
     def pick(rows, *names):
         return [tuple(r[n] for n in names) for r in rows]
 
     by_model = await store.activity_breakdown(Q(), by="model")
+    assert merge_breakdown(by_model) == total  # groups merge back into the totals
     assert pick(by_model, "model", "requests", "auto_requests", "errors", "cancelled", "cost_pico") == [
         ("m1", 4, 1, 1, 0, 195), ("m2", 2, 2, 0, 1, 120)]
     assert pick(await store.activity_breakdown(Q(key_id=ka), by="model"), "model", "requests") == [("m1", 3), ("m2", 1)]
@@ -398,5 +401,6 @@ async def test_activity_breakdown_totals_groups_and_buckets(store):
         (T0 + 7200, "m2", 1, 80)]
     daily = await store.activity_breakdown(Q(model="m1"), bucket=86400)
     assert pick(daily, "bucket", "requests", "cost_pico") == [(T0, 3, 35), (T0 + DAY, 1, 160)]
+    assert merge_breakdown(hourly) == (await store.activity_breakdown(Q(until=T0 + DAY)))[0]
     with pytest.raises(ValueError):
         await store.activity_breakdown(Q(), by="model; DROP TABLE generations")

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from ..catalog import pico_to_usd
 from ..errors import GatewayError
-from ..store.base import ActivityQuery
+from ..store.base import ActivityQuery, merge_breakdown
 from .app import MAX_APP_HEADER, api_routes, generation_view, json_response, usd_string
 
 STATUSES = ("ok", "error", "cancelled")
@@ -101,6 +101,13 @@ def _int(request: Request, name: str, default: int, lo: int, hi: int, *, clamp: 
     return value
 
 
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "true")
+    if raw not in ("true", "false"):
+        raise GatewayError(400, f"`{name}` must be true or false")
+    return raw == "true"
+
+
 def _filters(request: Request, key_id: str | None) -> ActivityQuery:
     """The filters of a request, all of which must hold: the dates and the epoch bounds narrow each other."""
     day_from, day_to = _window(request)
@@ -125,7 +132,7 @@ def _figures(row: dict[str, Any]) -> dict[str, Any]:
         "cancelled": row["cancelled"], "prompt_tokens": row["prompt_tokens"],
         "completion_tokens": row["completion_tokens"], "reasoning_tokens": row["reasoning_tokens"],
         "total_tokens": row["prompt_tokens"] + row["completion_tokens"], "usage": pico_to_usd(row["cost_pico"]),
-        "avg_latency_ms": row["avg_latency_ms"],
+        "avg_latency_ms": row["latency_ms_sum"] / row["latency_count"] if row["latency_count"] else None,
     }
 
 
@@ -175,24 +182,39 @@ async def apps(request: Request) -> Response:
 async def summary(request: Request) -> Response:
     """Everything the page's header shows, from one window and one set of filters: totals, the models (with
     their share of ``auto`` traffic), the chart's series per model, the apps, and the choices for each filter
-    (over the window alone, so that choosing one does not hide the others)."""
+    (over the window alone, so that choosing one does not hide the others; ``facets=false`` leaves them out).
+
+    Few scans of the records: the series (per bucket and model) merge into the models and the totals."""
     admin = _admin(request)
     query = _filters(request, await _scope(request))
+    with_facets = _flag(request, "facets")
     store = request.app.state.store
-    (totals,) = await store.activity_breakdown(query)
-    start, end, bucket = chart_span(query, totals["first_at"], time.time())
-    models = await store.activity_breakdown(query, by="model")
-    series = await store.activity_breakdown(dataclasses.replace(query, since=max(start, query.since or 0)),
-                                            by="model", bucket=bucket)
-    app_rows = await store.activity_breakdown(query, by="app", limit=TOP_APPS + 1)
-    window = ActivityQuery(since=query.since, until=query.until, key_id=query.key_id)
+    first_at = None
+    if query.since is None:  # the chart starts at the first record
+        first_at = (await store.activity_breakdown(query))[0]["first_at"]
+    start, end, bucket = chart_span(query, first_at, time.time())
+    series = await store.activity_breakdown(query, by="model", bucket=bucket)
+    per_model: dict[str | None, list[dict[str, Any]]] = {}
+    for row in series:
+        per_model.setdefault(row["model"], []).append(row)
+    models = [{"model": m, **merge_breakdown(rows)} for m, rows in per_model.items()]
+    totals = merge_breakdown(series)
+    app_rows = [a for a in await store.activity_breakdown(query, by="app", limit=FACET_LIMIT + 1) if a["app"] is not None]
     facets: dict[str, Any] = {}
-    for name, by in (("models", "model"), ("apps", "app"), ("providers", "provider"), ("statuses", "status")):
-        rows = models if by == "model" and window == query else await store.activity_breakdown(
-            window, by=by, limit=FACET_LIMIT)
-        facets[name] = sorted(r[by] for r in rows if r[by] is not None)
-    if admin:
-        facets["keys"] = [{"id": k.public_id, "label": k.label} for k in await store.list_keys()]
+    if with_facets:
+        # over the window and what the caller may see (the admin's `key` is a filter like the others)
+        window = ActivityQuery(since=query.since, until=query.until, key_id=None if admin else query.key_id)
+        narrowed = window != query
+        facets["models"] = sorted(r["model"] for r in (
+            await store.activity_breakdown(window, by="model", limit=FACET_LIMIT) if narrowed else models)
+            if r["model"] is not None)
+        facets["apps"] = sorted(r["app"] for r in (
+            await store.activity_breakdown(window, by="app", limit=FACET_LIMIT) if narrowed else app_rows[:FACET_LIMIT])
+            if r["app"] is not None)
+        facets["providers"] = sorted(r["provider"] for r in await store.activity_breakdown(
+            window, by="provider", limit=FACET_LIMIT) if r["provider"] is not None)
+        if admin:
+            facets["keys"] = [{"id": k.public_id, "label": k.label} for k in await store.list_keys()]
     auto_total = totals["auto_requests"]
     return json_response({"data": {
         "window": {"since": _iso(query.since), "until": _iso(query.until), "chart_start": _iso(start),
@@ -203,10 +225,10 @@ async def summary(request: Request) -> Response:
                    for m in sorted(models, key=lambda m: (-m["cost_pico"], -m["requests"], m["model"] or ""))],
         "series": [{"bucket": _iso(s["bucket"]), "model": s["model"], "requests": s["requests"],
                     "usage": pico_to_usd(s["cost_pico"]), "total_tokens": s["prompt_tokens"] + s["completion_tokens"]}
-                   for s in series],
+                   for s in series if s["bucket"] >= start],
         "apps": [{"app": a["app"], "requests": a["requests"], "total_tokens": a["prompt_tokens"] + a["completion_tokens"],
-                  "usage": pico_to_usd(a["cost_pico"])} for a in app_rows if a["app"] is not None][:TOP_APPS],
-        "facets": facets,
+                  "usage": pico_to_usd(a["cost_pico"])} for a in app_rows[:TOP_APPS]],
+        **({"facets": facets} if with_facets else {}),
     }})
 
 

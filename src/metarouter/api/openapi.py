@@ -299,7 +299,7 @@ _FIGURES = {
 }
 _ACTIVITY_SUMMARY = {
     "type": "object",
-    "required": ["window", "totals", "models", "series", "apps", "facets"],
+    "required": ["window", "totals", "models", "series", "apps"],
     "properties": {
         "window": {"type": "object", "required": ["since", "until", "chart_start", "chart_end", "bucket_seconds"],
                    "properties": {"since": _NSTR, "until": _NSTR, "chart_start": {"type": "string"},
@@ -316,8 +316,8 @@ _ACTIVITY_SUMMARY = {
         "apps": {"type": "array", "items": {
             "type": "object", "required": ["app", "requests", "total_tokens", "usage"],
             "properties": {"app": {"type": "string"}, "requests": _COUNT, "total_tokens": _COUNT, "usage": _NUM}}},
-        "facets": {"type": "object", "required": ["models", "apps", "providers", "statuses"], "properties": {
-            **{f: {"type": "array", "items": {"type": "string"}} for f in ("models", "apps", "providers", "statuses")},
+        "facets": {"type": "object", "required": ["models", "apps", "providers"], "properties": {
+            **{f: {"type": "array", "items": {"type": "string"}} for f in ("models", "apps", "providers")},
             "keys": {"type": "array", "description": "Admin only", "items": {
                 "type": "object", "required": ["id", "label"],
                 "properties": {"id": {"type": "string"}, "label": {"type": "string"}}}}}},
@@ -503,7 +503,9 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "operationId": "getActivitySummary", "security": activity_auth,
                 "summary": "The Activity page's figures over one window: totals, per model (with the share of "
                            "`auto` traffic), chart series, apps and each filter's choices",
-                "parameters": filters,
+                "parameters": [*filters, {"name": "facets", "in": "query", "required": False,
+                                          "schema": {"type": "string", "enum": ["true", "false"]},
+                                          "description": "`false`: without the filters' choices (default `true`)."}],
                 "responses": _responses(_json(_data(_ACTIVITY_SUMMARY), "Summary"), 400, 401, 403),
             }},
             "/activity/export.csv": {"get": {

@@ -135,7 +135,8 @@ ACTIVITY_GROUPS: dict[str, str] = {
     "model": "model", "provider": "provider", "app": "COALESCE(app_title, app_referer)", "key": "key_id",
     "status": "status",
 }
-#: the aggregates of every breakdown row, as (name, SQL); both backends return the same values for them
+#: the aggregates of every breakdown row, as (name, SQL): sums, counts, a minimum and a maximum, so that rows merge
+#: (:func:`merge_breakdown`); both backends return the same values for them
 ACTIVITY_AGGREGATES: tuple[tuple[str, str], ...] = (
     ("requests", "COUNT(*)"),
     ("auto_requests", "SUM(CASE WHEN router = 'auto' THEN 1 ELSE 0 END)"),
@@ -145,11 +146,26 @@ ACTIVITY_AGGREGATES: tuple[tuple[str, str], ...] = (
     ("completion_tokens", "SUM(completion_tokens)"),
     ("reasoning_tokens", "SUM(reasoning_tokens)"),
     ("cost_pico", "SUM(cost_pico)"),
-    ("avg_latency_ms", "AVG(latency_ms)"),
+    ("latency_ms_sum", "SUM(latency_ms)"),
+    ("latency_count", "COUNT(latency_ms)"),  # records with a latency
     ("first_at", "MIN(created_at)"),
     ("last_at", "MAX(created_at)"),
 )
-_FLOAT_AGGREGATES = ("avg_latency_ms", "first_at", "last_at")
+_FLOAT_AGGREGATES = ("latency_ms_sum", "first_at", "last_at")
+
+
+def merge_breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates of several breakdown rows together (what one row over all their records would say)."""
+    out: dict[str, Any] = {}
+    for name, _ in ACTIVITY_AGGREGATES:
+        values = [r[name] for r in rows if r[name] is not None]
+        if name == "first_at":
+            out[name] = min(values, default=None)
+        elif name == "last_at":
+            out[name] = max(values, default=None)
+        else:
+            out[name] = sum(values, 0.0 if name in _FLOAT_AGGREGATES else 0)
+    return out
 
 
 def activity_where(query: ActivityQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
@@ -186,11 +202,15 @@ def breakdown_sql(query: ActivityQuery, by: str | None, bucket: int | None, limi
 
 
 def breakdown_row(names: list[str], row: Any) -> dict[str, Any]:
-    """One breakdown row as a dict: counts and sums as ints (0 over no rows), the rest float or None."""
+    """One breakdown row as a dict: counts and token and cost sums as ints, the latency sum as a float (0 over no
+    rows), the first and last times as floats (None over no rows)."""
     d = dict(zip(names, row))
     for name, _ in ACTIVITY_AGGREGATES:
         v = d[name]
-        d[name] = (float(v) if v is not None else None) if name in _FLOAT_AGGREGATES else int(v or 0)
+        if name in ("first_at", "last_at"):
+            d[name] = float(v) if v is not None else None
+        else:
+            d[name] = float(v or 0) if name in _FLOAT_AGGREGATES else int(v or 0)
     if "bucket" in d:
         d["bucket"] = int(d["bucket"])
     return d

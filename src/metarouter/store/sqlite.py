@@ -8,6 +8,7 @@ batches: each batch is one transaction holding the records, the key charges and 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import queue
@@ -172,6 +173,8 @@ class SQLiteStore:
         self._max_vars = 999
         self._pending_lock = threading.Lock()
         self._drained = threading.Condition(self._pending_lock)
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None  # Activity's reads: see _read
+        self._reader_conn: sqlite3.Connection | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -189,6 +192,11 @@ class SQLiteStore:
         self._urgent.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
+        if self._reader is not None:
+            if self._reader_conn is not None:
+                self._reader.submit(self._reader_conn.close)
+            self._reader.shutdown(wait=True)
+            self._reader = self._reader_conn = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -634,8 +642,7 @@ class SQLiteStore:
             )
             return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
 
-        await self.flush()
-        return await self._call(get)
+        return await self._read(get)
 
     async def activity_breakdown(
         self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
@@ -647,8 +654,24 @@ class SQLiteStore:
         def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             return [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()]
 
+        return await self._read(get)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read-only query on a connection of its own, on a thread of its own, after every queued record is
+        written: a dashboard's scans of many records neither wait for the writer thread nor hold up the
+        reservations and charges queued behind them (WAL readers and the writer do not block each other)."""
         await self.flush()
-        return await self._call(get)
+        if self.path == ":memory:":  # a second connection would open another, empty database
+            return await self._call(fn)
+        if self._reader is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metarouter-sqlite-read")
+
+        def run() -> Any:
+            if self._reader_conn is None:
+                self._reader_conn = self._connect()
+            return fn(self._reader_conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
 
 APP_RANKING_SQL = (
