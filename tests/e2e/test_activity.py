@@ -122,6 +122,10 @@ def seeded(fake, tmp_path_factory):
         yield gw
 
 
+def day_of(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
 def newest_first(records: list[dict]) -> list[str]:
     return [r["id"] for r in sorted(records, key=lambda r: (r["created_at"], r["id"]), reverse=True)]
 
@@ -156,6 +160,10 @@ def test_generations_are_filtered_and_paged_by_the_server(seeded):
         ({"provider": "mistralai"}, lambda r: r["provider"] == "mistralai"),
         ({"key": gw.kb}, lambda r: r["key_id"] == gw.kb),
         ({"since": gw.now - 86400, "until": gw.now - 3600}, lambda r: gw.now - 86400 <= r["created_at"] < gw.now - 3600),
+        ({"date_from": day_of(gw.now - 86400), "date_to": day_of(gw.now - 86400)},
+         lambda r: day_of(r["created_at"]) == day_of(gw.now - 86400)),
+        ({"date_from": day_of(gw.now - 86400), "until": gw.now - 3600},  # both bounds hold
+         lambda r: day_of(r["created_at"]) >= day_of(gw.now - 86400) and r["created_at"] < gw.now - 3600),
         ({"model": MODELS[0], "status": "ok", "app": "Alpha App", "key": gw.ka},
          lambda r: (r["model"], r["status"], r["app_title"], r["key_id"]) == (MODELS[0], "ok", "Alpha App", gw.ka)),
     ]
@@ -423,6 +431,14 @@ def test_activity_page_filters_pages_exports_and_fits_a_phone(seeded, tmp_path):
         day = [r for r in recs if r["created_at"] >= gw.now - 86400]
         assert b.eval("document.getElementById('c-req').textContent") == str(len(day))
         assert b.eval("document.getElementById('page-info').textContent") == f"1–{min(50, len(day))} of {len(day)}"
+
+        # UTC dates, from the address
+        yday = day_of(gw.now - 86400)
+        b.open(f"{gw.url}/activity?window=custom&from={yday}&to={yday}")
+        b.wait(LOADED)
+        that_day = newest_first([r for r in recs if day_of(r["created_at"]) == yday])
+        assert b.eval("document.getElementById('c-req').textContent") == str(len(that_day))
+        assert rows(b) == that_day[:50] and b.eval("!document.querySelector('.toolbar .custom').hidden")
 
         # a phone: nothing wider than the screen, the same content
         b.viewport(390, 844, mobile=True)
