@@ -360,6 +360,13 @@ def test_sql_in_key_ids(gw, refused, sql):
     for params in ({"key": sql}, {"app": sql}):
         r = gw.http.get("/api/v1/activity", headers=auth(ADMIN), params=params)
         assert r.status_code == 200 and r.json()["data"] == []
+    for params in ({"key": sql}, {"app": sql}, {"model": sql}, {"provider": sql}):
+        r = gw.http.get("/api/v1/activity/generations", headers=auth(ADMIN), params=params)
+        assert r.status_code == 200 and r.json()["data"] == [] and r.json()["total_count"] == 0
+        r = gw.http.get("/api/v1/activity/summary", headers=auth(ADMIN), params=params)
+        assert r.status_code == 200 and r.json()["data"]["totals"]["requests"] == 0
+        r = gw.http.get("/api/v1/activity/export.csv", headers=auth(ADMIN), params=params)
+        assert r.status_code == 200 and r.text.count("\r\n") == 1  # the header alone
 
 
 @pytest.mark.parametrize("path", ["/api/v1/keys/..%2f..%2fetc%2fpasswd", "/api/v1/keys/%2e%2e",

@@ -50,6 +50,8 @@ PLAN = [
     ("addCredits", NEGATIVE, 30),
     ("getActivity", POSITIVE, 20),
     ("listGenerations", POSITIVE, 20),
+    ("getActivitySummary", POSITIVE, 15),
+    ("exportActivity", POSITIVE, 10),
     ("appRanking", POSITIVE, 10),
     ("listKeys", POSITIVE, 3),
     ("createKey", POSITIVE, 20),

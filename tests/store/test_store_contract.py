@@ -303,3 +303,104 @@ async def test_abandoned_holds_expire_and_late_releases_give_nothing_back_twice(
     await store.release(rec.public_id, 70)  # the late release of the expired hold
     assert await store.reserve(rec.public_id, 100)
     assert (await store.get_key(rec.public_id)).reserved_pico == 100
+
+
+# --- the Activity page's queries -------------------------------------------------------------------------------
+T0 = 1_699_920_000.0  # 2023-11-14 00:00 UTC: hour and day buckets start on round numbers
+
+
+async def _activity_fixture(store):
+    """Six records over two keys, two models, three statuses and two days; two share one timestamp."""
+    _, a = await store.create_key("a")
+    _, b = await store.create_key("b")
+    ka, kb = a.public_id, b.public_id
+    rows = [
+        gen(ka, 10, gid="gen-1", created_at=T0 + 60, model="m1", prompt=1, completion=2, router="auto",
+            app_title="Alpha", latency_ms=10.0),
+        gen(ka, 20, gid="gen-2", created_at=T0 + 3605, model="m1", prompt=3, completion=4, status="error",
+            error="upstream said no", app_title="Alpha", latency_ms=30.0),
+        gen(kb, 40, gid="gen-3", created_at=T0 + 3610, model="m2", provider="anthropic", prompt=5, completion=6,
+            router="auto", app_referer="https://b.example", latency_ms=0.5),
+        gen(ka, 80, gid="gen-4", created_at=T0 + 7200, model="m2", provider="anthropic", prompt=7, completion=8,
+            router="auto", status="cancelled", latency_ms=None),
+        gen(ka, 5, gid="gen-5", created_at=T0 + 7200, model="m1", prompt=1, completion=1, latency_ms=2.0),
+        gen(kb, 160, gid="gen-6", created_at=T0 + DAY, model="m1", prompt=9, completion=10, app_title="Alpha",
+            app_referer="https://alpha.example", latency_ms=7.5),
+    ]
+    for r in rows:
+        store.record_generation(r)
+    return ka, kb
+
+
+async def test_search_generations_filters_and_pages(store):
+    from metarouter.store.base import ActivityQuery as Q
+
+    ka, kb = await _activity_fixture(store)
+
+    async def ids(q, **kw):
+        return [g["id"] for g in await store.search_generations(q, **kw)]
+
+    # newest first; the two records of one instant by id, descending
+    assert await ids(Q()) == ["gen-6", "gen-5", "gen-4", "gen-3", "gen-2", "gen-1"]
+    assert await ids(Q(key_id=kb)) == ["gen-6", "gen-3"]
+    assert await ids(Q(model="m2")) == ["gen-4", "gen-3"]
+    assert await ids(Q(provider="anthropic", key_id=ka)) == ["gen-4"]
+    assert await ids(Q(status="error")) == ["gen-2"]
+    assert await ids(Q(app="Alpha")) == ["gen-6", "gen-2", "gen-1"]  # the title wins over the referer
+    assert await ids(Q(app="https://b.example")) == ["gen-3"]
+    assert await ids(Q(app="https://alpha.example")) == []
+    assert await ids(Q(since=T0 + 3605, until=T0 + 7200)) == ["gen-3", "gen-2"]  # since inclusive, until not
+    assert await ids(Q(app="x' OR '1'='1")) == [] and await ids(Q(model="m1", status="cancelled")) == []
+    # pages by offset, and by keyset from the last record seen, both cover everything once
+    pages = [await ids(Q(), limit=4, offset=off) for off in (0, 4, 8)]
+    assert pages == [["gen-6", "gen-5", "gen-4", "gen-3"], ["gen-2", "gen-1"], []]
+    seen, before = [], None
+    while batch := await store.search_generations(Q(), limit=2, before=before):
+        seen += [g["id"] for g in batch]
+        before = (batch[-1]["created_at"], batch[-1]["id"])
+    assert seen == await ids(Q())
+    # whole records, with the error and the provider
+    (rec,) = await store.search_generations(Q(status="error"))
+    assert (rec["error"], rec["provider"], rec["key_id"], rec["latency_ms"]) == ("upstream said no", "openai", ka, 30.0)
+    assert rec["attempts"] == [{"model": "m1", "status": 200}]
+
+
+async def test_activity_breakdown_totals_groups_and_buckets(store):
+    from metarouter.store.base import ActivityQuery as Q
+    from metarouter.store.base import merge_breakdown
+
+    ka, kb = await _activity_fixture(store)
+    (total,) = await store.activity_breakdown(Q())
+    assert total == {"requests": 6, "auto_requests": 3, "errors": 1, "cancelled": 1, "prompt_tokens": 26,
+                     "completion_tokens": 31, "reasoning_tokens": 6, "cost_pico": 315, "latency_ms_sum": 50.0,
+                     "latency_count": 5, "first_at": T0 + 60, "last_at": T0 + DAY}
+    (none,) = await store.activity_breakdown(Q(since=T0 + 2 * DAY))
+    assert none["requests"] == 0 and none["cost_pico"] == 0 and none["latency_ms_sum"] == 0
+    assert none["first_at"] is None and merge_breakdown([]) == none
+    assert await store.activity_breakdown(Q(since=T0 + 2 * DAY), by="model") == []
+
+    def pick(rows, *names):
+        return [tuple(r[n] for n in names) for r in rows]
+
+    by_model = await store.activity_breakdown(Q(), by="model")
+    assert merge_breakdown(by_model) == total  # groups merge back into the totals
+    assert pick(by_model, "model", "requests", "auto_requests", "errors", "cancelled", "cost_pico") == [
+        ("m1", 4, 1, 1, 0, 195), ("m2", 2, 2, 0, 1, 120)]
+    assert pick(await store.activity_breakdown(Q(key_id=ka), by="model"), "model", "requests") == [("m1", 3), ("m2", 1)]
+    # apps: most requests first, records without an app last
+    by_app = await store.activity_breakdown(Q(), by="app")
+    assert pick(by_app, "app", "requests", "cost_pico") == [("Alpha", 3, 190), (None, 2, 85), ("https://b.example", 1, 40)]
+    assert pick(await store.activity_breakdown(Q(), by="app", limit=1), "app") == [("Alpha",)]
+    assert pick(await store.activity_breakdown(Q(), by="key"), "key", "requests") == [(ka, 4), (kb, 2)]
+    assert pick(await store.activity_breakdown(Q(), by="status"), "status", "requests") == [
+        ("ok", 4), ("cancelled", 1), ("error", 1)]
+    # hour buckets (UTC), per model
+    hourly = await store.activity_breakdown(Q(until=T0 + DAY), by="model", bucket=3600)
+    assert pick(hourly, "bucket", "model", "requests", "cost_pico") == [
+        (T0, "m1", 1, 10), (T0 + 3600, "m1", 1, 20), (T0 + 3600, "m2", 1, 40), (T0 + 7200, "m1", 1, 5),
+        (T0 + 7200, "m2", 1, 80)]
+    daily = await store.activity_breakdown(Q(model="m1"), bucket=86400)
+    assert pick(daily, "bucket", "requests", "cost_pico") == [(T0, 3, 35), (T0 + DAY, 1, 160)]
+    assert merge_breakdown(hourly) == (await store.activity_breakdown(Q(until=T0 + DAY)))[0]
+    with pytest.raises(ValueError):
+        await store.activity_breakdown(Q(), by="model; DROP TABLE generations")

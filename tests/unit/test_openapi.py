@@ -22,7 +22,8 @@ def test_document_is_valid_openapi_3_1():
     names = {(op.method.upper(), op.path) for op in ops}
     for expected in [("POST", "/chat/completions"), ("GET", "/models"), ("GET", "/generation"), ("GET", "/key"),
                      ("GET", "/credits"), ("POST", "/credits"), ("GET", "/activity"),
-                     ("GET", "/activity/generations"), ("GET", "/activity/apps"), ("GET", "/keys"),
+                     ("GET", "/activity/generations"), ("GET", "/activity/apps"), ("GET", "/activity/summary"),
+                     ("GET", "/activity/export.csv"), ("GET", "/keys"),
                      ("POST", "/keys"), ("GET", "/keys/{public_id}"), ("PATCH", "/keys/{public_id}"),
                      ("DELETE", "/keys/{public_id}")]:
         assert expected in names

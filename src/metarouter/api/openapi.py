@@ -308,6 +308,40 @@ _GENERATION = {
     },
 }
 
+_COUNT = {"type": "integer", "minimum": 0}
+#: a breakdown row of the Activity summary: counts, tokens, USD
+_FIGURES = {
+    "requests": _COUNT, "auto_requests": _COUNT, "errors": _COUNT, "cancelled": _COUNT, "prompt_tokens": _COUNT,
+    "completion_tokens": _COUNT, "reasoning_tokens": _COUNT, "total_tokens": _COUNT, "usage": _NUM,
+    "avg_latency_ms": _NNUM,
+}
+_ACTIVITY_SUMMARY = {
+    "type": "object",
+    "required": ["window", "totals", "models", "series", "apps"],
+    "properties": {
+        "window": {"type": "object", "required": ["since", "until", "chart_start", "chart_end", "bucket_seconds"],
+                   "properties": {"since": _NSTR, "until": _NSTR, "chart_start": {"type": "string"},
+                                  "chart_end": {"type": "string"}, "bucket_seconds": {"type": "integer"}}},
+        "totals": {"type": "object", "required": list(_FIGURES),
+                   "properties": {**_FIGURES, "first_at": _NSTR, "last_at": _NSTR}},
+        "models": {"type": "array", "items": {
+            "type": "object", "required": ["model", "requests", "auto_requests", "auto_share", "usage"],
+            "properties": {"model": _NSTR, **_FIGURES, "auto_share": {"type": "number", "minimum": 0, "maximum": 1}}}},
+        "series": {"type": "array", "items": {
+            "type": "object", "required": ["bucket", "model", "requests", "usage", "total_tokens"],
+            "properties": {"bucket": {"type": "string"}, "model": _NSTR, "requests": _COUNT, "usage": _NUM,
+                           "total_tokens": _COUNT}}},
+        "apps": {"type": "array", "items": {
+            "type": "object", "required": ["app", "requests", "total_tokens", "usage"],
+            "properties": {"app": {"type": "string"}, "requests": _COUNT, "total_tokens": _COUNT, "usage": _NUM}}},
+        "facets": {"type": "object", "required": ["models", "apps", "providers"], "properties": {
+            **{f: {"type": "array", "items": {"type": "string"}} for f in ("models", "apps", "providers")},
+            "keys": {"type": "array", "description": "Admin only", "items": {
+                "type": "object", "required": ["id", "label"],
+                "properties": {"id": {"type": "string"}, "label": {"type": "string"}}}}}},
+    },
+}
+
 _KEY_INFO = {
     "type": "object",
     "required": ["label", "usage", "limit", "limit_remaining"],
@@ -388,6 +422,23 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
     window = [
         {"name": "date_from", "in": "query", "required": False, "schema": _DATE},
         {"name": "date_to", "in": "query", "required": False, "schema": _DATE},
+    ]
+    epoch = {"type": "number", "minimum": 0, "maximum": 253_402_300_799}
+    text = {"type": "string", "maxLength": 1024}
+    filters = [
+        *window,
+        {"name": "since", "in": "query", "required": False, "schema": epoch,
+         "description": "Records at or after this time, epoch seconds (with `date_from`: both hold)."},
+        {"name": "until", "in": "query", "required": False, "schema": epoch,
+         "description": "Records before this time, epoch seconds (with `date_to`: both hold)."},
+        {"name": "app", "in": "query", "required": False, "schema": text,
+         "description": "The app: its X-Title, else its HTTP-Referer."},
+        {"name": "model", "in": "query", "required": False, "schema": text, "description": "The model that served."},
+        {"name": "provider", "in": "query", "required": False, "schema": text},
+        {"name": "status", "in": "query", "required": False,
+         "schema": {"type": "string", "enum": ["ok", "error", "cancelled"]}},
+        {"name": "key", "in": "query", "required": False, "schema": text,
+         "description": "Admin only: one key's activity (a key's own activity otherwise)."},
     ]
     key_id = {"name": "public_id", "in": "path", "required": True,
               "schema": {"type": "string"}, "description": "A key's public id (12 hex digits); others are 404."}
@@ -479,12 +530,34 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                                    "total_tokens": {"type": "integer"}}}}), "Activity"), 400, 401, 403),
             }},
             "/activity/generations": {"get": {
-                "operationId": "listGenerations", "summary": "Recent generations", "security": activity_auth,
-                "parameters": [window[0], {"name": "limit", "in": "query", "required": False,
-                                           "schema": {"type": "integer"},
-                                           "description": "Clamped to 1..500 (default 50)."}],
-                "responses": _responses(_json(_data({"type": "array", "items": _GENERATION}), "Generations"),
-                                        400, 401, 403),
+                "operationId": "listGenerations", "summary": "Generations, newest first, filtered and paged",
+                "security": activity_auth,
+                "parameters": [*filters,
+                               {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"},
+                                "description": "Clamped to 1..500 (default 50)."},
+                               {"name": "offset", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 10**9}}],
+                "responses": _responses(_json({
+                    "type": "object", "required": ["data", "total_count", "limit", "offset"],
+                    "properties": {"data": {"type": "array", "items": _GENERATION}, "total_count": _COUNT,
+                                   "limit": {"type": "integer"}, "offset": {"type": "integer"}}}, "Generations"),
+                    400, 401, 403),
+            }},
+            "/activity/summary": {"get": {
+                "operationId": "getActivitySummary", "security": activity_auth,
+                "summary": "The Activity page's figures over one window: totals, per model (with the share of "
+                           "`auto` traffic), chart series, apps and each filter's choices",
+                "parameters": [*filters, {"name": "facets", "in": "query", "required": False,
+                                          "schema": {"type": "string", "enum": ["true", "false"]},
+                                          "description": "`false`: without the filters' choices (default `true`)."}],
+                "responses": _responses(_json(_data(_ACTIVITY_SUMMARY), "Summary"), 400, 401, 403),
+            }},
+            "/activity/export.csv": {"get": {
+                "operationId": "exportActivity", "security": activity_auth,
+                "summary": "Every generation the filters cover, newest first, as CSV (RFC 4180)",
+                "parameters": filters,
+                "responses": _responses({"description": "CSV with a header row", "content": {
+                    "text/csv": {"schema": {"type": "string"}}}}, 400, 401, 403),
             }},
             "/activity/apps": {"get": {
                 "operationId": "appRanking", "summary": "Apps by tokens", "security": activity_auth,

@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 KEY_PREFIX = "sk-mr-"
 
@@ -108,6 +108,114 @@ GENERATION_FIELDS: tuple[str, ...] = (
 JSON_FIELDS = ("attempts", "routing")
 
 
+@dataclass(frozen=True, slots=True)
+class ActivityQuery:
+    """Which generation records an Activity view covers; every field that is set narrows it (all must hold)."""
+
+    since: float | None = None  # created_at >= since (epoch seconds)
+    until: float | None = None  # created_at < until
+    key_id: str | None = None
+    app: str | None = None  # the app as Activity names it: X-Title, else HTTP-Referer
+    model: str | None = None  # the model that served the request
+    provider: str | None = None
+    status: str | None = None  # "ok", "error" or "cancelled"
+
+    def conditions(self) -> list[tuple[str, Any]]:
+        """SQL conditions, each with one ``{}`` where its value's placeholder goes, and that value."""
+        since, until = (float(t) if t is not None else None for t in (self.since, self.until))
+        return [(cond, val) for cond, val in (
+            ("created_at >= {}", since), ("created_at < {}", until), ("key_id = {}", self.key_id),
+            (f"{ACTIVITY_GROUPS['app']} = {{}}", self.app), ("model = {}", self.model),
+            ("provider = {}", self.provider), ("status = {}", self.status),
+        ) if val is not None]
+
+
+#: what :meth:`Store.activity_breakdown` may group by: name -> SQL expression (an allow-list: never user input)
+ACTIVITY_GROUPS: dict[str, str] = {
+    "model": "model", "provider": "provider", "app": "COALESCE(app_title, app_referer)", "key": "key_id",
+    "status": "status",
+}
+#: the aggregates of every breakdown row, as (name, SQL): sums, counts, a minimum and a maximum, so that rows merge
+#: (:func:`merge_breakdown`); both backends return the same values for them
+ACTIVITY_AGGREGATES: tuple[tuple[str, str], ...] = (
+    ("requests", "COUNT(*)"),
+    ("auto_requests", "SUM(CASE WHEN router = 'auto' THEN 1 ELSE 0 END)"),
+    ("errors", "SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END)"),
+    ("cancelled", "SUM(CASE WHEN status = 'cancelled' THEN 1 ELSE 0 END)"),
+    ("prompt_tokens", "SUM(prompt_tokens)"),
+    ("completion_tokens", "SUM(completion_tokens)"),
+    ("reasoning_tokens", "SUM(reasoning_tokens)"),
+    ("cost_pico", "SUM(cost_pico)"),
+    ("latency_ms_sum", "SUM(latency_ms)"),
+    ("latency_count", "COUNT(latency_ms)"),  # records with a latency
+    ("first_at", "MIN(created_at)"),
+    ("last_at", "MAX(created_at)"),
+)
+_FLOAT_AGGREGATES = ("latency_ms_sum", "first_at", "last_at")
+
+
+def merge_breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates of several breakdown rows together (what one row over all their records would say)."""
+    out: dict[str, Any] = {}
+    for name, _ in ACTIVITY_AGGREGATES:
+        values = [r[name] for r in rows if r[name] is not None]
+        if name == "first_at":
+            out[name] = min(values, default=None)
+        elif name == "last_at":
+            out[name] = max(values, default=None)
+        else:
+            out[name] = sum(values, 0.0 if name in _FLOAT_AGGREGATES else 0)
+    return out
+
+
+def activity_where(query: ActivityQuery, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause of ``query`` and its arguments; ``placeholder(n)`` writes the n-th (from 1)."""
+    conds = query.conditions()
+    clause = " AND ".join(["1=1"] + [c.format(placeholder(i)) for i, (c, _) in enumerate(conds, start=1)])
+    return clause, [v for _, v in conds]
+
+
+def breakdown_sql(query: ActivityQuery, by: str | None, bucket: int | None, limit: int | None,
+                  placeholder: Callable[[int], str], floor: Callable[[int], str]) -> tuple[str, list[str], list[Any]]:
+    """The SQL of :meth:`Store.activity_breakdown`, the names of its columns and its arguments; ``floor(b)``
+    writes the start of ``created_at``'s ``b``-second bucket as an integer."""
+    if by is not None and by not in ACTIVITY_GROUPS:
+        raise ValueError(f"cannot group activity by {by!r}")
+    where, args = activity_where(query, placeholder)
+    names, cols = [], []
+    if bucket is not None:
+        names.append("bucket")
+        cols.append(floor(int(bucket)))
+    if by is not None:
+        names.append(by)
+        cols.append(ACTIVITY_GROUPS[by])
+    group = f" GROUP BY {', '.join(cols)}" if cols else ""
+    order = cols[:1] if bucket is not None else []
+    order.append("COUNT(*) DESC")
+    if by is not None:
+        order += [f"{ACTIVITY_GROUPS[by]} IS NULL", ACTIVITY_GROUPS[by]]
+    names += [n for n, _ in ACTIVITY_AGGREGATES]
+    cols += [sql for _, sql in ACTIVITY_AGGREGATES]
+    sql = (f"SELECT {', '.join(cols)} FROM generations WHERE {where}{group} ORDER BY {', '.join(order)}"
+           + (f" LIMIT {int(limit)}" if limit is not None else ""))
+    return sql, names, args
+
+
+def breakdown_row(names: list[str], row: Any) -> dict[str, Any]:
+    """One breakdown row as a dict: counts and token and cost sums as ints, the latency sum as a float (0 over no
+    rows), the first and last times as floats (None over no rows)."""
+    d = dict(zip(names, row))
+    for name, _ in ACTIVITY_AGGREGATES:
+        v = d[name]
+        if name in ("first_at", "last_at"):
+            d[name] = float(v) if v is not None else None
+        else:
+            d[name] = float(v or 0) if name in _FLOAT_AGGREGATES else int(v or 0)
+    if "bucket" in d:
+        d["bucket"] = int(d["bucket"])
+    return d
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
@@ -182,4 +290,20 @@ class Store(Protocol):
         self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
         """Calling apps (``X-Title``, else ``HTTP-Referer``) by total tokens: app, requests, tokens, cost_pico."""
+        ...
+
+    async def search_generations(
+        self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The records ``query`` covers, newest first (``created_at``, then ``id``, descending): ``limit`` of them
+        after skipping ``offset``, or, with ``before=(created_at, id)``, those after that record (keyset paging)."""
+        ...
+
+    async def activity_breakdown(
+        self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The :data:`ACTIVITY_AGGREGATES` of the records ``query`` covers, per value of ``by`` (a key of
+        :data:`ACTIVITY_GROUPS`, under that name) and per ``bucket``-second UTC interval (``bucket``: its start,
+        epoch seconds). Ordered by bucket, then requests (descending), then the value (nulls last); ``limit``
+        caps the rows. Without ``by`` and ``bucket``: exactly one row, the totals."""
         ...

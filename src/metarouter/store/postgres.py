@@ -36,7 +36,17 @@ from typing import Any
 import asyncpg
 import orjson
 
-from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key, spend_window_starts
+from .base import (
+    GENERATION_FIELDS,
+    JSON_FIELDS,
+    ActivityQuery,
+    KeyRecord,
+    activity_where,
+    breakdown_row,
+    breakdown_sql,
+    new_key,
+    spend_window_starts,
+)
 
 log = logging.getLogger("metarouter.store")
 
@@ -553,3 +563,27 @@ class PostgresStore:
             *args,
         )
         return [dict(r) for r in rows]
+
+    async def search_generations(
+        self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = activity_where(query, lambda n: f"${n}")
+        if before is not None:
+            args += [float(before[0]), str(before[1])]
+            where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
+        args += [int(limit), int(offset)]
+        await self.flush()
+        rows = await self._require().fetch(
+            f"SELECT {_GEN_COLS} FROM generations WHERE {where} "
+            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+            *args,
+        )
+        return [_generation(r) for r in rows]
+
+    async def activity_breakdown(
+        self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        sql, names, args = breakdown_sql(query, by, bucket, limit, lambda n: f"${n}",
+                                         lambda b: f"(floor(created_at / {b}) * {b})::bigint")
+        await self.flush()
+        return [breakdown_row(names, tuple(r)) for r in await self._require().fetch(sql, *args)]

@@ -8,6 +8,7 @@ batches: each batch is one transaction holding the records, the key charges and 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import queue
@@ -20,7 +21,17 @@ from typing import Any, Callable
 
 import orjson
 
-from .base import GENERATION_FIELDS, JSON_FIELDS, KeyRecord, new_key, spend_window_starts
+from .base import (
+    GENERATION_FIELDS,
+    JSON_FIELDS,
+    ActivityQuery,
+    KeyRecord,
+    activity_where,
+    breakdown_row,
+    breakdown_sql,
+    new_key,
+    spend_window_starts,
+)
 
 log = logging.getLogger("metarouter.store")
 
@@ -162,6 +173,8 @@ class SQLiteStore:
         self._max_vars = 999
         self._pending_lock = threading.Lock()
         self._drained = threading.Condition(self._pending_lock)
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None  # Activity's reads: see _read
+        self._reader_conn: sqlite3.Connection | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -179,6 +192,11 @@ class SQLiteStore:
         self._urgent.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
+        if self._reader is not None:
+            if self._reader_conn is not None:
+                self._reader.submit(self._reader_conn.close)
+            self._reader.shutdown(wait=True)
+            self._reader = self._reader_conn = None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -607,6 +625,53 @@ class SQLiteStore:
 
         await self.flush()
         return await self._call(get)
+
+    async def search_generations(
+        self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        where, args = activity_where(query, lambda _: "?")
+        if before is not None:
+            where += " AND (created_at, id) < (?, ?)"
+            args += [float(before[0]), str(before[1])]
+
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = conn.execute(
+                f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*args, int(limit), int(offset)),
+            )
+            return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
+
+        return await self._read(get)
+
+    async def activity_breakdown(
+        self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        # created_at is positive, so the integer cast floors
+        sql, names, args = breakdown_sql(query, by, bucket, limit, lambda _: "?",
+                                         lambda b: f"CAST(created_at / {b} AS INTEGER) * {b}")
+
+        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()]
+
+        return await self._read(get)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run a read-only query on a connection of its own, on a thread of its own, after every queued record is
+        written: a dashboard's scans of many records neither wait for the writer thread nor hold up the
+        reservations and charges queued behind them (WAL readers and the writer do not block each other)."""
+        await self.flush()
+        if self.path == ":memory:":  # a second connection would open another, empty database
+            return await self._call(fn)
+        if self._reader is None:
+            self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metarouter-sqlite-read")
+
+        def run() -> Any:
+            if self._reader_conn is None:
+                self._reader_conn = self._connect()
+            return fn(self._reader_conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader, run)
 
 
 APP_RANKING_SQL = (
