@@ -219,13 +219,14 @@ _USAGE = {
 
 _CHAT_RESPONSE = {
     "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
+    "required": ["id", "object", "created", "model", "system_fingerprint", "choices"],
     "properties": {
         "id": {"type": "string"},
         "object": {"const": "chat.completion"},
         "created": {"type": "integer"},
         "model": {"type": "string"},
         "provider": {"type": "string"},
+        "system_fingerprint": _NSTR,
         "choices": {"type": "array", "items": {
             "type": "object",
             "required": ["index", "message"],
@@ -306,7 +307,9 @@ _KEY_INFO = {
 _CREDITS = {
     "type": "object",
     "required": ["total_credits", "total_usage", "unlimited"],
-    "properties": {"total_credits": _NNUM, "total_usage": _NUM, "unlimited": {"type": "boolean"}},
+    "properties": {"total_credits": _NUM, "total_usage": _NUM,
+                   "unlimited": {"type": "boolean", "description": "no account credit is set: spending is bounded "
+                                 "by key limits only, and `total_credits` is the most the account could hold"}},
 }
 
 _ADMIN_KEY = {

@@ -422,11 +422,11 @@ class Gateway:
             "created": int(time.time()),
             "model": model.id,
             "provider": provider_display(provider.name),
+            # required (nullable) in OpenRouter's schema: its SDK rejects an answer without it
+            "system_fingerprint": out.get("system_fingerprint"),
             "choices": out.get("choices") or [],
             "usage": usage_with_cost(usage, cost),
         }
-        if out.get("system_fingerprint"):
-            response["system_fingerprint"] = out["system_fingerprint"]
         if ctx.want_metadata:
             response["openrouter_metadata"] = self._metadata(plan, attempts, model)
         return response
@@ -506,14 +506,17 @@ class _StreamRun:
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
         self.upstream_id: str | None = None
+        self.fingerprint: str | None = None  # the upstream's system_fingerprint, once it sent one
         self.error: GatewayError | None = None
         self.provider_name = provider_display(provider.name)
         self.drop_reasoning = excludes_reasoning(body)
 
     def _stamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        if chunk.get("system_fingerprint"):
+            self.fingerprint = chunk["system_fingerprint"]
         out = {
             "id": self.gen_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.id,
-            "provider": self.provider_name,
+            "provider": self.provider_name, "system_fingerprint": self.fingerprint,
         }
         out.update(chunk)
         for c in chunk.get("choices") or ():
@@ -588,7 +591,7 @@ class _StreamRun:
                 self.finish_reason = "error"
                 yield sse_data(self._stamp({
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "error", "native_finish_reason": "error"}],
-                    "error": {"code": self.error.status, "message": self.error.message},
+                    "error": self.error.stream_body(),
                 }))
             usage = self._usage(translator.usage)
             cost = self.model.cost_pico(usage["prompt_tokens"], usage["completion_tokens"])

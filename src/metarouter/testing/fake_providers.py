@@ -412,6 +412,8 @@ def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str,
         return FakeReply(int(m.group(1)), mistral_error(int(m.group(1))))
 
     def fix(obj: dict[str, Any], chunk: bool) -> None:
+        obj.pop("system_fingerprint", None)  # Mistral's ChatCompletionResponse has neither
+        obj.pop("service_tier", None)
         for c in obj.get("choices") or []:
             for i, tc in enumerate((c.get("delta") if chunk else c.get("message", {})).get("tool_calls") or []):
                 if "id" in tc:
