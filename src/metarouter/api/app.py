@@ -78,6 +78,17 @@ def credits_view(credits: int | None, usage: int) -> dict[str, Any]:
             "total_usage": pico_to_usd(usage), "unlimited": credits is None}
 
 
+def header_text(value: str | None) -> str | None:
+    """A header value as the client wrote it. HTTP carries bytes and Starlette reads them as Latin-1, but clients
+    send UTF-8 (``X-Title: Résumé ✨``): read them as UTF-8, and as Latin-1 only when they are not valid UTF-8."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type=JSON, headers=headers)
 
@@ -225,8 +236,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     def context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
         h = request.headers
-        referer = h.get("http-referer") or h.get("referer") or None
-        title = h.get("x-openrouter-title") or h.get("x-title") or None
+        referer = header_text(h.get("http-referer") or h.get("referer") or None)
+        title = header_text(h.get("x-openrouter-title") or h.get("x-title") or None)
         return RequestContext(
             key=key,
             app_referer=referer[:MAX_APP_HEADER] if referer else None,
