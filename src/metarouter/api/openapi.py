@@ -166,7 +166,9 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
             "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
             "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
             "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
-            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128,
+                  "description": "Choices to generate where the provider supports it (OpenAI, Mistral, "
+                                 "Together); elsewhere n > 1 is a 400."},
             "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
             "logprobs": {"type": ["boolean", "null"]},
             "stop": {"oneOf": [{"type": "string"},

@@ -182,6 +182,7 @@ class Gateway:
             return 0, None
         prompt_tokens = estimate_prompt_tokens(body, conservative=True)
         max_tokens = requested_max_tokens(body)
+        choices = body.get("n") or 1  # each choice may use max_tokens
         capped_body = None
         if max_tokens is None:
             fresh = await self.store.get_key(key.public_id) if key is not None else None
@@ -190,13 +191,13 @@ class Gateway:
                 None if credits is None else credits - usage,
             ) if r is not None]
             left = min(remaining) - prompt_tokens * model.input_pico
-            affordable = left // model.output_pico if model.output_pico else model.max_output()
+            affordable = left // (model.output_pico * choices) if model.output_pico else model.max_output()
             if affordable < 1:
                 raise _no_credit(model)
             max_tokens = min(model.max_output(), affordable)
             if max_tokens < model.max_output():
                 capped_body = {**body, "max_tokens": max_tokens}
-        worst = model.cost_pico(prompt_tokens, max_tokens)
+        worst = model.cost_pico(prompt_tokens, max_tokens * choices)
         if key is None:
             return 0, capped_body
         if not await self.store.reserve(key.public_id, worst):
@@ -296,6 +297,7 @@ class Gateway:
         n = len(plan.candidates)
         needs_vision = message_text_and_images(body["messages"])[1] > 0
         needs_tools = bool(body.get("tools"))
+        several_choices = (body.get("n") or 1) > 1
         require_params = bool((body.get("provider") or {}).get("require_parameters"))
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
@@ -309,6 +311,14 @@ class Gateway:
                 attempts.append(Attempt(model.id, provider.name, 404, f"does not support {gap}"))
                 last_error = GatewayError(404, f"No endpoints found that support {gap} (tried {model.id})",
                                           metadata={"model": model.id}, retryable=False)
+                continue
+            if several_choices and "n" not in get_adapter(provider).supported_parameters(model):
+                # never dropped silently: the client would get one choice where it asked for several
+                msg = (f"n > 1 (several choices) is not supported by {model.id} (provider {provider.name}); "
+                       "send n: 1, or use a model whose provider supports n")
+                attempts.append(Attempt(model.id, provider.name, 400, msg))
+                last_error = GatewayError(400, msg, metadata={"model": model.id, "provider_name": provider.name,
+                                                              "param": "n"}, retryable=False)
                 continue
             if require_params:
                 unsupported = check_parameters(body, get_adapter(provider), model)

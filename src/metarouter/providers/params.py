@@ -93,6 +93,8 @@ def markdown() -> str:
         "",
         "Which OpenAI chat-completions parameters each adapter forwards upstream. Parameters a model does not",
         "support are dropped; with `provider: {\"require_parameters\": true}` the request is rejected instead.",
+        "`n` > 1 is never dropped: where it is not supported the request is a 400 naming the model and provider",
+        "(fallback lists and `auto` skip those models). Every choice's tokens are billed.",
         "",
         "| parameter | " + " | ".join(families) + " |",
         "|---|" + "---|" * len(families),

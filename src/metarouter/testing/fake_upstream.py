@@ -12,6 +12,7 @@ It runs its own event loop in a thread, so synchronous and asynchronous tests ca
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -89,24 +90,24 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     cid = "chatcmpl-fake" + format(abs(hash((text_in, created))) % 10**12, "012d")
     tools = body.get("tools") or []
     wants_tool = tools and messages and messages[-1].get("role") == "user" and body.get("tool_choice") != "none"
-    reply = f"You said: {text_in}"
+    said = f"You said: {text_in}"
     if body.get("response_format", {}).get("type") in ("json_object", "json_schema"):
-        reply = orjson.dumps({"echo": text_in}).decode()
-    if wants_tool:
-        fn = tools[0]["function"]["name"]
-        args = orjson.dumps({"query": text_in}).decode()
-        message = {"role": "assistant", "content": None, "refusal": None,
-                   "tool_calls": [{"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": args}}]}
-        finish = "tool_calls"
-        completion_tokens = count_tokens(fn + args)
-    else:
-        max_t = body.get("max_tokens") or body.get("max_completion_tokens")
-        finish = "stop"
+        said = orjson.dumps({"echo": text_in}).decode()
+    max_t = body.get("max_tokens") or body.get("max_completion_tokens")
+    choices = []  # (message, finish reason, completion tokens) for each of the n choices; the first as ever
+    for i in range(body.get("n") or 1):
+        if wants_tool:
+            fn = tools[0]["function"]["name"]
+            args = orjson.dumps({"query": text_in if i == 0 else f"{text_in} #{i + 1}"}).decode()
+            choices.append(({"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                {"id": f"call_fake{i + 1}", "type": "function", "function": {"name": fn, "arguments": args}}]},
+                "tool_calls", count_tokens(fn + args)))
+            continue
+        reply, finish = (said if i == 0 else f"{said} #{i + 1}"), "stop"
         if max_t is not None and count_tokens(reply) > max_t:
-            reply = reply[: max_t * 4]
-            finish = "length"
-        message = {"role": "assistant", "content": reply, "refusal": None}
-        completion_tokens = count_tokens(reply)
+            reply, finish = reply[: max_t * 4], "length"
+        choices.append(({"role": "assistant", "content": reply, "refusal": None}, finish, count_tokens(reply)))
+    completion_tokens = sum(c[2] for c in choices)  # the prompt is counted once, every choice's output
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens,
              "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
@@ -116,7 +117,8 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         return FakeReply(200, {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": "fp_fake", "service_tier": "default",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                        for i, (message, finish, _) in enumerate(choices)],
             "usage": usage,
         })
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -125,23 +127,25 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
 
-    frames = [frame([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
-                      "logprobs": None, "finish_reason": None}])]
-    if wants_tool:
-        tc = message["tool_calls"][0]
-        frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": tc["id"], "type": "function",
-                              "function": {"name": tc["function"]["name"], "arguments": ""}}]},
-                              "logprobs": None, "finish_reason": None}]))
-        args = tc["function"]["arguments"]
-        for i in range(0, len(args), 8):
-            frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
-                "arguments": args[i:i + 8]}}]}, "logprobs": None, "finish_reason": None}]))
-    else:
-        words = message["content"].split(" ")
-        for i, w in enumerate(words):
-            piece = w if i == 0 else " " + w
-            frames.append(frame([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]))
-    frames.append(frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
+    def deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"role": "assistant", "content": "", "refusal": None}]
+        if message.get("tool_calls"):
+            tc = message["tool_calls"][0]
+            out.append({"tool_calls": [{"index": 0, "id": tc["id"], "type": "function",
+                                        "function": {"name": tc["function"]["name"], "arguments": ""}}]})
+            args = tc["function"]["arguments"]
+            out += [{"tool_calls": [{"index": 0, "function": {"arguments": args[k:k + 8]}}]}
+                    for k in range(0, len(args), 8)]
+        else:
+            words = message["content"].split(" ")
+            out += [{"content": w if k == 0 else " " + w} for k, w in enumerate(words)]
+        return out
+
+    # each chunk carries one choice; with n > 1 the choices' chunks interleave, as OpenAI sends them
+    per_choice = [[frame([{"index": i, "delta": d, "logprobs": None, "finish_reason": None}]) for d in deltas(m)]
+                  + [frame([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}])]
+                  for i, (m, finish, _) in enumerate(choices)]
+    frames = [f for step in itertools.zip_longest(*per_choice) for f in step if f is not None]
     if (body.get("stream_options") or {}).get("include_usage"):
         frames.append(frame([], usage=usage))
     frames.append(b"data: [DONE]\n\n")
