@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from .fake_upstream import FakeReply, count_tokens, openai_chat
+from .fake_upstream import FakeReply, count_tokens, noted, openai_chat
 
 _FAIL = re.compile(r"\bFAIL (\d{3})\b")
 
@@ -74,7 +74,7 @@ def _words(text: str) -> list[str]:
 def _reply_text(user: str, system: str, images: int, json_mode: bool) -> str:
     if json_mode:
         return orjson.dumps({"echo": user}).decode()
-    out = f"You said: {user}"
+    out = noted(f"You said: {user}")
     if images:
         out += f" [{images} image(s)]"
     if system:
@@ -120,7 +120,7 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
     if results:
         r = results[0].get("content")
         r = r if isinstance(r, str) else " ".join(b.get("text", "") for b in r or [])
-        text = f"The tool said: {r}"
+        text = noted(f"The tool said: {r}")
     elif tools and last["role"] == "user" and choice.get("type") != "none":
         forced = choice.get("name") if choice.get("type") == "tool" else None
         text = "Let me use a tool." if not forced else ""
@@ -215,7 +215,7 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
     decls = [d for t in body.get("tools") or [] for d in t.get("functionDeclarations") or []]
     out_parts: list[dict[str, Any]] = []
     if responses:
-        text = f"The tool said: {orjson.dumps(responses[0].get('response')).decode()}"
+        text = noted(f"The tool said: {orjson.dumps(responses[0].get('response')).decode()}")
     elif decls and last.get("role") == "user" and fcc.get("mode") != "NONE":
         allowed = fcc.get("allowedFunctionNames") or []
         text = ""
@@ -284,7 +284,7 @@ def cohere_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         c = messages[first_result].get("content")
         r = c if isinstance(c, str) else orjson.dumps(
             [p.get("document", {}).get("data") if p.get("type") == "document" else p.get("text") for p in c]).decode()
-        text = f"The tool said: {r}"
+        text = noted(f"The tool said: {r}")
     elif tools and body.get("tool_choice") != "NONE":
         text, plan = "", f"I will use {tools[0]['function']['name']}."
         for i, (name, args) in enumerate(_calls([t["function"]["name"] for t in tools], None, user)):

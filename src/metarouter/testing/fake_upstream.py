@@ -12,6 +12,7 @@ It runs its own event loop in a thread, so synchronous and asynchronous tests ca
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import threading
 import time
@@ -59,6 +60,16 @@ class Knobs:
     failures: list[Failure] = field(default_factory=list)
 
 
+#: text put before each plain answer of the server handling the current request (``FakeUpstream(note=…)``;
+#: ``metarouter serve --demo`` says there that the answer is fake); empty when a handler is called directly
+REPLY_NOTE: contextvars.ContextVar[str] = contextvars.ContextVar("fake_reply_note", default="")
+
+
+def noted(text: str) -> str:
+    """A plain-text answer with the serving fake's note in front."""
+    return REPLY_NOTE.get() + text
+
+
 def last_user_text(messages: list[dict[str, Any]]) -> str:
     for m in reversed(messages or []):
         if m.get("role") == "user":
@@ -90,7 +101,7 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     cid = "chatcmpl-fake" + format(abs(hash((text_in, created))) % 10**12, "012d")
     tools = body.get("tools") or []
     wants_tool = tools and messages and messages[-1].get("role") == "user" and body.get("tool_choice") != "none"
-    said = f"You said: {text_in}"
+    said = noted(f"You said: {text_in}")
     if body.get("response_format", {}).get("type") in ("json_object", "json_schema"):
         said = orjson.dumps({"echo": text_in}).decode()
     max_t = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -153,13 +164,16 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
 
 
 class FakeUpstream:
-    """The server. ``handlers`` maps a provider name (first path segment) to its handler."""
+    """The server. ``handlers`` maps a provider name (first path segment) to its handler; ``note`` is put before
+    every plain answer (``{provider}`` in it names the provider)."""
 
-    def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 note: str = ""):
         self.handlers: dict[str, Handler] = {"openai": openai_chat, "deepseek": openai_chat, "mistral": openai_chat,
                                              "together": openai_chat}
         self.handlers.update(handlers or {})
         self.host, self.port = host, port
+        self.note = note
         self.requests: list[RecordedRequest] = []
         self._knobs: dict[str, Knobs] = defaultdict(Knobs)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -225,6 +239,7 @@ class FakeUpstream:
         handler = self.handlers.get(provider)
         if handler is None:
             return web.json_response({"error": {"message": f"no fake provider {provider!r}"}}, status=404)
+        REPLY_NOTE.set(self.note.format(provider=provider))  # this request's task only
         reply = handler("/" + rest, headers, body if body is not None else {}, dict(request.query))
         if reply.sse is None:
             return web.Response(status=reply.status, body=orjson.dumps(reply.json), content_type="application/json",
@@ -299,6 +314,20 @@ def provider_config_for(fake: FakeUpstream) -> dict[str, dict[str, Any]]:
         "cohere": {"base_url": fake.base_url("cohere"), "api_key_env": "FAKE_COHERE_KEY"},
         "together": {"base_url": fake.base_url("together", "/v1"), "api_key_env": "FAKE_TOGETHER_KEY"},
     }
+
+
+def demo_providers(fake: FakeUpstream, configured: dict[str, Any]) -> dict[str, Any]:
+    """A ``providers:`` section for ``metarouter serve --demo``: every configured provider (name → its
+    ``ProviderConfig``) pointed at ``fake`` — at the fake of its own name where there is one, else at its wire
+    format's — with the keys of :data:`FAKE_KEYS_ENV`; default providers the config disabled stay disabled."""
+    from ..config import DEFAULT_PROVIDERS
+
+    fakes = provider_config_for(fake)
+    by_wire = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "cohere": "cohere"}
+    out: dict[str, Any] = {name: False for name in DEFAULT_PROVIDERS if name not in configured}
+    for name, p in configured.items():
+        out[name] = {**fakes[name if name in fakes else by_wire.get(p.wire, "openai")], "wire": p.wire}
+    return out
 
 
 FAKE_KEYS_ENV = {
