@@ -80,3 +80,22 @@ def test_every_provider_answers_from_its_fake(demo, model):
         model=model, messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
     provider = model.split("/")[0].replace("mistralai", "mistral").replace("meta-llama", "together")
     assert text == f"[fake {provider} answer: metarouter serve --demo] You said: hi"
+
+
+def test_the_fakes_run_on_their_own_and_print_each_base_url():
+    """``python -m metarouter.testing``, as the README says: each provider's base URL, and they answer there."""
+    proc = subprocess.Popen([sys.executable, "-m", "metarouter.testing", "--port", "0"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(8)]
+        urls = dict(line.split() for line in lines[1:])
+        assert set(urls) == set(DEFAULT_PROVIDERS)
+        r = httpx.post(urls["openai"] + "/chat/completions", headers={"Authorization": "Bearer x"},
+                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.json()["choices"][0]["message"]["content"] == "You said: hi"
+        r = httpx.post(urls["anthropic"] + "/v1/messages", headers={"x-api-key": "x", "anthropic-version": "2023-06-01"},
+                       json={"model": "claude", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.json()["content"][0]["text"] == "You said: hi"
+    finally:
+        proc.terminate()
+        proc.wait(10)
