@@ -91,7 +91,7 @@ metarouter: demo API key (a new one each start): {key}
 metarouter: try it:
   curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" -H "X-OpenRouter-Metadata: enabled" \\
        -H "Content-Type: application/json" -d '{body}'
-metarouter: the requests: {url}/activity""", file=sys.stderr, flush=True)
+metarouter: the requests (the Activity page, with this key): {url}/activity#key={key}""", file=sys.stderr, flush=True)
 
 
 def _run_uvicorn(settings, args: argparse.Namespace) -> None:

@@ -53,6 +53,7 @@ def demo(tmp_path_factory):
 def test_the_banner_says_it_is_a_demo(demo):
     _, key, banner = demo
     assert "DEMO MODE" in banner and "no provider is called" in banner and key in banner
+    assert f"/activity#key={key}" in banner
 
 
 def test_an_auto_request_with_the_openai_sdk(demo):

@@ -140,3 +140,12 @@ def test_unlimited_credits_read_by_the_sdk(fake, tmp_path):
         assert raw["unlimited"] is True
         gw.cli("credits", "--add", "3")
         assert sdk.credits.get_credits().data.total_credits == 3.0
+
+
+@pytest.mark.parametrize("family", ["openai", "mistral", "together"])
+def test_several_choices_validate(gateway, family):
+    body = {"model": FAMILIES[family], "messages": [{"role": "user", "content": "hi"}], "n": 2}
+    r = ChatResult.model_validate(post(gateway, body).json())
+    assert [c.index for c in r.choices] == [0, 1]
+    got = validate_stream(post(gateway, {**body, "stream": True}))
+    assert {ch.index for c in got for ch in c.choices} == {0, 1}
