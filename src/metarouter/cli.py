@@ -1,4 +1,4 @@
-"""The ``metarouter`` command: serve · models · keys · route · train · eval."""
+"""The ``metarouter`` command: serve · models · keys · credits · route · train · eval."""
 
 from __future__ import annotations
 
@@ -22,21 +22,81 @@ def _settings(args: argparse.Namespace):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import orjson
-    import uvicorn
 
     from .api.server import ENV_ARGS
 
-    overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    overrides: dict[str, Any] = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
     settings = load_settings(args.config, overrides=overrides)  # fail fast on a bad config, before forking
+    demo = None
+    if args.demo:
+        demo, overrides = _start_demo(args, settings, overrides)
+        settings = load_settings(args.config, overrides=overrides)
     os.environ[ENV_ARGS] = orjson.dumps({"config": args.config, "overrides": overrides}).decode()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     available = [n for n in settings.providers if settings.provider_available(n)]
     print(f"metarouter: serving on http://{settings.host}:{settings.port} "
           f"(store: {settings.db_url.split('@')[-1]}; providers with keys: {', '.join(available) or 'none'})",
           file=sys.stderr)
+    if demo is not None:
+        _demo_banner(settings, demo)
     if args.workers > 1 and not settings.redis_url:
         print("metarouter: note: with several workers and no redis_url, rate limits and sticky sessions are kept "
               "per worker; set METAROUTER_REDIS_URL to share them", file=sys.stderr)
+    try:
+        _run_uvicorn(settings, args)
+    finally:
+        if demo is not None:
+            demo.stop()
+    return 0
+
+
+#: put before every answer of the demo's fake upstreams
+DEMO_NOTE = "[fake {provider} answer: metarouter serve --demo] "
+
+
+def _start_demo(args: argparse.Namespace, settings, overrides: dict[str, Any]):
+    """``serve --demo``: the bundled fake upstreams started in this process (a thread; workers reach them over
+    TCP) and every provider pointed at them, with a store of its own (``<data dir>/demo`` unless ``--data-dir``
+    says where). Returns (the fake server, the overrides that point the settings at it)."""
+    from pathlib import Path
+
+    from .testing.fake_providers import HANDLERS
+    from .testing.fake_upstream import FAKE_KEYS_ENV, FakeUpstream, demo_providers
+
+    fake = FakeUpstream(HANDLERS, note=DEMO_NOTE).start()
+    os.environ.update(FAKE_KEYS_ENV)  # the fakes' provider keys, inherited by every worker
+    data_dir = Path(args.data_dir) if args.data_dir else settings.data_dir / "demo"
+    return fake, {**overrides, "data_dir": str(data_dir), "providers": demo_providers(fake, settings.providers)}
+
+
+def _demo_banner(settings, fake) -> None:
+    from .store import open_store
+
+    async def new_key() -> str:
+        store = open_store(settings.db_url)
+        await store.open()
+        try:
+            return (await store.create_key("demo"))[0]
+        finally:
+            await store.close()
+
+    key = asyncio.run(new_key())
+    url = f"http://{settings.host}:{settings.port}"
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "Hello!"}]}'
+    print(f"""metarouter: DEMO MODE: no provider is called and no provider key is needed. Every provider
+metarouter:   ({', '.join(settings.providers)}) is pointed at the built-in fake upstreams on {fake.url};
+metarouter:   answers are fake and say so ("[fake openai answer: ...] You said: Hello!"); costs are
+metarouter:   computed at catalog prices, nothing is paid. The demo's store is in {settings.data_dir}.
+metarouter: demo API key (a new one each start): {key}
+metarouter: try it:
+  curl {url}/v1/chat/completions -H "Authorization: Bearer {key}" -H "X-OpenRouter-Metadata: enabled" \\
+       -H "Content-Type: application/json" -d '{body}'
+metarouter: the requests (the Activity page, with this key): {url}/activity#key={key}""", file=sys.stderr, flush=True)
+
+
+def _run_uvicorn(settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run(
         "metarouter.api.server:build_app",
         factory=True,
@@ -51,7 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
     )
-    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -65,11 +124,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"id": r[0], "provider": r[1]} for r in rows]))
         return 0
-    head = ("id", "provider", "context", "in/1M", "out/1M", "capabilities", "available")
+    _table(("id", "provider", "context", "in/1M", "out/1M", "capabilities", "available"), rows)
+    return 0
+
+
+def _table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     for row in (head, *rows):
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    return 0
 
 
 def _with_store(args: argparse.Namespace, fn) -> int:
@@ -109,10 +171,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(plaintext)
             print(f"created key {rec.public_id} ({rec.label}); it is shown only once.", file=sys.stderr)
         elif args.keys_cmd == "list":
-            for k in await store.list_keys():
-                lim = f"${pico_to_usd(k.limit_pico):g}" if k.limit_pico is not None else "no limit"
-                print(f"{k.public_id}  {k.label:<20}  usage ${pico_to_usd(k.usage_pico):.6f}  {lim}"
-                      f"{'  DISABLED' if k.disabled else ''}")
+            rows = [(k.public_id, k.label, f"${pico_to_usd(k.usage_pico):.6f}",
+                     f"${pico_to_usd(k.limit_pico):g}" if k.limit_pico is not None else "no limit",
+                     "disabled" if k.disabled else "active") for k in await store.list_keys()]
+            _table(("id", "label", "usage", "limit", "status"), rows)
         elif args.keys_cmd == "disable":
             if await store.update_key(args.public_id, disabled=True) is None:
                 print(f"no key {args.public_id}", file=sys.stderr)
@@ -144,7 +206,12 @@ def cmd_credits(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="metarouter", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="metarouter",
+        description="metarouter: a self-hosted, OpenRouter-compatible LLM gateway whose `auto` model is a learned "
+                    "router.",
+        epilog="`metarouter COMMAND --help` shows a command's options. No provider keys yet? "
+               "`metarouter serve --demo` answers from built-in fake upstreams.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -153,16 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the gateway")
     common(s)
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--log-level", default="info")
-    s.add_argument("--access-log", action="store_true")
+    s.add_argument("--host", help="address to listen on (default: the config's host, or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default: the config's port, or 8080)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1; with several, set redis_url to share rate limits)")
+    s.add_argument("--log-level", default="info", help="uvicorn's log level: critical, error, warning, info, debug")
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--demo", action="store_true",
+                   help="try it without provider keys: built-in fake upstreams stand in for every provider "
+                        "(answers say they are fake), with a store of its own and a key printed at start")
     s.set_defaults(fn=cmd_serve)
 
     m = sub.add_parser("models", help="list the catalog")
     common(m)
-    m.add_argument("--json", action="store_true")
+    m.add_argument("--json", action="store_true", help="ids and providers as JSON")
     m.set_defaults(fn=cmd_models)
 
     k = sub.add_parser("keys", help="manage API keys")
@@ -196,7 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        code = int(args.fn(args) or 0)
+        sys.stdout.flush()  # a reader that has gone shows here, not in Python's own flush at exit
+        return code
+    except BrokenPipeError:  # `metarouter models | head`: the reader stopped; say nothing, as Unix tools do
+        # Python flushes stdout again at exit: point it at /dev/null so that this flush cannot fail too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1  # the output was not all delivered (the exit status Python's documentation suggests)
 
 
 if __name__ == "__main__":

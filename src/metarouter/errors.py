@@ -5,6 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
+#: OpenRouter's canonical error type (``APIErrorType`` in its SDK) for each status the gateway answers with
+ERROR_TYPES = {400: "invalid_request", 401: "authentication", 402: "payment_required", 403: "permission_denied",
+               404: "not_found", 408: "timeout", 413: "payload_too_large", 422: "unprocessable",
+               429: "rate_limit_exceeded", 502: "provider_unavailable", 503: "provider_unavailable", 504: "timeout"}
+
+
 class GatewayError(Exception):
     """An error with an HTTP status and an OpenRouter-style body ``{"error": {"code", "message", "metadata"}}``.
 
@@ -32,6 +38,12 @@ class GatewayError(Exception):
         if self.metadata:
             err["metadata"] = self.metadata
         return {"error": err}
+
+    def stream_body(self) -> dict[str, Any]:
+        """The ``error`` object of a stream's terminal chunk: as :meth:`body`, with OpenRouter's canonical
+        ``metadata.error_type`` (required there by its SDK's ``ChatStreamChunk``)."""
+        return {"code": self.status, "message": self.message,
+                "metadata": {"error_type": ERROR_TYPES.get(self.status, "server"), **self.metadata}}
 
     def __repr__(self) -> str:
         return f"GatewayError({self.status}, {self.message!r})"

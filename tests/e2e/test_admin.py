@@ -150,7 +150,8 @@ def test_credits_top_up(admin_gw):
     r = admin(admin_gw, "POST", "/credits", json={"amount": 12.5})
     assert r.status_code == 200, r.text
     total = r.json()["data"]["total_credits"]
-    assert total == pytest.approx((before["total_credits"] or 0) + 12.5)
+    assert total == pytest.approx((0 if before["unlimited"] else before["total_credits"]) + 12.5)
+    assert r.json()["data"]["unlimited"] is False
     after = httpx.get(f"{admin_gw.url}/api/v1/credits", headers={"Authorization": f"Bearer {user}"}).json()["data"]
     assert after["total_credits"] == pytest.approx(total)
     for bad in ({}, {"amount": 0}, {"amount": -5}, {"amount": "x"}, {"amount": 1, "extra": 1}):

@@ -189,7 +189,7 @@ def check_openai_chunks(chunks: list[dict[str, Any]]) -> None:
     from openai.types.chat import ChatCompletionChunk
 
     for c in chunks:
-        assert set(c) <= {"choices", "usage"}, c
+        assert set(c) <= {"choices", "usage", "system_fingerprint"}, c
         ChatCompletionChunk.model_validate(stamp_chunk(c))
 
 

@@ -42,7 +42,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize("extra", [
-    {"temperature": 2.5}, {"temperature": -0.1}, {"top_p": 1.01}, {"max_tokens": 0}, {"n": 2},
+    {"temperature": 2.5}, {"temperature": -0.1}, {"top_p": 1.01}, {"max_tokens": 0}, {"n": 0}, {"n": 129},
     {"stop": ["x"] * 17}, {"stream": "yes"}, {"presence_penalty": 3}, {"top_logprobs": 21},
     {"tool_choice": "sometimes"}, {"response_format": {"type": "xml"}}, {"response_format": {"type": "json_schema"}},
     {"session_id": 5}, {"provider": []}, {"plugins": {}}, {"model": 5}, {"messages": []},
@@ -65,7 +65,7 @@ def test_schema_and_validation_refuse_the_same_bodies(extra):
 
 
 @pytest.mark.parametrize("extra", [
-    {}, {"temperature": 0}, {"temperature": 2}, {"top_p": 1}, {"max_tokens": 1}, {"n": 1}, {"stop": ["x"] * 16},
+    {}, {"temperature": 0}, {"temperature": 2}, {"top_p": 1}, {"max_tokens": 1}, {"n": 1}, {"n": 128}, {"stop": ["x"] * 16},
     {"stop": "x"}, {"stream": True}, {"stream": None}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
     {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},

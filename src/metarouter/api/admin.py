@@ -28,12 +28,11 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, pico_to_usd
 from ..errors import GatewayError
 from ..store import KeyRecord
-from .app import api_routes, credits_view
+from .app import MAX_CREDITS_PICO, api_routes, credits_view
 
 MAX_BODY = 64 * 1024
 _PUBLIC_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_USD = Decimal(10) ** 6  # one limit or top-up; in picodollars it must fit the stores' 64-bit integers
-MAX_CREDITS_PICO = 9 * 10**6 * PICO_PER_USD  # the account's credit, all top-ups together (2**63 ≈ 9.2e18)
 
 
 def _json(obj: Any, status: int = 200) -> Response:

@@ -22,7 +22,7 @@ from ..errors import GatewayError
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
-from ..store import KeyRecord, Store, open_store, parse_key, verify_key
+from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
 from ..swr import SWRCache
 from .validation import json_depth_ok, validate_chat_body
 
@@ -66,11 +66,27 @@ def api_routes(*specs: tuple[str, Any, list[str]]) -> list[Route]:
     return [Route(prefix + path, endpoint, methods=methods) for prefix in API_PREFIXES for path, endpoint, methods in specs]
 
 
+#: the account's credit, all top-ups together (in picodollars it must fit the stores' 64-bit integers, 2**63 ≈ 9.2e18)
+MAX_CREDITS_PICO = 9 * 10**6 * PICO_PER_USD
+
+
 def credits_view(credits: int | None, usage: int) -> dict[str, Any]:
     """``GET /credits`` data. With no credit set the account is unlimited (spending is bounded by key limits):
-    ``total_credits`` is null then, and ``unlimited`` says so."""
-    return {"total_credits": pico_to_usd(credits) if credits is not None else None,
+    ``unlimited`` says so, and ``total_credits`` is the most the account could hold — a number, as OpenRouter's
+    clients require (its SDK rejects null), that leaves them a balance rather than an empty account."""
+    return {"total_credits": pico_to_usd(credits if credits is not None else MAX_CREDITS_PICO),
             "total_usage": pico_to_usd(usage), "unlimited": credits is None}
+
+
+def header_text(value: str | None) -> str | None:
+    """A header value as the client wrote it. HTTP carries bytes and Starlette reads them as Latin-1, but clients
+    send UTF-8 (``X-Title: Résumé ✨``): read them as UTF-8, and as Latin-1 only when they are not valid UTF-8."""
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -226,8 +242,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     def context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
         h = request.headers
-        referer = h.get("http-referer") or h.get("referer") or None
-        title = h.get("x-openrouter-title") or h.get("x-title") or None
+        referer = header_text(h.get("http-referer") or h.get("referer") or None)
+        title = header_text(h.get("x-openrouter-title") or h.get("x-title") or None)
         return RequestContext(
             key=key,
             app_referer=referer[:MAX_APP_HEADER] if referer else None,
@@ -258,10 +274,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             except StopAsyncIteration:
                 return error_response(GatewayError(502, "The upstream stream ended without an answer"))
             return _sse_response(_relay(frames, first=first))
-        return _sse_response(_relay(frames, pending=first_task))
+        return _sse_response(_relay(frames, pending=first_task, model=body.get("model") or ""))
 
     async def _relay(
-        frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None
+        frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None,
+        model: str = "",
     ) -> AsyncIterator[bytes]:
         try:
             if pending is not None:
@@ -274,10 +291,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                 try:
                     first = pending.result()
                 except GatewayError as err:
-                    yield sse_data({
-                        "id": None, "object": "chat.completion.chunk", "created": int(time.time()), "model": None,
+                    yield sse_data({  # nothing answered: a fresh id, the model as requested
+                        "id": new_generation_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": model, "system_fingerprint": None,
                         "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-                        "error": {"code": err.status, "message": err.message, "metadata": err.metadata or None},
+                        "error": err.stream_body(),
                     })
                     yield SSE_DONE
                     return

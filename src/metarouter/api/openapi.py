@@ -166,7 +166,9 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
             "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
             "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
             "seed": {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1},
-            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 1},
+            "n": {"type": ["integer", "null"], "minimum": 1, "maximum": 128,
+                  "description": "Choices to generate where the provider supports it (OpenAI, Mistral, "
+                                 "Together); elsewhere n > 1 is a 400."},
             "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
             "logprobs": {"type": ["boolean", "null"]},
             "stop": {"oneOf": [{"type": "string"},
@@ -237,13 +239,14 @@ _USAGE = {
 
 _CHAT_RESPONSE = {
     "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
+    "required": ["id", "object", "created", "model", "system_fingerprint", "choices"],
     "properties": {
         "id": {"type": "string"},
         "object": {"const": "chat.completion"},
         "created": {"type": "integer"},
         "model": {"type": "string"},
         "provider": {"type": "string"},
+        "system_fingerprint": _NSTR,
         "choices": {"type": "array", "items": {
             "type": "object",
             "required": ["index", "message"],
@@ -358,7 +361,9 @@ _KEY_INFO = {
 _CREDITS = {
     "type": "object",
     "required": ["total_credits", "total_usage", "unlimited"],
-    "properties": {"total_credits": _NNUM, "total_usage": _NUM, "unlimited": {"type": "boolean"}},
+    "properties": {"total_credits": _NUM, "total_usage": _NUM,
+                   "unlimited": {"type": "boolean", "description": "no account credit is set: spending is bounded "
+                                 "by key limits only, and `total_credits` is the most the account could hold"}},
 }
 
 _ADMIN_KEY = {

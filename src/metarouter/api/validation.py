@@ -9,6 +9,7 @@ from ..errors import GatewayError
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 PART_TYPES = {"text", "image_url", "input_audio", "file"}
 MAX_MODEL_ID = 256  # longer names are refused before they are looked up (or echoed back in an error)
+MAX_N = 128  # choices per request, as OpenAI allows
 
 
 def _bad(message: str, param: str | None = None) -> GatewayError:
@@ -111,7 +112,7 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
     _int(body, "max_tokens", 1)
     _int(body, "max_completion_tokens", 1)
     _int(body, "seed", -(2**63), 2**63 - 1)
-    _int(body, "n", 1, 1)
+    _int(body, "n", 1, MAX_N)
     _int(body, "top_logprobs", 0, 20)
     stop = body.get("stop")
     if stop is not None and not (isinstance(stop, str) or (

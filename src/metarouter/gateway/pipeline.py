@@ -188,6 +188,7 @@ class Gateway:
             return 0, None
         prompt_tokens = estimate_prompt_tokens(body, conservative=True)
         max_tokens = requested_max_tokens(body)
+        choices = body.get("n") or 1  # each choice may use max_tokens
         capped_body = None
         if max_tokens is None:
             fresh = await self.store.get_key(key.public_id) if key is not None else None
@@ -196,13 +197,13 @@ class Gateway:
                 None if credits is None else credits - usage,
             ) if r is not None]
             left = min(remaining) - prompt_tokens * model.worst_prompt_pico
-            affordable = left // model.output_pico if model.output_pico else model.max_output()
+            affordable = left // (model.output_pico * choices) if model.output_pico else model.max_output()
             if affordable < 1:
                 raise _no_credit(model)
             max_tokens = min(model.max_output(), affordable)
             if max_tokens < model.max_output():
                 capped_body = {**body, "max_tokens": max_tokens}
-        worst = worst_case_pico(model, prompt_tokens, max_tokens)
+        worst = worst_case_pico(model, prompt_tokens, max_tokens * choices)
         if key is None:
             return 0, capped_body
         if not await self.store.reserve(key.public_id, worst):
@@ -302,6 +303,7 @@ class Gateway:
         n = len(plan.candidates)
         needs_vision = message_text_and_images(body["messages"])[1] > 0
         needs_tools = bool(body.get("tools"))
+        several_choices = (body.get("n") or 1) > 1
         require_params = bool((body.get("provider") or {}).get("require_parameters"))
         fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
         for i, model in enumerate(plan.candidates):
@@ -316,6 +318,14 @@ class Gateway:
                 attempts.append(Attempt(model.id, provider.name, 404, f"does not support {gap}"))
                 last_error = GatewayError(404, f"No endpoints found that support {gap} (tried {model.id})",
                                           metadata={"model": model.id}, retryable=False)
+                continue
+            if several_choices and "n" not in get_adapter(provider).supported_parameters(model):
+                # never dropped silently: the client would get one choice where it asked for several
+                msg = (f"n > 1 (several choices) is not supported by {model.id} (provider {provider.name}); "
+                       "send n: 1, or use a model whose provider supports n")
+                attempts.append(Attempt(model.id, provider.name, 400, msg))
+                last_error = GatewayError(400, msg, metadata={"model": model.id, "provider_name": provider.name,
+                                                              "param": "n"}, retryable=False)
                 continue
             if require_params:
                 unsupported = check_parameters(body, get_adapter(provider), model)
@@ -438,11 +448,11 @@ class Gateway:
             "created": int(time.time()),
             "model": model.id,
             "provider": provider_display(provider.name),
+            # required (nullable) in OpenRouter's schema: its SDK rejects an answer without it
+            "system_fingerprint": out.get("system_fingerprint"),
             "choices": out.get("choices") or [],
             "usage": usage_with_cost(usage, parts),
         }
-        if out.get("system_fingerprint"):
-            response["system_fingerprint"] = out["system_fingerprint"]
         if ctx.want_metadata:
             response["openrouter_metadata"] = self._metadata(plan, attempts, model)
         return response
@@ -522,14 +532,17 @@ class _StreamRun:
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
         self.upstream_id: str | None = None
+        self.fingerprint: str | None = None  # the upstream's system_fingerprint, once it sent one
         self.error: GatewayError | None = None
         self.provider_name = provider_display(provider.name)
         self.drop_reasoning = excludes_reasoning(body)
 
     def _stamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        if chunk.get("system_fingerprint"):
+            self.fingerprint = chunk["system_fingerprint"]
         out = {
             "id": self.gen_id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.id,
-            "provider": self.provider_name,
+            "provider": self.provider_name, "system_fingerprint": self.fingerprint,
         }
         out.update(chunk)
         for c in chunk.get("choices") or ():
@@ -604,7 +617,7 @@ class _StreamRun:
                 self.finish_reason = "error"
                 yield sse_data(self._stamp({
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "error", "native_finish_reason": "error"}],
-                    "error": {"code": self.error.status, "message": self.error.message},
+                    "error": self.error.stream_body(),
                 }))
             usage = self._usage(translator.usage)
             parts = cost_parts(self.model, usage)

@@ -8,7 +8,8 @@ The gateway's normal form is OpenAI's chat-completions format:
   (``prompt_tokens``, ``completion_tokens``, ``total_tokens``, optional ``prompt_tokens_details.cached_tokens`` and
   ``completion_tokens_details.reasoning_tokens``);
 * stream: OpenAI ``chat.completion.chunk`` dicts. The pipeline stamps ``id``, ``model``, ``created``, ``object`` and
-  ``provider`` on each, so adapters fill only ``choices`` (and ``usage`` when the upstream reports it).
+  ``provider`` on each, so adapters fill only ``choices`` (and ``usage`` and ``system_fingerprint`` when the
+  upstream reports them).
 
 Adapters never do I/O: the pipeline sends what ``build_request`` returns and feeds back what comes in.
 """

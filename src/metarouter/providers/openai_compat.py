@@ -218,7 +218,10 @@ class OpenAIStreamTranslator:
             out_choices.append(c)
         if not out_choices:
             return []
-        return [{"choices": out_choices}]
+        out: dict[str, Any] = {"choices": out_choices}
+        if chunk.get("system_fingerprint"):
+            out["system_fingerprint"] = chunk["system_fingerprint"]
+        return [out]
 
     def finish(self) -> list[dict[str, Any]]:
         return []

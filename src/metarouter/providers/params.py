@@ -103,6 +103,8 @@ def markdown() -> str:
         "OpenRouter's `reasoning` (`effort` or `max_tokens`; `exclude` works everywhere) is mapped where the model's",
         "catalog entry has `reasoning_control: true` (a budget from an effort: that share of `max_tokens`, high 80 %,",
         "medium 50 %, low 20 %, within 1024..32000 tokens) and dropped elsewhere, like any unsupported parameter.",
+        "`n` > 1 is never dropped: where it is not supported the request is a 400 naming the model and provider",
+        "(fallback lists and `auto` skip those models). Every choice's tokens are billed.",
         "",
         "| parameter | " + " | ".join(families) + " |",
         "|---|" + "---|" * len(families),

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..catalog import Model, default_catalog
+from ..catalog import Catalog, Model, default_catalog
 
 
-def _models(spec: str | None) -> list[Model]:
-    cat = default_catalog()
+def _models(spec: str | None, cat: Catalog | None = None) -> list[Model]:
+    cat = cat if cat is not None else default_catalog()
     if not spec:
         return list(cat)
     pats = [s.strip() for s in spec.split(",") if s.strip()]
@@ -36,11 +36,27 @@ def _dumps(obj: Any) -> str:
         return json.dumps(obj)
 
 
+def _route_settings(args: argparse.Namespace) -> tuple[Catalog, str | None]:
+    """(the models ``route`` chooses among, the router artifact) as ``serve``'s ``auto`` has them: the config's
+    catalog (added and removed models) with the providers that are available; all of it, said on stderr, when
+    no provider has a key."""
+    from ..config import load_settings
+
+    settings = load_settings(args.config)
+    available = Catalog(m for m in settings.catalog if settings.provider_available(m.provider))
+    if not len(available):
+        print("route: no provider is available (no API key is set): choosing among the whole catalog",
+              file=sys.stderr)
+        available = settings.catalog
+    return available, args.artifact or settings.router.get("artifact")
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from .core import load_router
 
-    router = load_router(args.artifact)
-    models = _models(args.models)
+    catalog, artifact = _route_settings(args)
+    router = load_router(artifact)
+    models = _models(args.models, catalog)
     if args.batch:
         return _route_batch(router, models, args)
     if not args.prompt:
@@ -191,9 +207,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="batch: candidates kept per line")
     p.add_argument("--tools", action="store_true", help="require tool calling")
     p.add_argument("--json-output", action="store_true", help="require JSON output")
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--max-tokens", type=int, help="the request's max_tokens (the output the models must fit)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
-    p.add_argument("--artifact", help="router artifact (default: the shipped one)")
+    p.add_argument("--artifact", help="router artifact (default: the config's router.artifact, or the shipped one)")
+    p.add_argument("--config", help="YAML or TOML config file: its models and the providers with keys, as serve")
     p.set_defaults(func=cmd_route, fn=cmd_route)
 
     from .train import add_arguments

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from .fake_upstream import FakeReply, cache_tokens, count_tokens, openai_chat
+from .fake_upstream import FakeReply, cache_tokens, count_tokens, noted, openai_chat
 
 _FAIL = re.compile(r"\bFAIL (\d{3})\b")
 
@@ -76,7 +76,7 @@ def _words(text: str) -> list[str]:
 def _reply_text(user: str, system: str, images: int, json_mode: bool) -> str:
     if json_mode:
         return orjson.dumps({"echo": user}).decode()
-    out = f"You said: {user}"
+    out = noted(f"You said: {user}")
     if images:
         out += f" [{images} image(s)]"
     if system:
@@ -124,7 +124,7 @@ def anthropic_messages(path: str, headers: dict[str, str], body: Any, query: dic
     if results:
         r = results[0].get("content")
         r = r if isinstance(r, str) else " ".join(b.get("text", "") for b in r or [])
-        text = f"The tool said: {r}"
+        text = noted(f"The tool said: {r}")
         if choice.get("type") == "any":  # a tool must be called: answer through the last one
             text = ""
             content.append({"type": "tool_use", "id": f"toolu_fakeans{len(r):04d}", "name": tools[-1]["name"],
@@ -238,7 +238,7 @@ def gemini_generate(path: str, headers: dict[str, str], body: Any, query: dict[s
     decls = [d for t in body.get("tools") or [] for d in t.get("functionDeclarations") or []]
     out_parts: list[dict[str, Any]] = []
     if responses:
-        text = f"The tool said: {orjson.dumps(responses[0].get('response')).decode()}"
+        text = noted(f"The tool said: {orjson.dumps(responses[0].get('response')).decode()}")
     elif decls and last.get("role") == "user" and fcc.get("mode") != "NONE":
         allowed = fcc.get("allowedFunctionNames") or []
         text = ""
@@ -315,7 +315,7 @@ def cohere_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         c = messages[first_result].get("content")
         r = c if isinstance(c, str) else orjson.dumps(
             [p.get("document", {}).get("data") if p.get("type") == "document" else p.get("text") for p in c]).decode()
-        text = f"The tool said: {r}"
+        text = noted(f"The tool said: {r}")
     elif tools and body.get("tool_choice") != "NONE":
         text, plan = "", f"I will use {tools[0]['function']['name']}."
         for i, (name, args) in enumerate(_calls([t["function"]["name"] for t in tools], None, user)):
@@ -469,6 +469,8 @@ def mistral_chat(path: str, headers: dict[str, str], body: Any, query: dict[str,
         return FakeReply(int(m.group(1)), mistral_error(int(m.group(1))))
 
     def fix(obj: dict[str, Any], chunk: bool) -> None:
+        obj.pop("system_fingerprint", None)  # Mistral's ChatCompletionResponse has neither
+        obj.pop("service_tier", None)
         for c in obj.get("choices") or []:
             for i, tc in enumerate((c.get("delta") if chunk else c.get("message", {})).get("tool_calls") or []):
                 if "id" in tc:

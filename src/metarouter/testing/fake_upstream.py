@@ -12,6 +12,8 @@ It runs its own event loop in a thread, so synchronous and asynchronous tests ca
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import re
 import threading
 import time
@@ -60,6 +62,16 @@ class Knobs:
     failures: list[Failure] = field(default_factory=list)
 
 
+#: text put before each plain answer of the server handling the current request (``FakeUpstream(note=…)``;
+#: ``metarouter serve --demo`` says there that the answer is fake); empty when a handler is called directly
+REPLY_NOTE: contextvars.ContextVar[str] = contextvars.ContextVar("fake_reply_note", default="")
+
+
+def noted(text: str) -> str:
+    """A plain-text answer with the serving fake's note in front."""
+    return REPLY_NOTE.get() + text
+
+
 def last_user_text(messages: list[dict[str, Any]]) -> str:
     for m in reversed(messages or []):
         if m.get("role") == "user":
@@ -103,24 +115,24 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     cid = "chatcmpl-fake" + format(abs(hash((text_in, created))) % 10**12, "012d")
     tools = body.get("tools") or []
     wants_tool = tools and messages and messages[-1].get("role") == "user" and body.get("tool_choice") != "none"
-    reply = f"You said: {text_in}"
+    said = noted(f"You said: {text_in}")
     if body.get("response_format", {}).get("type") in ("json_object", "json_schema"):
-        reply = orjson.dumps({"echo": text_in}).decode()
-    if wants_tool:
-        fn = tools[0]["function"]["name"]
-        args = orjson.dumps({"query": text_in}).decode()
-        message = {"role": "assistant", "content": None, "refusal": None,
-                   "tool_calls": [{"id": "call_fake1", "type": "function", "function": {"name": fn, "arguments": args}}]}
-        finish = "tool_calls"
-        completion_tokens = count_tokens(fn + args)
-    else:
-        max_t = body.get("max_tokens") or body.get("max_completion_tokens")
-        finish = "stop"
+        said = orjson.dumps({"echo": text_in}).decode()
+    max_t = body.get("max_tokens") or body.get("max_completion_tokens")
+    choices = []  # (message, finish reason, completion tokens) for each of the n choices; the first as ever
+    for i in range(body.get("n") or 1):
+        if wants_tool:
+            fn = tools[0]["function"]["name"]
+            args = orjson.dumps({"query": text_in if i == 0 else f"{text_in} #{i + 1}"}).decode()
+            choices.append(({"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                {"id": f"call_fake{i + 1}", "type": "function", "function": {"name": fn, "arguments": args}}]},
+                "tool_calls", count_tokens(fn + args)))
+            continue
+        reply, finish = (said if i == 0 else f"{said} #{i + 1}"), "stop"
         if max_t is not None and count_tokens(reply) > max_t:
-            reply = reply[: max_t * 4]
-            finish = "length"
-        message = {"role": "assistant", "content": reply, "refusal": None}
-        completion_tokens = count_tokens(reply)
+            reply, finish = reply[: max_t * 4], "length"
+        choices.append(({"role": "assistant", "content": reply, "refusal": None}, finish, count_tokens(reply)))
+    completion_tokens = sum(c[2] for c in choices)  # the prompt is counted once, every choice's output
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens,
              "prompt_tokens_details": {"cached_tokens": cache_tokens(text_in, prompt_tokens)[0], "audio_tokens": 0},
@@ -130,7 +142,8 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
         return FakeReply(200, {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
             "system_fingerprint": "fp_fake", "service_tier": "default",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+                        for i, (message, finish, _) in enumerate(choices)],
             "usage": usage,
         })
     base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -139,23 +152,25 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return b"data: " + orjson.dumps({**base, "choices": choices, **extra}) + b"\n\n"
 
-    frames = [frame([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
-                      "logprobs": None, "finish_reason": None}])]
-    if wants_tool:
-        tc = message["tool_calls"][0]
-        frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": tc["id"], "type": "function",
-                              "function": {"name": tc["function"]["name"], "arguments": ""}}]},
-                              "logprobs": None, "finish_reason": None}]))
-        args = tc["function"]["arguments"]
-        for i in range(0, len(args), 8):
-            frames.append(frame([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {
-                "arguments": args[i:i + 8]}}]}, "logprobs": None, "finish_reason": None}]))
-    else:
-        words = message["content"].split(" ")
-        for i, w in enumerate(words):
-            piece = w if i == 0 else " " + w
-            frames.append(frame([{"index": 0, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]))
-    frames.append(frame([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]))
+    def deltas(message: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{"role": "assistant", "content": "", "refusal": None}]
+        if message.get("tool_calls"):
+            tc = message["tool_calls"][0]
+            out.append({"tool_calls": [{"index": 0, "id": tc["id"], "type": "function",
+                                        "function": {"name": tc["function"]["name"], "arguments": ""}}]})
+            args = tc["function"]["arguments"]
+            out += [{"tool_calls": [{"index": 0, "function": {"arguments": args[k:k + 8]}}]}
+                    for k in range(0, len(args), 8)]
+        else:
+            words = message["content"].split(" ")
+            out += [{"content": w if k == 0 else " " + w} for k, w in enumerate(words)]
+        return out
+
+    # each chunk carries one choice; with n > 1 the choices' chunks interleave, as OpenAI sends them
+    per_choice = [[frame([{"index": i, "delta": d, "logprobs": None, "finish_reason": None}]) for d in deltas(m)]
+                  + [frame([{"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}])]
+                  for i, (m, finish, _) in enumerate(choices)]
+    frames = [f for step in itertools.zip_longest(*per_choice) for f in step if f is not None]
     if (body.get("stream_options") or {}).get("include_usage"):
         frames.append(frame([], usage=usage))
     frames.append(b"data: [DONE]\n\n")
@@ -163,13 +178,16 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
 
 
 class FakeUpstream:
-    """The server. ``handlers`` maps a provider name (first path segment) to its handler."""
+    """The server. ``handlers`` maps a provider name (first path segment) to its handler; ``note`` is put before
+    every plain answer (``{provider}`` in it names the provider)."""
 
-    def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 note: str = ""):
         self.handlers: dict[str, Handler] = {"openai": openai_chat, "deepseek": openai_chat, "mistral": openai_chat,
                                              "together": openai_chat}
         self.handlers.update(handlers or {})
         self.host, self.port = host, port
+        self.note = note
         self.requests: list[RecordedRequest] = []
         self._knobs: dict[str, Knobs] = defaultdict(Knobs)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,6 +253,7 @@ class FakeUpstream:
         handler = self.handlers.get(provider)
         if handler is None:
             return web.json_response({"error": {"message": f"no fake provider {provider!r}"}}, status=404)
+        REPLY_NOTE.set(self.note.format(provider=provider))  # this request's task only
         reply = handler("/" + rest, headers, body if body is not None else {}, dict(request.query))
         if reply.raw is not None:
             return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
@@ -311,6 +330,20 @@ def provider_config_for(fake: FakeUpstream) -> dict[str, dict[str, Any]]:
         "cohere": {"base_url": fake.base_url("cohere"), "api_key_env": "FAKE_COHERE_KEY"},
         "together": {"base_url": fake.base_url("together", "/v1"), "api_key_env": "FAKE_TOGETHER_KEY"},
     }
+
+
+def demo_providers(fake: FakeUpstream, configured: dict[str, Any]) -> dict[str, Any]:
+    """A ``providers:`` section for ``metarouter serve --demo``: every configured provider (name → its
+    ``ProviderConfig``) pointed at ``fake`` — at the fake of its own name where there is one, else at its wire
+    format's — with the keys of :data:`FAKE_KEYS_ENV`; default providers the config disabled stay disabled."""
+    from ..config import DEFAULT_PROVIDERS
+
+    fakes = provider_config_for(fake)
+    by_wire = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "cohere": "cohere"}
+    out: dict[str, Any] = {name: False for name in DEFAULT_PROVIDERS if name not in configured}
+    for name, p in configured.items():
+        out[name] = {**fakes[name if name in fakes else by_wire.get(p.wire, "openai")], "wire": p.wire}
+    return out
 
 
 FAKE_KEYS_ENV = {
