@@ -197,8 +197,12 @@ def test_unfamiliar_prompts_lean_on_priors(router):
     assert fam_in > 0.5 > fam_out
     # a greeting is not like maths, MMLU-Pro or function-calling prompts
     hi = router.route(user("Say hi."), MODELS)
-    assert hi.familiarity < 0.5 and hi.category is None
+    assert hi.familiarity < 0.5 and hi.category == "everyday request"
     assert all(c.prior_weight > 0.5 for c in hi.ranked)
+    # and a request of no known kind says that general ability decided
+    odd = router.route(user("Draft a two-page cover letter for a senior data engineer position at a logistics company, "
+                            "highlighting Spark, Airflow and team leadership; keep a warm but professional tone."), MODELS)
+    assert odd.category is None and "general ability decides" in odd.reason
 
 
 def test_catalog_changes_are_seen(router):

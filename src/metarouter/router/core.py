@@ -7,6 +7,10 @@ Quality per candidate is the learned prediction where the prompt is like the tra
 ability against the request's difficulty) where it is not, weighed by the prompt's familiarity::
 
     q = f · q_learned + (1 − f) · q_prior        f = familiarity (0–1); models without labels: q = q_prior
+
+The prior believes the request's own difficulty where the request is like the training prompts or like everyday
+requests (a greeting: every model answers well, price decides); for a request of neither kind it uses the mean
+difficulty, so that it ranks every such request alike: the right single model by general ability and price.
 """
 
 from __future__ import annotations
@@ -84,7 +88,7 @@ class RouteDecision:
     decision_ms: float
     familiarity: float = 1.0  # 1 = prompt like the training data, 0 = unlike it (predictions lean on the prior)
     router_version: str = ""
-    category: str | None = None  # the training domain the prompt is most like (when it is like one)
+    category: str | None = None  # the training domain the prompt is most like, or "everyday request", or None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -162,9 +166,9 @@ def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_
             ratio = cost[best] / max(ci, 1e-12)
             why = (f"within {(qbest - qi) * 100:.0f} pts of the best ({ids[best]}) at " +
                    (f"{ratio:.0f}× less cost" if ratio >= 1.5 else "a lower cost") + f", tradeoff {tradeoff:g}")
-        where = f"{category}: " if category and familiarity >= 0.5 else ""
-        tail = "; unlike the training data, so general ability decides" if familiarity < 0.5 else \
-            "; quality mostly from priors" if prior_weight[i] > 0.6 else ""
+        where = f"{category}: " if category else ""
+        tail = "; unlike any labelled domain, so general ability decides" if familiarity < 0.5 and not category else \
+            "; quality mostly from priors" if prior_weight[i] > 0.6 and familiarity >= 0.5 else ""
         out.append(f"choice: {where}{why} ({qs}){tail}")
     return out
 
@@ -284,12 +288,14 @@ class Router:
     def predict(self, X: np.ndarray, coverage: np.ndarray, models: Sequence[Model], prompt_tokens: np.ndarray,
                 max_tokens: int | None = None) -> dict[str, np.ndarray]:
         """Prompts × candidates: ``quality``, ``prior_weight``, ``cost`` (USD), ``output_tokens`` (billed, with hidden
-        reasoning); per prompt ``familiarity`` and ``category`` (index of the most likely training domain)."""
+        reasoning); per prompt ``familiarity``, ``everyday`` (how like an everyday request, 0–1) and ``category``
+        (index of the most likely training domain)."""
         p = self.params(models)
         X = np.asarray(X, np.float32)
         P_cat = self.category.predict(X)
         fam = self.familiarity(X, coverage)
-        q_prior = self.prior.predict(X, p.ability)
+        everyday = self.fam.everyday(X)
+        q_prior = self.prior.predict(X, p.ability, trust=np.maximum(fam, everyday))
         q_learned = q_prior
         if p.learned.any():
             q_learned = q_prior.copy()
@@ -302,7 +308,7 @@ class Router:
         billed = out + p.hidden[None, :]
         cost = np.asarray(prompt_tokens, np.float64)[:, None] * p.pin[None, :] + billed * p.pout[None, :]
         return {"quality": Q, "prior_weight": pw, "cost": cost, "output_tokens": billed, "familiarity": fam,
-                "category": P_cat.argmax(1)}
+                "everyday": everyday, "category": P_cat.argmax(1)}
 
     # -- constraints --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -373,13 +379,14 @@ class Router:
         order = order.tolist()
         ids = [m.id for m in kept]
         cat = category_name(self.category.classes_[int(pred["category"][0])]) if self.category.classes_ else None
+        if fam < 0.5:
+            cat = "everyday request" if float(pred["everyday"][0]) >= 0.5 else None
         ql, cl, pl, nb = q.tolist(), cost.tolist(), pw.tolist(), near_best.tolist()
         sl, ol = S.tolist(), np.rint(out).astype(int).tolist()
         reasons = explain(ids, ql, cl, nb, order, t, fam, cat, pl)
         ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
                   for i, why in zip(order, reasons)]
-        return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version,
-                             cat if fam >= 0.5 else None)
+        return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, cat)
 
 
 def as_request(request: RouteRequest | dict | list | str) -> RouteRequest:

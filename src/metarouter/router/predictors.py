@@ -9,8 +9,9 @@ pickle). Training loads the same classes from the artifact that it fitted, so wh
   one vector per model, ``P(good) = σ((z · u_m + c_m) / T)``, the temperature ``T`` fitted on a validation split.
 - :class:`PriorModel` — what is known without a prompt like the training data: a general ability per model (Arena-Hard)
   against the request's difficulty (a ridge regression over the encoded request), ``σ(α·a_m + β·d(x) + γ)``.
-- :class:`FamiliarityModel` — how like the training prompts a request is (a classifier of training prompts against
-  reference traffic): it weighs the learned quality against the prior.
+- :class:`FamiliarityModel` — what kind of request it is: like the training prompts (the learned quality is
+  trusted), like everyday requests (the prior's difficulty is trusted: every model answers well), or neither (the
+  prior ranks by general ability alone).
 - :class:`LengthModel` — expected answer length: ``log(chars) = g(x) + o_m``.
 - :class:`KNNPredictor` — the RouterBench-style baseline of the benchmark.
 """
@@ -197,6 +198,7 @@ class PriorModel:
         w = np.linalg.solve((Fa * rw[:, None]).T @ Fa + self.l2 * np.eye(Fa.shape[1]), (Fa * rw[:, None]).T @ target)
         self.w_, self.w0_ = w[:-1].astype(np.float32), float(w[-1])
         d = F @ w[:-1] + w[-1]
+        self.d_mean_ = float(d[np.asarray(labelled, bool)[keep]].mean() if labelled is not None else d.mean())
         if labelled is not None:
             mask = mask & np.asarray(labelled, bool)[:, None]
         rows, cols = np.nonzero(mask)
@@ -217,53 +219,76 @@ class PriorModel:
     def difficulty(self, F: np.ndarray) -> np.ndarray:
         return np.asarray(F, np.float32) @ self.w_ + self.w0_
 
-    def predict(self, F: np.ndarray, ability: np.ndarray) -> np.ndarray:
-        """P(good) (prompts × models) for models of the given abilities."""
+    def predict(self, F: np.ndarray, ability: np.ndarray, trust: np.ndarray | None = None) -> np.ndarray:
+        """P(good) (prompts × models) for models of the given abilities. ``trust`` (per prompt, 0–1): how far the
+        prompt's own difficulty is believed; the rest is the labelled prompts' mean difficulty, so that for a
+        request of no known kind the prior ranks every request alike (the right single model by general ability)."""
         d = self.difficulty(F)
+        if trust is not None:
+            d = trust * d + (1.0 - trust) * self.d_mean_
         return sigmoid(self.alpha_ * np.asarray(ability, np.float32)[None, :] + self.beta_ * d[:, None] + self.gamma_)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"w": self.w_, "scalars": np.array([self.w0_, self.alpha_, self.beta_, self.gamma_], np.float64)}
+        return {"w": self.w_, "scalars": np.array([self.w0_, self.alpha_, self.beta_, self.gamma_, self.d_mean_],
+                                                  np.float64)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> PriorModel:
         p = cls()
         p.w_ = a["w"].astype(np.float32)
-        p.w0_, p.alpha_, p.beta_, p.gamma_ = (float(v) for v in a["scalars"])
+        p.w0_, p.alpha_, p.beta_, p.gamma_, p.d_mean_ = (float(v) for v in a["scalars"])
         return p
 
 
 class FamiliarityModel:
-    """1 = a request like the training prompts, 0 = unlike them: a classifier of training prompts against reference
-    traffic (real user prompts and everyday requests, unlabelled), i.e. the density ratio of the two on the encoded
-    request. ``P(training-like) ≥ hi`` counts as fully familiar, ``≤ lo`` as unfamiliar, linear between."""
+    """What kind of request this is, of three: like the labelled training prompts, like everyday requests (the
+    anchors), or other traffic (real user prompts of no labelled domain). A multinomial classifier on the encoded
+    request (the density ratios of the three); a probability ``≥ hi`` counts as fully so, ``≤ lo`` as not, linear
+    between (0.1 and 0.4: of four settings, the best OGR on the validation slice of the training prompts). :meth:`predict` is the familiarity (training-like), :meth:`everyday` the everyday-likeness."""
 
-    def __init__(self, C: float = 1.0, lo: float = 0.2, hi: float = 0.6, seed: int = 0):
+    def __init__(self, C: float = 1.0, lo: float = 0.1, hi: float = 0.4, seed: int = 0):
         self.C, self.lo, self.hi, self.seed = C, lo, hi, seed
 
-    def fit(self, X_train: np.ndarray, X_reference: np.ndarray) -> FamiliarityModel:
+    def fit(self, X_train: np.ndarray, X_everyday: np.ndarray, X_other: np.ndarray) -> FamiliarityModel:
         from sklearn.linear_model import LogisticRegression
 
-        X = np.vstack([X_train, X_reference])
-        y = np.r_[np.ones(len(X_train)), np.zeros(len(X_reference))]
-        clf = LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced", random_state=self.seed).fit(X, y)
-        self.w_, self.b_ = clf.coef_[0].astype(np.float32), float(clf.intercept_[0])
+        parts = [X_train, X_everyday, X_other]
+        X = np.vstack(parts)
+        y = np.concatenate([np.full(len(x), k) for k, x in enumerate(parts)])
+        present = sorted(set(y.tolist()))
+        W = np.zeros((X.shape[1], 3), np.float32)
+        b = np.full(3, -30.0, np.float32)  # a kind without examples is never predicted
+        if len(present) == 1:
+            b[present[0]] = 0.0
+        else:
+            clf = LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced",
+                                     random_state=self.seed).fit(X, y)
+            coef, icpt = clf.coef_, clf.intercept_
+            if len(present) == 2:  # scikit-learn keeps one column for two classes
+                coef, icpt = np.vstack([-coef / 2, coef / 2]), np.array([-icpt[0] / 2, icpt[0] / 2])
+            W[:, present], b[present] = coef.T, icpt
+        self.W_, self.b_ = W, b
         return self
 
-    def probability(self, X: np.ndarray) -> np.ndarray:
-        return sigmoid(np.asarray(X, np.float32) @ self.w_ + self.b_)
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        return softmax(np.asarray(X, np.float32) @ self.W_ + self.b_)
+
+    def _scale(self, p: np.ndarray) -> np.ndarray:
+        return np.clip((p - self.lo) / (self.hi - self.lo), 0.0, 1.0)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.clip((self.probability(X) - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        return self._scale(self.probabilities(X)[:, 0])
+
+    def everyday(self, X: np.ndarray) -> np.ndarray:
+        return self._scale(self.probabilities(X)[:, 1])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"w": self.w_, "scalars": np.array([self.b_, self.lo, self.hi], np.float64)}
+        return {"W": self.W_, "b": self.b_, "range": np.array([self.lo, self.hi], np.float64)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> FamiliarityModel:
-        b, lo, hi = (float(v) for v in a["scalars"])
-        p = cls(lo=lo, hi=hi)
-        p.w_, p.b_ = a["w"].astype(np.float32), b
+        p = cls(lo=float(a["range"][0]), hi=float(a["range"][1]))
+        p.W_, p.b_ = a["W"].astype(np.float32), a["b"].astype(np.float32)
         return p
 
 

@@ -184,11 +184,8 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     prior = PriorModel().fit(F_prior, Y_prior, ability[lab_models], labelled=labelled,
                              row_weight=np.where(labelled, 1.0, ANCHOR_WEIGHT))
 
-    # familiarity: the labelled prompts against reference traffic
-    fam = FamiliarityModel(seed=SEED).fit(X[fit_rows], X_extra) if len(X_extra) else None
-    if fam is None:  # nothing to compare with: every request counts as familiar
-        fam = FamiliarityModel(lo=0.0, hi=1e-6)
-        fam.w_, fam.b_ = np.zeros(X.shape[1], np.float32), 0.0
+    # familiarity: the labelled prompts against everyday requests and other traffic
+    fam = FamiliarityModel(seed=SEED).fit(X[fit_rows], X_extra[:n_anchor], X_extra[n_anchor:])
     _log(f"familiarity: validation prompts familiar (≥ 0.5): {(fam.predict(X[val]) >= 0.5).mean():.0%}", quiet)
 
     # answer lengths
