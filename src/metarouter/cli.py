@@ -11,6 +11,7 @@ from typing import Any
 
 from .catalog import pico_to_usd, usd_to_pico
 from .config import load_settings
+from .errors import MissingExtra, require_extra
 
 
 def _settings(args: argparse.Namespace):
@@ -28,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
     settings = load_settings(args.config, overrides=overrides)  # fail fast on a bad config, before forking
+    check_extras(settings)
     os.environ[ENV_ARGS] = orjson.dumps({"config": args.config, "overrides": overrides}).decode()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     available = [n for n in settings.providers if settings.provider_available(n)]
@@ -194,9 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_extras(settings) -> None:
+    """The packages the configured database and Redis need, before anything starts (a clear error, not a traceback)."""
+    if settings.db_url.startswith(("postgres://", "postgresql://")):
+        require_extra("asyncpg", "postgres", "A PostgreSQL database_url")
+    if settings.redis_url:
+        require_extra("redis", "redis", "A redis_url")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except MissingExtra as exc:
+        print(f"metarouter: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
