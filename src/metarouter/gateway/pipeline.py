@@ -28,7 +28,6 @@ from ..swr import SWRCache
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
-    IMAGE_TOKENS_BOUND,
     estimate_prompt_tokens,
     estimate_text_tokens,
     max_response_bytes,
@@ -247,10 +246,12 @@ class Gateway:
         key = ctx.key
         requested = requested_max_tokens(body)
         credits, usage = await self._account_credit()
-        if (key is None or key.limit_pico is None) and credits is None:
-            tokens = min(requested, model.max_output()) if requested is not None else model.max_output()
-            return 0, _with_max_tokens(body, tokens) if requested is not None and tokens < requested else None, tokens
-        prompt_bound = prompt_token_bound(body, int(model.extra.get("max_image_tokens", IMAGE_TOKENS_BOUND)))
+        if (key is None or key.limit_pico is None) and credits is None:  # no budget: only the model's maximum applies
+            if requested is None:
+                return 0, None, model.max_output()
+            tokens = min(requested, model.max_output())
+            return 0, _with_max_tokens(body, tokens) if tokens < requested else None, tokens
+        prompt_bound = prompt_token_bound(body)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         woken = False
