@@ -12,11 +12,21 @@ import orjson
 import pytest
 
 from metarouter.gateway.accounting import EXPECTED_OUTPUT_TOKENS, prompt_token_bound
+from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
+from metarouter.testing.gateway_process import GatewayProcess
 from metarouter.testing.hostile_upstream import endless_stream, gzip_bomb, inflating_usage, one_line_stream
+from tests.conftest import gateway_config
 
 MODEL = "openai/gpt-4o-mini-2024-07-18"  # $0.15 / $0.60 per 1M tokens: 150,000 / 600,000 picodollars a token
 IN_PICO, OUT_PICO = 150_000, 600_000
 MAX_OUTPUT = 16_384
+
+
+@pytest.fixture(scope="module")
+def gateway(fake, tmp_path_factory):
+    """A gateway of its own: requests queued behind a small budget's holds wait as long as a slow machine needs."""
+    with GatewayProcess(gateway_config(fake, budget_wait=300), tmp_path_factory.mktemp("budgets"), env=FAKE_KEYS_ENV) as gw:
+        yield gw
 
 
 @pytest.fixture
