@@ -11,6 +11,7 @@ from typing import Any
 
 from .catalog import pico_to_usd, usd_to_pico
 from .config import load_settings
+from .errors import MissingExtra, require_extra
 
 
 def _settings(args: argparse.Namespace):
@@ -31,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         demo, overrides = _start_demo(args, settings, overrides)
         settings = load_settings(args.config, overrides=overrides)
+    check_extras(settings)
     os.environ[ENV_ARGS] = orjson.dumps({"config": args.config, "overrides": overrides}).decode()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     available = [n for n in settings.providers if settings.provider_available(n)]
@@ -265,12 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_extras(settings) -> None:
+    """The packages the configured database and Redis need, before anything starts (a clear error, not a traceback)."""
+    if settings.db_url.startswith(("postgres://", "postgresql://")):
+        require_extra("asyncpg", "postgres", "A PostgreSQL database_url")
+    if settings.redis_url:
+        require_extra("redis", "redis", "A redis_url")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = int(args.fn(args) or 0)
         sys.stdout.flush()  # a reader that has gone shows here, not in Python's own flush at exit
         return code
+    except MissingExtra as exc:
+        print(f"metarouter: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `metarouter models | head`: the reader stopped; say nothing, as Unix tools do
         # Python flushes stdout again at exit: point it at /dev/null so that this flush cannot fail too
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -71,6 +71,9 @@ class Settings:
     keepalive_interval: float = 5.0
     #: seconds a key record is cached per process (a disabled key stops working within this time)
     auth_cache_ttl: float = 5.0
+    #: seconds a request may wait for a key's budget that holds of requests in flight take up (when the budget itself
+    #: could pay for it) before it is refused with 402
+    budget_wait: float = 10.0
     router: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -123,7 +126,7 @@ def load_settings(
     if "METAROUTER_HOME" in env:
         s.data_dir = Path(env["METAROUTER_HOME"]).expanduser()
     conversions = {"host": str, "port": int, "database_url": str, "redis_url": str, "stream_commit_after": float,
-                   "keepalive_interval": float, "auth_cache_ttl": float}
+                   "keepalive_interval": float, "auth_cache_ttl": float, "budget_wait": float}
     for key, conv in conversions.items():
         if raw.get(key) is not None:
             setattr(s, key, conv(raw[key]))

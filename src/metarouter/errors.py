@@ -66,3 +66,20 @@ def upstream_status_to_gateway(status: int) -> int:
     if status >= 500:
         return 502
     return 502
+
+
+class MissingExtra(RuntimeError):
+    """A configured backend needs a package of an optional extra that is not installed."""
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Import ``module``, or raise :class:`MissingExtra` naming the extra to install for ``what``."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module.split(".")[0]:
+            raise
+        raise MissingExtra(f"{what} needs the {exc.name!r} package, which is not installed: "
+                           f"pip install 'metarouter[{extra}]'") from None

@@ -9,6 +9,8 @@
 - ``metarouter_router_choices_total`` (counter; the model the ``auto`` router sent each request to)
 - ``metarouter_cost_usd_total`` (counter; exact: summed in integer picodollars)
 - ``metarouter_generations_total`` (counter; by status)
+- ``metarouter_overage_usd_total`` (counter; what answers cost beyond their budget hold, which no key was charged:
+  an upstream that reported more usage than the request could have used)
 - ``metarouter_circuit_breaker_state`` (gauge; by provider: 0 closed, 1 half-open, 2 open) and
   ``metarouter_circuit_breaker_opened_total`` (counter): read from the breakers at scrape time
 
@@ -264,6 +266,10 @@ class GatewayMetrics:
         self.generations = r.counter(
             "metarouter_generations_total", "Generation records written, by status.",
             ("gen_ai_response_model", "gen_ai_provider_name", "status"))
+        self.overage = r.counter(
+            "metarouter_overage_usd_total",
+            "Cost beyond the budget hold (an upstream reporting more usage than possible), not charged to keys, USD.",
+            ("gen_ai_response_model", "gen_ai_provider_name"), scale=10**12)
         self._bundles: dict[tuple, tuple] = {}  # see on_generation
 
     def observer(self, event: str, data: dict[str, Any]) -> None:
@@ -296,6 +302,9 @@ class GatewayMetrics:
                                      (self.generations, generations, 1)):
             if key is not None:
                 counter.values[key] = counter.values.get(key, 0) + amount
+        if rec.get("overage_pico"):  # rare: no cached series
+            self.overage.inc(int(rec["overage_pico"]), gen_ai_response_model=rec.get("model"),
+                             gen_ai_provider_name=rec.get("provider"))
 
     def _bundle(self, sig: tuple) -> tuple:
         requested, model, provider, status, router, streamed = sig

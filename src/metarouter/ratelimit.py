@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import GatewayError
+from .errors import GatewayError, require_extra
 
 log = logging.getLogger("metarouter.ratelimit")
 
@@ -216,6 +216,8 @@ class RedisRateLimiter:
 
 
 def make_limiter(redis_url: str | None) -> RateLimiter:
+    if redis_url:
+        require_extra("redis", "redis", "A redis_url")
     return RedisRateLimiter(redis_url) if redis_url else MemoryRateLimiter()
 
 

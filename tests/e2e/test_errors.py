@@ -95,15 +95,21 @@ def test_key_without_credit_is_402_and_not_sent(gateway, fake):
 
 
 def test_limited_key_without_max_tokens_gets_a_capped_request(gateway, fake):
-    # $0.001 at gpt-4o-mini's $0.60/1M output affords ~1,600 output tokens: max_tokens is capped, not refused
-    key = gateway.create_key("small", limit=0.001)
-    r = post(gateway, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}, key=key)
-    assert r.status_code == 200, r.text
-    sent = fake.requests_for("openai")[-1].body
-    assert 1000 < sent["max_tokens"] < 1700
-    k = httpx.get(f"{gateway.url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]
-    assert k["usage"] == pytest.approx(r.json()["usage"]["cost"])
-    assert k["limit_remaining"] == pytest.approx(0.001 - k["usage"])
+    from metarouter.gateway.accounting import EXPECTED_OUTPUT_TOKENS, prompt_token_bound
+
+    # $0.001 at gpt-4o-mini's $0.60/1M output affords ~1,600 output tokens: the expected output is held and sent as
+    # max_tokens (not the whole budget); $0.0001 affords less than that: max_tokens is what it affords, not refused
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    bound = prompt_token_bound(body)
+    for limit, expected in ((0.001, EXPECTED_OUTPUT_TOKENS), (0.0001, (10**8 - bound * 150_000) // 600_000)):
+        key = gateway.create_key("small", limit=limit)
+        r = post(gateway, body, key=key)
+        assert r.status_code == 200, r.text
+        sent = fake.requests_for("openai")[-1].body
+        assert sent["max_tokens"] == expected
+        k = httpx.get(f"{gateway.url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+        assert k["usage"] == pytest.approx(r.json()["usage"]["cost"])
+        assert k["limit_remaining"] == pytest.approx(limit - k["usage"])
 
 
 def test_disabled_key_is_403(gateway):

@@ -56,26 +56,27 @@ async def test_records_from_two_replicas_charge_once(replicas):
     assert len(await b.list_generations(limit=1000)) == 200
 
 
-async def test_holds_of_a_crashed_replica_expire(replicas, pg_schema):
+async def test_holds_of_a_replica_whose_lease_ran_out_are_given_back(replicas, pg_schema):
     a, b = replicas
     await a.add_credits(1000)
     _, rec = await a.create_key("k", limit_pico=1000)
     assert await a.reserve(rec.public_id, 700)
     assert await b.reserve(rec.public_id, 300)
     assert await b.reserve(rec.public_id, 1) is False
-    # replica a "crashes": its hold stays behind; age it past the TTL
+    # replica a hangs (it stops renewing its lease, e.g. on another host that lost the network) until it runs out
+    a._reaper.cancel()
     conn = await asyncpg.connect(pg_schema[0])
     try:
-        await conn.execute("UPDATE reservations SET created_at = now() - interval '1 hour' WHERE holder = $1",
+        await conn.execute("UPDATE instances SET lease_until = now() - interval '1 second' WHERE holder = $1",
                            a.holder)
     finally:
         await conn.close()
-    assert await b.expire_reservations() == 1
-    assert await b.expire_reservations() == 0
+    assert await b.reclaim_reservations() == 1
+    assert await b.reclaim_reservations() == 0
     k = await b.get_key(rec.public_id)
     assert k.reserved_pico == 300
     assert await b.reserve(rec.public_id, 700) is True
-    # a late release of the expired hold gives back nothing more
+    # a late release of the reclaimed hold gives back nothing more
     await a.release(rec.public_id, 700)
     a.record_generation(gen(rec.public_id, 50), reserved_pico=700)
     await a.flush()
@@ -83,11 +84,12 @@ async def test_holds_of_a_crashed_replica_expire(replicas, pg_schema):
     assert (k.reserved_pico, k.usage_pico) == (1000, 50)
 
 
-async def test_live_holds_are_not_expired(replicas):
-    a, _ = replicas
+async def test_live_holds_are_not_reclaimed(replicas):
+    a, b = replicas
     _, rec = await a.create_key("k", limit_pico=1000)
     assert await a.reserve(rec.public_id, 400)
-    assert await a.expire_reservations() == 0
+    assert await a.reclaim_reservations() == 0
+    assert await b.reclaim_reservations() == 0
     assert (await a.get_key(rec.public_id)).reserved_pico == 400
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
@@ -176,7 +178,7 @@ async def test_record_generation_is_synchronous_and_survives_cancellation(store)
 
 async def test_generation_roundtrip_and_listing(store):
     _, rec = await store.create_key("k")
-    old = gen(rec.public_id, 5, created_at=time.time() - 100, streamed=True, usage_estimated=True,
+    old = gen(rec.public_id, 5, created_at=time.time() - 100, streamed=True, usage_estimated=True, overage_pico=3,
               app_title="My App", app_referer="https://example.com", user_tag="u1", session_id="s1")
     new = gen(rec.public_id, 6)
     other = gen(None, 1)
@@ -294,15 +296,85 @@ async def test_another_process_opening_the_store_keeps_live_holds(backend, store
     assert (await store.get_key(rec.public_id)).reserved_pico == 60
 
 
-async def test_abandoned_holds_expire_and_late_releases_give_nothing_back_twice(store):
+_HOLDER = """
+import asyncio, sys
+from metarouter.store import open_store
+
+async def main():
+    st = open_store(sys.argv[1])
+    await st.open()
+    print("held" if await st.reserve(sys.argv[2], int(sys.argv[3])) else "refused", flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def _crashed_holder(backend, key_id: str, amount: int) -> None:
+    """Another process holds ``amount`` on the key, then is killed with SIGKILL (nothing of it runs after)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, backend.url, key_id, str(amount)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_holds_of_a_killed_process_are_given_back_at_start_up(backend, store):
     _, rec = await store.create_key("k", limit_pico=100)
-    assert await store.reserve(rec.public_id, 70)
-    assert await store.expire_reservations(older_than=0) == 1
-    k = await store.get_key(rec.public_id)
-    assert k.reserved_pico == 0
-    await store.release(rec.public_id, 70)  # the late release of the expired hold
-    assert await store.reserve(rec.public_id, 100)
-    assert (await store.get_key(rec.public_id)).reserved_pico == 100
+    _crashed_holder(backend, rec.public_id, 70)
+    assert (await store.get_key(rec.public_id)).reserved_pico == 70  # still held: nobody has looked yet
+    restarted = backend.open_store()
+    await restarted.open()  # the start-up sweep sees that process gone
+    try:
+        assert (await restarted.get_key(rec.public_id)).reserved_pico == 0
+        assert await restarted.reserve(rec.public_id, 100)
+    finally:
+        await restarted.close()
+
+
+async def test_holds_of_a_killed_process_are_given_back_by_the_next_sweep(backend, store):
+    _, rec = await store.create_key("k", limit_pico=100)
+    assert await store.reserve(rec.public_id, 20)
+    _crashed_holder(backend, rec.public_id, 70)
+    assert await store.reclaim_reservations() == 1
+    assert await store.reclaim_reservations() == 0
+    assert (await store.get_key(rec.public_id)).reserved_pico == 20  # this store's own hold stays
+
+
+async def test_holds_are_given_back_when_the_lease_runs_out_and_only_once(backend, store):
+    _, rec = await store.create_key("k", limit_pico=100)
+    other = backend.open_store()
+    await other.open()
+    try:
+        assert await other.reserve(rec.public_id, 70)
+        assert await store.reclaim_reservations() == 0  # a live lease: its holds stay
+        past = time.time() - 1
+        if backend.kind == "sqlite":
+            await backend.sql("UPDATE instances SET lease_until = $1 WHERE holder = $2", past, other.holder)
+        else:
+            await backend.sql("UPDATE instances SET lease_until = to_timestamp($1) WHERE holder = $2", past,
+                              other.holder)
+        assert await store.reclaim_reservations() == 1
+        assert (await store.get_key(rec.public_id)).reserved_pico == 0
+        await other.release(rec.public_id, 70)  # the late release of the reclaimed hold
+        assert await store.reserve(rec.public_id, 100)
+        assert (await store.get_key(rec.public_id)).reserved_pico == 100
+    finally:
+        await other.close()
+
+
+async def test_a_record_is_durable_when_its_future_is_done(backend, store):
+    _, rec = await store.create_key("k", limit_pico=1000)
+    assert await store.reserve(rec.public_id, 600)
+    r = gen(rec.public_id, 250)
+    fut = store.record_generation(r, reserved_pico=600)
+    assert await fut is True
+    # another connection sees the record and its charge, with no flush in between
+    assert await backend.sql("SELECT cost_pico FROM generations WHERE id = $1", r["id"]) == [(250,)]
+    assert await backend.sql("SELECT usage_pico, reserved_pico FROM keys WHERE public_id = $1", rec.public_id) == [
+        (250, 0)]
 
 
 # --- the Activity page's queries -------------------------------------------------------------------------------

@@ -345,3 +345,44 @@ async def test_tls_verified_with_host_name():
         with pytest.raises(UpstreamError, match="TLS"):
             await c.request(srv.url(scheme="https", host="localhost"), b"{}", {})
         await c.close()
+
+
+def _bomb(size: int) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip
+    block = b"\0" * (1024 * 1024)
+    return b"".join([*(z.compress(block) for _ in range(size // len(block))), z.flush()])
+
+
+async def test_a_gzip_bomb_is_cut_at_the_limit_before_it_is_inflated(client):
+    bomb = _bomb(1024 * 1024 * 1024)  # 1 GiB of zeros in about 1 MB
+    assert len(bomb) < 2 * 1024 * 1024
+    async with Script(fixed(bomb, b"Content-Encoding: gzip\r\n")) as srv:
+        r = await client.request(srv.url(), b"{}", {})
+        r.limit = 4 * 1024 * 1024
+        with pytest.raises(UpstreamError) as exc:
+            await r.read()
+        assert exc.value.kind == "ResponseTooLarge"
+        r.release()
+        r = await client.request(srv.url(), b"{}", {})  # streamed: the same cap, a piece at a time
+        r.limit = 4 * 1024 * 1024
+        got = 0
+        with pytest.raises(UpstreamError) as exc:
+            async for piece in r.iter_any():
+                assert len(piece) <= r.limit + 1
+                got += len(piece)
+        assert exc.value.kind == "ResponseTooLarge" and got <= r.limit
+        r.release()
+
+
+async def test_a_body_over_the_limit_fails_and_one_within_it_is_read(client):
+    async with Script(fixed(b"x" * 5000)) as srv:
+        r = await client.request(srv.url(), b"{}", {})
+        r.limit = 4999
+        with pytest.raises(UpstreamError) as exc:
+            await r.read()
+        assert exc.value.kind == "ResponseTooLarge"
+        r.release()
+        r = await client.request(srv.url(), b"{}", {})
+        r.limit = 5000
+        assert await r.read() == b"x" * 5000
+        r.release()

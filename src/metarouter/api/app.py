@@ -440,7 +440,8 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
         "router": rec.get("router"),
         "total_cost": cost,
         "usage": cost,
-        "upstream_inference_cost": cost,
+        "upstream_inference_cost": pico_to_usd((rec["cost_pico"] or 0) + (rec.get("overage_pico") or 0)),
+        "overage": pico_to_usd(rec.get("overage_pico") or 0),  # beyond the hold: the upstream's, not the key's
         "cache_discount": None,
         "is_byok": False,
         "data_region": "global",

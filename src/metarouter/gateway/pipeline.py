@@ -7,6 +7,8 @@ terminal error chunk. Every answered request (a partial stream included) is reco
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,23 +23,34 @@ from ..providers import get_adapter
 from ..providers.common import excludes_reasoning
 from ..providers.params import check_parameters
 from ..providers.base import ProviderConfig
-from ..providers.sse import SSE_DONE, SSEParser, sse_data
+from ..providers.sse import SSE_DONE, SSEParser, SSETooLarge, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
 from .images import ImageFetcher, remote_image_urls
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
+    charged_parts,
     cost_parts,
     estimate_prompt_tokens,
     estimate_text_tokens,
+    max_response_bytes,
     message_text_and_images,
+    output_hold_tokens,
+    prompt_token_bound,
     requested_max_tokens,
     usage_with_cost,
     worst_case_pico,
 )
 
 log = logging.getLogger("metarouter.gateway")
+
+#: seconds an answer waits for its record to be durable before it is delivered anyway (the database is away: the
+#: record stays queued and is written when it is back)
+LEDGER_WAIT = 30.0
+#: seconds between looks at a key's budget while a request waits for holds in flight to settle (holds of other
+#: processes settle without telling this one)
+BUDGET_POLL = 0.5
 
 PROVIDER_DISPLAY = {
     "openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "mistral": "Mistral", "deepseek": "DeepSeek",
@@ -99,6 +112,8 @@ class Gateway:
         self._credit_cache: SWRCache[tuple[int | None, int]] = SWRCache(self._load_credit, ttl=1.0)
         self._background: set[asyncio.Task] = set()
         self.images = ImageFetcher(settings.image_fetch)  # remote images for providers that take inline ones only
+        #: per key, requests waiting for holds in flight to settle (oldest first)
+        self._budget_waiters: dict[str, collections.deque[asyncio.Future]] = {}
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
@@ -111,9 +126,34 @@ class Gateway:
             except Exception:  # an observer must never break a request
                 log.exception("observer failed on %s", event)
 
-    def record(self, record: dict[str, Any], reserved: int) -> None:
-        self.store.record_generation(record, reserved)
+    def record(self, record: dict[str, Any], reserved: int) -> asyncio.Future | None:
+        """Queue the record and its charge: at most what was held (``reserved``, when a budget applied); the rest of
+        what the upstream reported is the record's ``overage_pico``. Returns the store's durability future."""
+        cost = int(record["cost_pico"])
+        if reserved and cost > reserved:
+            record["cost_pico"], record["overage_pico"] = reserved, cost - reserved
+            log.warning("generation %s: %s reported usage costing %d picodollars, more than the %d held; the key is "
+                        "charged what was held, the %d beyond is recorded as overage", record["id"],
+                        record.get("provider"), cost, reserved, cost - reserved)
+        fut = self.store.record_generation(record, reserved)
         self.emit("generation", record)
+        return fut
+
+    async def durable(self, fut: asyncio.Future | None, record: dict[str, Any]) -> None:
+        """Wait until a record is durably written (before its answer reaches the client), then wake requests waiting
+        on that key's budget."""
+        if fut is None:
+            return
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(fut), LEDGER_WAIT)
+        except TimeoutError:
+            log.error("generation %s not yet written after %.0f s (is the database away?): answering anyway; the record "
+                      "stays queued", record["id"], LEDGER_WAIT)
+            return
+        if not ok:
+            log.error("generation %s could not be stored", record["id"])
+        if record.get("key_id"):
+            self._budget_changed(record["key_id"])
 
     async def start(self) -> None:
         t = self.settings.timeouts
@@ -168,47 +208,85 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(self.store.release(key_id, amount))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda _: self._budget_changed(key_id))
+
+    def _budget_changed(self, key_id: str, n: int = 2) -> None:
+        """A hold on this key was settled or given back: wake the oldest waiters (the others look again soon)."""
+        waiters = self._budget_waiters.get(key_id)
+        while waiters and n > 0:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+        if waiters is not None and not waiters:
+            del self._budget_waiters[key_id]
+
+    async def _budget_settles(self, key_id: str, timeout: float, first: bool) -> None:
+        """Until a hold on this key settles here, or ``timeout`` (one elsewhere may have). ``first``: a waiter that
+        was woken and still did not fit keeps its place at the head of the queue."""
+        fut = asyncio.get_running_loop().create_future()
+        waiters = self._budget_waiters.setdefault(key_id, collections.deque())
+        waiters.appendleft(fut) if first else waiters.append(fut)
+        try:
+            await asyncio.wait((fut,), timeout=timeout)
+        finally:
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    waiters.remove(fut)
 
     def _failed(self, attempts: list[Attempt], attempt: Attempt) -> None:
         attempts.append(attempt)
         self.emit("attempt", attempt.as_dict())
 
     # --- budgets -----------------------------------------------------------------------------------------------
-    async def _reserve(self, ctx: RequestContext, model: Model, body: dict[str, Any]) -> tuple[int, dict | None]:
-        """Hold the worst case of this attempt against the key's limit and the account's credit.
+    async def _reserve(self, ctx: RequestContext, model: Model, body: dict[str, Any]) -> tuple[int, dict | None, int]:
+        """Hold the most this attempt can cost against the key's limit and the account's credit.
 
-        Returns (reserved picodollars, a body with ``max_tokens`` capped, or None when unchanged). When the
-        request sets no ``max_tokens`` and credit is limited, ``max_tokens`` is lowered to what the remaining
-        credit can pay for (OpenRouter's rule), and 402 is returned only if not even one token is affordable.
+        Returns (reserved picodollars, the body to send when ``max_tokens`` had to change or None, the output tokens
+        allowed). The most a prompt can be billed is bounded by its bytes (:func:`prompt_token_bound`); output by
+        ``max_tokens`` (up to the model's maximum). Without ``max_tokens`` on a limited budget the hold is what
+        :func:`output_hold_tokens` allows, and that is sent upstream as ``max_tokens``. 402 when the budget cannot
+        pay even with nothing else in flight; while it could, but holds of requests in flight take it, the request
+        waits (up to ``budget_wait`` seconds) for them to settle.
         """
         key = ctx.key
+        requested = requested_max_tokens(body)
         credits, usage = await self._account_credit()
-        key_limited = key is not None and key.limit_pico is not None
-        if not key_limited and credits is None:
-            return 0, None
-        prompt_tokens = estimate_prompt_tokens(body, conservative=True)
-        max_tokens = requested_max_tokens(body)
+        if (key is None or key.limit_pico is None) and credits is None:  # no budget: only the model's maximum applies
+            if requested is None:
+                return 0, None, model.max_output()
+            tokens = min(requested, model.max_output())
+            return 0, _with_max_tokens(body, tokens) if tokens < requested else None, tokens
+        prompt_bound = prompt_token_bound(body)
         choices = body.get("n") or 1  # each choice may use max_tokens
-        capped_body = None
-        if max_tokens is None:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        woken = False
+        while True:
             fresh = await self.store.get_key(key.public_id) if key is not None else None
-            remaining = [r for r in (
-                fresh.remaining_pico if fresh is not None else None,
-                None if credits is None else credits - usage,
-            ) if r is not None]
-            left = min(remaining) - prompt_tokens * model.worst_prompt_pico
-            affordable = left // (model.output_pico * choices) if model.output_pico else model.max_output()
-            if affordable < 1:
+            if key is not None and fresh is None:
                 raise _no_credit(model)
-            max_tokens = min(model.max_output(), affordable)
-            if max_tokens < model.max_output():
-                capped_body = {**body, "max_tokens": max_tokens}
-        worst = worst_case_pico(model, prompt_tokens, max_tokens * choices)
-        if key is None:
-            return 0, capped_body
-        if not await self.store.reserve(key.public_id, worst):
-            raise _no_credit(model)
-        return worst, capped_body
+            spendable = min(s for s in (
+                None if fresh is None or fresh.limit_pico is None else fresh.limit_pico - fresh.usage_pico,
+                None if credits is None else credits - usage,
+            ) if s is not None)
+            tokens = output_hold_tokens(model, requested, spendable, prompt_bound, choices)
+            worst = worst_case_pico(model, prompt_bound, max(tokens, 0) * choices)
+            if tokens < 1 or worst > spendable:
+                raise _no_credit(model)
+            capped = _with_max_tokens(body, tokens) if tokens != requested else None
+            if key is None:
+                return 0, capped, tokens
+            if await self.store.reserve(key.public_id, worst):
+                return worst, capped, tokens
+            now = loop.time()
+            deadline = now + self.settings.budget_wait if deadline is None else deadline
+            if now >= deadline:
+                raise _no_credit(model)
+            await self._budget_settles(key.public_id, min(BUDGET_POLL, deadline - now), first=woken)
+            woken = True
+            credits, usage = await self._account_credit()
 
     async def _account_credit(self) -> tuple[int | None, int]:
         """The account's (credit, usage), at most a second or so old: it decides whether budgets apply and how far
@@ -351,7 +429,7 @@ class Gateway:
                     last_error = exc
                     continue
             try:
-                reserved, capped = await self._reserve(ctx, model, send)
+                reserved, capped, max_tokens = await self._reserve(ctx, model, send)
             except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
@@ -363,7 +441,9 @@ class Gateway:
                     t0 = time.perf_counter()
                     try:
                         adapter, resp = await self._open(model, provider, capped or send, stream=stream)
-                        t = _Try(model, provider, adapter, resp, reserved, t0, breaker)
+                        resp.limit = max_response_bytes(max_tokens * (send.get("n") or 1), stream=stream,
+                                                        logprobs=bool(send.get("logprobs")))
+                        t = _Try(model, provider, adapter, resp, reserved, max_tokens, t0, breaker)
                         yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
                         if t.error is None:
                             return
@@ -413,10 +493,10 @@ class Gateway:
                                     round((time.perf_counter() - t.t0) * 1000, 2)))
             if plan.on_served is not None:
                 await plan.on_served(t.model.id)
-            return self._finish_complete(out, body, plan, ctx, t.model, t.provider, attempts, t.reserved, started)
+            return await self._finish_complete(out, body, plan, ctx, t.model, t.provider, attempts, t.reserved, started)
         raise AssertionError("unreachable: _tries raises when nothing answered")
 
-    def _finish_complete(self, out, body, plan, ctx, model, provider, attempts, reserved, started) -> dict:
+    async def _finish_complete(self, out, body, plan, ctx, model, provider, attempts, reserved, started) -> dict:
         gen_id = new_generation_id()
         usage = out.get("usage")
         estimated = usage is None
@@ -425,7 +505,7 @@ class Gateway:
             pt, ct = estimate_prompt_tokens(body), estimate_text_tokens(len(text))
             usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
         parts = cost_parts(model, usage)
-        cost = sum(parts)
+        cost = sum(parts)  # the key pays at most the hold
         latency_ms = (time.perf_counter() - started) * 1000
         choice0 = (out.get("choices") or [{}])[0]
         record = self._base_record(plan, ctx, gen_id, started, False)
@@ -438,7 +518,7 @@ class Gateway:
             finish_reason=choice0.get("finish_reason"), native_finish_reason=choice0.get("native_finish_reason"),
             upstream_id=out.get("id"), user_tag=body.get("user"), attempts=[a.as_dict() for a in attempts],
         )
-        self.record(record, reserved)
+        durable = self.record(record, reserved)
         if excludes_reasoning(body):
             for c in out.get("choices") or ():
                 (c.get("message") or {}).pop("reasoning", None)
@@ -451,10 +531,11 @@ class Gateway:
             # required (nullable) in OpenRouter's schema: its SDK rejects an answer without it
             "system_fingerprint": out.get("system_fingerprint"),
             "choices": out.get("choices") or [],
-            "usage": usage_with_cost(usage, parts),
+            "usage": usage_with_cost(usage, charged_parts(parts, record["cost_pico"])),
         }
         if ctx.want_metadata:
             response["openrouter_metadata"] = self._metadata(plan, attempts, model)
+        await self.durable(durable, record)  # no answer leaves before its record is written
         return response
 
     # --- streaming ---------------------------------------------------------------------------------------------
@@ -472,7 +553,7 @@ class Gateway:
         try:
             async for t in tries:
                 run = _StreamRun(self, body, ctx, plan, t.model, t.provider, t.adapter, t.resp, attempts,
-                                 t.reserved, started, t.t0)
+                                 t.reserved, t.max_tokens, started, t.t0)
                 try:
                     async for frame in run.frames():
                         if not t.succeeded:
@@ -493,6 +574,7 @@ class _Try:
     adapter: Any
     resp: UpstreamResponse
     reserved: int
+    max_tokens: int  # output tokens allowed (sent upstream, and where a stream is cut)
     t0: float
     breaker: CircuitBreaker
     error: GatewayError | None = None
@@ -519,16 +601,22 @@ def _retry_after_s(err: GatewayError) -> float | None:
 
 
 class _StreamRun:
-    """One upstream stream being relayed: translation, stamping, usage, and the record at the end."""
+    """One upstream stream being relayed: translation, stamping, usage, and the record at the end.
 
-    def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, started, t0):
+    The stream is cut where its output would pass the tokens allowed (``max_tokens``, or what the budget holds;
+    estimated from the text relayed, 4 characters a token) and ends there with ``finish_reason: "length"``."""
+
+    def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, max_tokens,
+                 started, t0):
         self.gw, self.body, self.ctx, self.plan = gw, body, ctx, plan
         self.model, self.provider, self.adapter, self.resp = model, provider, adapter, resp
         self.attempts, self.reserved, self.started, self.t0 = attempts, reserved, started, t0
+        self.max_chars = 4 * max_tokens
         self.gen_id = new_generation_id()
         self.created = int(time.time())
         self.first_at: float | None = None
         self.text_chars = 0
+        self.cut = False  # the output reached what was allowed: the rest of the upstream's answer is dropped
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
         self.upstream_id: str | None = None
@@ -546,21 +634,31 @@ class _StreamRun:
         }
         out.update(chunk)
         for c in chunk.get("choices") or ():
-            delta = c.get("delta") or {}
-            if self.drop_reasoning:
-                delta.pop("reasoning", None)
-            content = delta.get("content")
-            if isinstance(content, str):
-                self.text_chars += len(content)
-            for k in ("reasoning",):
-                if isinstance(delta.get(k), str):
-                    self.text_chars += len(delta[k])
-            for tc in delta.get("tool_calls") or ():
-                fn = (tc or {}).get("function") or {}
-                self.text_chars += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
             if c.get("finish_reason"):
                 self.finish_reason = c["finish_reason"]
                 self.native_finish_reason = c.get("native_finish_reason", c["finish_reason"])
+        return out
+
+    def _frames(self, chunks) -> list[bytes]:
+        """The frames of translated chunks, up to the output allowed (past it ``cut`` is set and the rest dropped)."""
+        out: list[bytes] = []
+        for chunk in chunks:
+            n = 0
+            for c in chunk.get("choices") or ():
+                delta = c.get("delta") or {}
+                if self.drop_reasoning:
+                    delta.pop("reasoning", None)
+                for k in ("content", "reasoning"):
+                    if isinstance(delta.get(k), str):
+                        n += len(delta[k])
+                for tc in delta.get("tool_calls") or ():
+                    fn = (tc or {}).get("function") or {}
+                    n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+            if self.text_chars + n > self.max_chars:
+                self.cut = True
+                break
+            self.text_chars += n
+            out.append(sse_data(self._stamp(chunk)))
         return out
 
     async def frames(self) -> AsyncIterator[bytes]:
@@ -575,28 +673,34 @@ class _StreamRun:
                     failed: GatewayError | None = None
                     try:
                         for event in parser.feed(raw):
-                            for chunk in translator.feed(event):
-                                if self.first_at is None:
-                                    self.first_at = time.perf_counter()
-                                    self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
-                                                                 round((self.first_at - self.t0) * 1000, 2)))
-                                    if self.plan.on_served is not None:
-                                        await self.plan.on_served(self.model.id)
-                                out.append(sse_data(self._stamp(chunk)))
+                            chunks = translator.feed(event)
+                            if chunks and self.first_at is None:
+                                self.first_at = time.perf_counter()
+                                self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
+                                                             round((self.first_at - self.t0) * 1000, 2)))
+                                if self.plan.on_served is not None:
+                                    await self.plan.on_served(self.model.id)
+                            out += self._frames(chunks)
+                            if self.cut:
+                                break
                     except GatewayError as exc:  # frames before an in-stream error still go out first
                         failed = exc
+                    except SSETooLarge as exc:
+                        failed = GatewayError(502, f"{self.provider.name}: {exc}")
                     if out:
                         yield out[0] if len(out) == 1 else b"".join(out)
                     if failed is not None:
                         raise failed
-                    if translator.done:
+                    if translator.done or self.cut:
                         break
-                for event in parser.close():
-                    for chunk in translator.feed(event):
-                        yield sse_data(self._stamp(chunk))
-                for chunk in translator.finish():
-                    yield sse_data(self._stamp(chunk))
-                if not translator.done and self.first_at is not None and self.finish_reason is None:
+                if not self.cut:
+                    for event in parser.close():
+                        for frame in self._frames(translator.feed(event)):
+                            yield frame
+                if not self.cut:
+                    for frame in self._frames(translator.finish()):
+                        yield frame
+                if not (translator.done or self.cut) and self.first_at is not None and self.finish_reason is None:
                     raise GatewayError(502, f"{self.provider.name}: upstream stream ended before it was complete")
             except GatewayError as exc:
                 if self.first_at is None:
@@ -613,25 +717,29 @@ class _StreamRun:
                 self.resp.release()
             if self.first_at is None:
                 raise _Fallback(GatewayError(502, f"{self.provider.name}: upstream stream ended without an answer"))
-            if self.error is not None:
+            if self.cut:
+                yield sse_data(self._stamp({"choices": [{"index": 0, "delta": {}, "finish_reason": "length",
+                                                         "native_finish_reason": "length"}]}))
+            elif self.error is not None:
                 self.finish_reason = "error"
                 yield sse_data(self._stamp({
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "error", "native_finish_reason": "error"}],
                     "error": self.error.stream_body(),
                 }))
-            usage = self._usage(translator.usage)
+            usage = self._usage(None if self.cut else translator.usage)  # a cut answer's upstream usage is partial
             parts = cost_parts(self.model, usage)
-            cost = sum(parts)
-            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, parts)}
+            record, durable = self._record(usage, sum(parts), status="ok" if self.error is None else "error")
+            recorded = True
+            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, charged_parts(parts,
+                                                                                                record["cost_pico"]))}
             if self.ctx.want_metadata:
                 final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
-            self._record(usage, cost, status="ok" if self.error is None else "error")
-            recorded = True
+            await self.gw.durable(durable, record)  # the last byte leaves only once the record is written
             yield sse_data(self._stamp(final)) + SSE_DONE  # the usage chunk and the end: one write
         finally:
             if not recorded and self.first_at is not None:
                 # the client went away (or we were cancelled) after the answer began: record what was served
-                usage = self._usage(translator.usage)
+                usage = self._usage(None if self.cut else translator.usage)
                 self._record(usage, sum(cost_parts(self.model, usage)), status="cancelled")
 
     def _usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
@@ -643,7 +751,7 @@ class _StreamRun:
         ct = estimate_text_tokens(self.text_chars)
         return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
-    def _record(self, usage: dict[str, Any], cost: int, status: str) -> None:
+    def _record(self, usage: dict[str, Any], cost: int, status: str) -> tuple[dict[str, Any], asyncio.Future | None]:
         now = time.perf_counter()
         record = self.gw._base_record(self.plan, self.ctx, self.gen_id, self.started, True)
         record.update(
@@ -658,7 +766,13 @@ class _StreamRun:
             user_tag=self.body.get("user"), error=self.error.message if self.error else None,
             attempts=[a.as_dict() for a in self.attempts],
         )
-        self.gw.record(record, self.reserved)
+        return record, self.gw.record(record, self.reserved)
+
+
+def _with_max_tokens(body: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """``body`` asking for at most ``tokens`` output tokens (under whichever name it used)."""
+    names = [n for n in ("max_tokens", "max_completion_tokens") if n in body] or ["max_tokens"]
+    return {**body, **{n: tokens for n in names}}
 
 
 def _no_credit(model: Model) -> GatewayError:

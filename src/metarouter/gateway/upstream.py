@@ -5,7 +5,8 @@ status and headers, then either read the whole body or pass it through as it arr
 one ``transport.write`` of the request, one parser pass over what comes back, and no per-request object graph
 beyond the response. What it keeps from a general client: a LIFO pool of idle connections per origin (scheme,
 host, port), TLS with certificate and host-name checks, connect / between-reads / total timeouts, chunked and
-content-length and read-to-close bodies, gzip/deflate bodies, and back-pressure on streams (reading pauses while a
+content-length and read-to-close bodies, gzip/deflate bodies (decompressed in bounded steps), a cap on the size of
+an answer (:attr:`UpstreamResponse.limit`, before and after decompression), and back-pressure on streams (reading pauses while a
 slow client lets the body pile up). It never re-sends a request by itself: that is the gateway's retry policy.
 
 Failures are raised as :class:`UpstreamError` (:class:`UpstreamTimeout` for timeouts) naming what went wrong.
@@ -104,6 +105,8 @@ class _Conn(asyncio.Protocol):
         self.streaming = False
         self.error: UpstreamError | None = None
         self.waiter: asyncio.Future | None = None
+        self.received = 0  # body bytes of this answer, as sent (compressed or not)
+        self.limit: int | None = None  # more body bytes than this fail the answer
 
     # --- asyncio.Protocol ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +166,10 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if not self.headers_done or self.complete:
             return  # an interim response has no body; after the end nothing belongs to this answer
+        self.received += len(body)
+        if self.limit is not None and self.received > self.limit:
+            self._fail(_too_large(self.limit))
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.streaming and self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -212,6 +219,10 @@ class _Conn(asyncio.Protocol):
             self.waiter = None
 
 
+def _too_large(limit: int) -> UpstreamError:
+    return UpstreamError(f"upstream answer is larger than {limit} bytes", "ResponseTooLarge")
+
+
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(UpstreamTimeout("upstream timed out", "TimeoutError"))
@@ -222,7 +233,7 @@ class UpstreamResponse:
     connection goes back to the pool (or is closed) with :meth:`release`, which is always safe to call."""
 
     __slots__ = ("status", "headers", "_conn", "_client", "_origin", "_read_timeout", "_deadline", "_decoder",
-                 "_released")
+                 "_decoded", "_released")
 
     def __init__(self, conn: _Conn, client: "UpstreamClient", origin: _Origin, read_timeout: float, deadline: float):
         self._conn, self._client, self._origin = conn, client, origin
@@ -242,18 +253,58 @@ class UpstreamResponse:
         else:
             conn.close()
             raise UpstreamError(f"upstream used an unsupported content-encoding {enc!r}", "ProtocolError")
+        self._decoded = 0
         self._released = False
 
-    def _decode(self, data: bytes) -> bytes:
+    @property
+    def limit(self) -> int | None:
+        """The most body bytes this answer may have, as sent and decompressed (None: no cap); past it, reading
+        raises ``UpstreamError`` (kind ``ResponseTooLarge``) and the connection is closed."""
+        return self._conn.limit
+
+    @limit.setter
+    def limit(self, value: int | None) -> None:
+        conn = self._conn
+        conn.limit = value
+
+    def _decode(self, data: bytes, final: bool = False) -> bytes:
+        """Decompress in steps that never produce more than the cap allows (a small gzip bomb stays small)."""
+        d = self._decoder
+        if d is None:
+            return data
+        limit = self._conn.limit
+        out: list[bytes] = []
         try:
-            return self._decoder.decompress(data) if self._decoder is not None else data
+            while True:
+                room = 0 if limit is None else limit - self._decoded + 1  # 0: unbounded
+                piece = d.decompress(data, room)
+                self._decoded += len(piece)
+                if limit is not None and self._decoded > limit:
+                    raise _too_large(limit)
+                out.append(piece)
+                data = d.unconsumed_tail
+                if not data:
+                    break
+            if final:
+                tail = d.flush()
+                self._decoded += len(tail)
+                if limit is not None and self._decoded > limit:
+                    raise _too_large(limit)
+                out.append(tail)
         except zlib.error as exc:
             self._conn.close()
             raise UpstreamError(f"upstream body could not be decompressed ({exc})", "ProtocolError") from None
+        except UpstreamError:
+            self._conn.close()
+            raise
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def _take(self) -> bytes:
         """Everything received and not yet handed over (reading resumes if a slow consumer had paused it)."""
         conn = self._conn
+        if conn.limit is not None and conn.received > conn.limit:  # (arrived before the cap was set)
+            conn.close()
+            raise _too_large(conn.limit)
         data = conn.chunks.popleft() if len(conn.chunks) == 1 else b"".join(conn.chunks)
         conn.chunks.clear()
         conn.buffered = 0
@@ -277,10 +328,7 @@ class UpstreamResponse:
         except BaseException:
             self.release()
             raise
-        data = self._take()
-        if self._decoder is not None:
-            data = self._decode(data) + self._decoder.flush()
-        return data
+        return self._decode(self._take(), final=True)
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         """The body as it arrives: each item is everything received since the last one."""
@@ -289,17 +337,14 @@ class UpstreamResponse:
         try:
             while True:
                 if conn.chunks:
-                    data = self._take()
-                    if self._decoder is not None:
-                        data = self._decode(data)
+                    data = self._decode(self._take())
                     if data:
                         yield data
                     continue
                 if conn.complete:
-                    if self._decoder is not None:
-                        tail = self._decoder.flush()
-                        if tail:
-                            yield tail
+                    tail = self._decode(b"", final=True)
+                    if tail:
+                        yield tail
                     return
                 await self._more()
         except BaseException:

@@ -244,7 +244,8 @@ class FamiliarityModel:
     """What kind of request this is, of three: like the labelled training prompts, like everyday requests (the
     anchors), or other traffic (real user prompts of no labelled domain). A multinomial classifier on the encoded
     request (the density ratios of the three); a probability ``≥ hi`` counts as fully so, ``≤ lo`` as not, linear
-    between (0.1 and 0.4: of four settings, the best OGR on the validation slice of the training prompts). :meth:`predict` is the familiarity (training-like), :meth:`everyday` the everyday-likeness."""
+    between (0.1 and 0.4: of four settings, the best OGR on the validation slice of the training prompts).
+    :meth:`predict` is the familiarity (training-like), :meth:`everyday` the everyday-likeness."""
 
     def __init__(self, C: float = 1.0, lo: float = 0.1, hi: float = 0.4, seed: int = 0):
         self.C, self.lo, self.hi, self.seed = C, lo, hi, seed

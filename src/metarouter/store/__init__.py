@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import require_extra
 from .base import KeyRecord, Store, hash_key, new_generation_id, parse_key, verify_key
 
 
@@ -12,7 +13,8 @@ def open_store(url: str) -> Store:
 
         return SQLiteStore(url[len("sqlite:///"):])
     if url.startswith(("postgres://", "postgresql://")):
-        from .postgres import PostgresStore  # noqa: F401  (issue 6)
+        require_extra("asyncpg", "postgres", "A PostgreSQL database_url")
+        from .postgres import PostgresStore
 
         return PostgresStore(url)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")

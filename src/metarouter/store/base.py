@@ -6,10 +6,13 @@ All money is integer picodollars.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import os
 import random
 import secrets
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
@@ -98,11 +101,58 @@ def spend_window_starts(now: float) -> dict[str, float]:
     return {"day": day.timestamp(), "week": week.timestamp(), "month": month.timestamp()}
 
 
+#: seconds an instance's lease lasts unless renewed (it is renewed every third of that): the holds of an instance
+#: that has not renewed its lease for this long are given back by whichever instance sweeps first
+INSTANCE_LEASE = 30.0
+#: holders opened by this process and not yet closed (several stores may share one process: tests, the CLI)
+_LIVE_HOLDERS: set[str] = set()
+
+
+def instance_lease() -> float:
+    return float(os.environ.get("METAROUTER_INSTANCE_LEASE", INSTANCE_LEASE))
+
+
+def this_host() -> str:
+    """This machine and process namespace: pids are comparable only between instances that share it."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return f"{socket.gethostname()}/{ns}"
+
+
+def new_holder() -> str:
+    """A fresh instance id (``reservations.holder``, ``instances.holder``), registered as live in this process."""
+    holder = f"{os.getpid()}-{secrets.token_hex(6)}"
+    _LIVE_HOLDERS.add(holder)
+    return holder
+
+
+def closed_holder(holder: str) -> None:
+    _LIVE_HOLDERS.discard(holder)
+
+
+def dead_here(host: str, pid: int, holder: str) -> bool:
+    """Whether the instance ``holder`` (process ``pid`` on ``host``) is known to be gone: it ran on this host, and
+    its process has exited, or its pid is now ours (a restarted container) and it is not one of our stores."""
+    if host != this_host():
+        return False
+    if pid == os.getpid():
+        return holder not in _LIVE_HOLDERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is not ours to signal
+        return False
+    return False
+
+
 #: columns of a generation record, in storage order
 GENERATION_FIELDS: tuple[str, ...] = (
     "id", "created_at", "key_id", "app_referer", "app_title", "requested_model", "model", "provider", "router",
     "streamed", "status", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
-    "usage_estimated", "cost_pico", "latency_ms", "ttft_ms", "finish_reason", "native_finish_reason",
+    "usage_estimated", "cost_pico", "overage_pico", "latency_ms", "ttft_ms", "finish_reason", "native_finish_reason",
     "upstream_id", "user_tag", "session_id", "error", "attempts", "routing",
 )
 JSON_FIELDS = ("attempts", "routing")
@@ -242,8 +292,9 @@ class Store(Protocol):
 
     async def release(self, key_id: str, amount_pico: int) -> None: ...
 
-    async def expire_reservations(self, older_than: float | None = None) -> int:
-        """Give back holds older than ``older_than`` seconds (default: the store's reservation TTL)."""
+    async def reclaim_reservations(self) -> int:
+        """Give back the holds of instances that are gone: those whose lease has run out, and, on this host, those
+        whose process has died. Run at start-up and every few seconds; returns how many holds were given back."""
         ...
 
     async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
@@ -263,10 +314,13 @@ class Store(Protocol):
         """Records accepted by :meth:`record_generation` and not yet written (exported in ``/metrics``)."""
         ...
 
-    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
+    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> "asyncio.Future[bool] | None":
         """Queue one generation record and its charge (key usage, account usage, release of the reservation)
         to be written in one transaction. Synchronous and non-blocking so that it can run in ``finally``
-        blocks of cancelled tasks; idempotent by record id."""
+        blocks of cancelled tasks; idempotent by record id.
+
+        Returns a future of the calling event loop (None off it) that is done once the record is durably written
+        (True; False if it was dropped as unstorable): the answer must not reach the client before then."""
         ...
 
     async def flush(self) -> None:

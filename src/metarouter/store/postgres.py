@@ -5,10 +5,11 @@ Same semantics as ``SQLiteStore``:
 - **Budgets.** ``reserve`` is one transaction of two conditional UPDATEs (the key, then the account): PostgreSQL
   re-checks the ``WHERE`` on the latest row version after a lock wait, so concurrent reserves from any number of
   replicas can never hold more than the limit. Each hold is also a row in ``reservations`` (which replica, which
-  key, how much, when), so that a hold left behind by a crashed replica — or by a request that never released it —
-  is expired after ``reservation_ttl`` seconds by whichever replica notices first, instead of shrinking the budget
-  forever. A release (or a charge) subtracts only what it actually finds in that table, so a late release after
-  expiry never subtracts twice.
+  key, how much), and each replica holds a lease in ``instances`` that it renews every third of
+  ``METAROUTER_INSTANCE_LEASE`` seconds (default 30): the holds of a replica whose lease ran out, or whose process
+  on this host has exited, are given back by whichever replica sweeps first (every replica sweeps at start-up and
+  with each renewal). A release (or a charge) subtracts only what it actually finds in that table, so a late
+  release after a reclaim never subtracts twice.
 - **Ledger.** ``record_generation`` is synchronous and non-blocking: it appends to an in-memory queue that a
   background task drains in batches, each batch one transaction: insert the generations (``ON CONFLICT DO
   NOTHING``: idempotent by id), charge keys and the account only for the rows actually inserted, and release the
@@ -28,7 +29,6 @@ import collections
 import contextlib
 import logging
 import os
-import secrets
 import threading
 import time
 from typing import Any
@@ -44,8 +44,13 @@ from .base import (
     activity_where,
     breakdown_row,
     breakdown_sql,
+    closed_holder,
+    dead_here,
+    instance_lease,
+    new_holder,
     new_key,
     spend_window_starts,
+    this_host,
 )
 
 log = logging.getLogger("metarouter.store")
@@ -113,6 +118,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX reservations_holder ON reservations (holder, key_id, amount_pico);
     CREATE INDEX reservations_created ON reservations (created_at);
     """,
+    # 2: what an answer cost beyond its hold (the key is charged at most the hold), and the live replicas: the
+    # holds of one whose lease ran out, or whose process is gone, are given back (no fixed time-to-live)
+    """
+    ALTER TABLE generations ADD COLUMN overage_pico BIGINT NOT NULL DEFAULT 0;
+    CREATE TABLE instances (
+        holder TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        lease_until TIMESTAMPTZ NOT NULL
+    );
+    """,
 ]
 
 #: advisory lock taken while migrating, so replicas starting together apply each migration once
@@ -123,9 +139,9 @@ _GEN_COLS = ", ".join(GENERATION_FIELDS)
 _GEN_TYPES = {
     "created_at": "float8", "streamed": "bool", "usage_estimated": "bool", "prompt_tokens": "int8",
     "completion_tokens": "int8", "reasoning_tokens": "int8", "cached_tokens": "int8", "cost_pico": "int8",
-    "latency_ms": "float8", "ttft_ms": "float8", "attempts": "jsonb", "routing": "jsonb",
+    "overage_pico": "int8", "latency_ms": "float8", "ttft_ms": "float8", "attempts": "jsonb", "routing": "jsonb",
 }
-_INT_FIELDS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_pico")
+_INT_FIELDS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_pico", "overage_pico")
 # One multi-row INSERT from parallel arrays; RETURNING tells which ids were new.
 _GEN_INSERT = (
     f"INSERT INTO generations ({_GEN_COLS}) SELECT "
@@ -186,19 +202,18 @@ def _columns(records: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, reservation_ttl: float = 900.0,
-                 reap_interval: float = 60.0):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10):
         self.url = url
         self.min_size, self.max_size = min_size, max_size
-        #: seconds after which a hold is presumed abandoned; must exceed the longest request (``timeouts.total``)
-        self.reservation_ttl = float(os.environ.get("METAROUTER_RESERVATION_TTL", reservation_ttl))
-        self.reap_interval = reap_interval
+        #: seconds this replica's lease lasts; renewed every third of it (the holds of a replica that stops
+        #: renewing are given back by the others)
+        self.lease = instance_lease()
         self.close_timeout = 60.0
-        self.holder = f"{os.getpid()}-{secrets.token_hex(6)}"  # this replica, in ``reservations.holder``
+        self.holder = new_holder()  # this replica, in ``reservations.holder`` and ``instances``
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._queue: collections.deque[tuple[dict[str, Any], int]] = collections.deque()
+        self._queue: collections.deque[tuple[dict[str, Any], int, asyncio.Future | None]] = collections.deque()
         self._pending = 0
         self._wake: asyncio.Event | None = None
         self._drained: asyncio.Event | None = None
@@ -214,7 +229,8 @@ class PostgresStore:
         self._pool = await asyncpg.create_pool(self.url, min_size=self.min_size, max_size=self.max_size,
                                                command_timeout=60)
         await self._migrate()
-        await self.expire_reservations()
+        await self._renew()
+        await self.reclaim_reservations()
         self._writer = asyncio.create_task(self._write_loop(), name="metarouter-pg-writer")
         self._reaper = asyncio.create_task(self._reap_loop(), name="metarouter-pg-reaper")
 
@@ -224,7 +240,7 @@ class PostgresStore:
         try:
             await asyncio.wait_for(self.flush(), self.close_timeout)
         except TimeoutError:
-            ids = [r.get("id") for r, _ in self._queue]
+            ids = [r.get("id") for r, _, _ in self._queue]
             log.error("closing with %d generation records unwritten (database unreachable): %s", len(ids), ids)
         for task in (self._writer, self._reaper):
             if task is not None:
@@ -232,8 +248,11 @@ class PostgresStore:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._writer = self._reaper = None
+        with contextlib.suppress(*_RETRYABLE, asyncpg.PostgresError):  # the lease runs out by itself otherwise
+            await self._pool.execute("DELETE FROM instances WHERE holder = $1", self.holder)
         await self._pool.close()
         self._pool = None
+        closed_holder(self.holder)
 
     async def _migrate(self) -> int:
         assert self._pool is not None
@@ -318,7 +337,7 @@ class PostgresStore:
             return
         async with self._require().acquire() as conn, conn.transaction():
             found = await conn.fetchval(_RELEASE_ONE, self.holder, key_id, amount)
-            if found:  # already expired otherwise: nothing left to subtract
+            if found:  # already reclaimed otherwise: nothing left to subtract
                 await conn.execute(
                     "UPDATE keys SET reserved_pico = GREATEST(0, reserved_pico - $2) WHERE public_id = $1",
                     key_id, found,
@@ -327,16 +346,27 @@ class PostgresStore:
                     "UPDATE account SET reserved_pico = GREATEST(0, reserved_pico - $1) WHERE id = 1", found
                 )
 
-    async def expire_reservations(self, older_than: float | None = None) -> int:
-        """Drop holds older than ``older_than`` seconds (default ``reservation_ttl``), from any replica, and give
-        their amounts back to the keys and the account. Returns how many were dropped."""
-        ttl = self.reservation_ttl if older_than is None else older_than
-        async with self._require().acquire() as conn, conn.transaction():
+    async def _renew(self) -> None:
+        await self._require().execute(
+            "INSERT INTO instances (holder, host, pid, lease_until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))"
+            " ON CONFLICT (holder) DO UPDATE SET lease_until = excluded.lease_until",
+            self.holder, this_host(), os.getpid(), float(self.lease),
+        )
+
+    async def reclaim_reservations(self) -> int:
+        """Give back the holds of every replica without a live lease (on the database's clock), and of replicas on
+        this host whose process has exited; returns how many holds were given back."""
+        pool = self._require()
+        for r in await pool.fetch("SELECT holder, host, pid FROM instances WHERE holder <> $1", self.holder):
+            if dead_here(r["host"], r["pid"], r["holder"]):
+                await pool.execute("DELETE FROM instances WHERE holder = $1", r["holder"])
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM instances WHERE lease_until < now() AND holder <> $1", self.holder)
             rows = await conn.fetch(
-                "DELETE FROM reservations WHERE id IN (SELECT id FROM reservations WHERE "
-                "created_at < now() - make_interval(secs => $1) ORDER BY id FOR UPDATE SKIP LOCKED) "
+                "DELETE FROM reservations WHERE id IN (SELECT id FROM reservations r WHERE holder <> $1 AND NOT EXISTS "
+                "(SELECT 1 FROM instances i WHERE i.holder = r.holder) ORDER BY id FOR UPDATE SKIP LOCKED) "
                 "RETURNING key_id, amount_pico",
-                float(ttl),
+                self.holder,
             )
             if not rows:
                 return 0
@@ -350,18 +380,19 @@ class PostgresStore:
                 )
             await conn.execute("UPDATE account SET reserved_pico = GREATEST(0, reserved_pico - $1) WHERE id = 1",
                                sum(per_key.values()))
-        log.warning("expired %d abandoned budget reservations", len(rows))
+        log.warning("gave back %d budget holds of replicas that are gone", len(rows))
         return len(rows)
 
     async def _reap_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.reap_interval)
+            await asyncio.sleep(self.lease / 3)
             try:
-                await self.expire_reservations()
+                await self._renew()
+                await self.reclaim_reservations()
             except asyncio.CancelledError:
                 raise
             except (*_RETRYABLE, asyncpg.PostgresError) as exc:  # the database may be briefly away
-                log.warning("expiring reservations failed: %s", type(exc).__name__)
+                log.warning("renewing the lease or reclaiming holds failed: %s", type(exc).__name__)
 
     async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
         if flush:
@@ -395,17 +426,19 @@ class PostgresStore:
         """Records accepted by :meth:`record_generation` and not yet written."""
         return self._pending
 
-    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
+    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> asyncio.Future | None:
         if self._loop is None:
             raise RuntimeError("store is not open")
         if threading.get_ident() == self._loop_thread:
-            self._enqueue(record, reserved_pico)
-        else:
-            self._loop.call_soon_threadsafe(self._enqueue, record, reserved_pico)
+            fut = self._loop.create_future()
+            self._enqueue(record, reserved_pico, fut)
+            return fut
+        self._loop.call_soon_threadsafe(self._enqueue, record, reserved_pico, None)
+        return None
 
-    def _enqueue(self, record: dict[str, Any], reserved_pico: int) -> None:
+    def _enqueue(self, record: dict[str, Any], reserved_pico: int, fut: asyncio.Future | None) -> None:
         assert self._wake is not None and self._drained is not None
-        self._queue.append((record, int(reserved_pico or 0)))
+        self._queue.append((record, int(reserved_pico or 0), fut))
         self._pending += 1
         self._drained.clear()
         self._wake.set()
@@ -428,7 +461,7 @@ class PostgresStore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
+            batch = [self._queue[i][:2] for i in range(min(_BATCH, len(self._queue)))]
             try:
                 await self._write_batch(batch)
             except asyncio.CancelledError:
@@ -448,15 +481,20 @@ class PostgresStore:
                         break  # the rest stay queued and are retried as a batch
                     except Exception:
                         log.exception("dropping generation record %s that cannot be stored", one[0].get("id"))
+                        self._done(1, written=False)
+                        continue
                     self._done(1)
                 continue
             backoff = 0.05
             self._done(len(batch))
 
-    def _done(self, n: int) -> None:
+    def _done(self, n: int, written: bool = True) -> None:
+        """The first ``n`` queued records are written (or, ``written=False``, dropped): tell who waits on them."""
         assert self._drained is not None
         for _ in range(n):
-            self._queue.popleft()
+            fut = self._queue.popleft()[2]
+            if fut is not None and not fut.done():
+                fut.set_result(written)
         self._pending -= n
         if self._pending <= 0:
             self._drained.set()

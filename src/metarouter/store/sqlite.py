@@ -12,7 +12,6 @@ import concurrent.futures
 import logging
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -29,8 +28,13 @@ from .base import (
     activity_where,
     breakdown_row,
     breakdown_sql,
+    closed_holder,
+    dead_here,
+    instance_lease,
+    new_holder,
     new_key,
     spend_window_starts,
+    this_host,
 )
 
 log = logging.getLogger("metarouter.store")
@@ -104,11 +108,21 @@ MIGRATIONS: list[str] = [
     UPDATE keys SET reserved_pico = 0;
     UPDATE account SET reserved_pico = 0;
     """,
+    # 3: what an answer cost beyond its hold (the key is charged at most the hold), and the live instances: the
+    # holds of one whose lease ran out, or whose process is gone, are given back (no fixed time-to-live)
+    """
+    ALTER TABLE generations ADD COLUMN overage_pico INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE instances (
+        holder TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        lease_until REAL NOT NULL
+    );
+    """,
 ]
 
 _BATCH = 512
 LINGER = 0.002  # seconds a record may wait for others to share its transaction
-REAP_INTERVAL = 60.0  # seconds between sweeps for expired holds
 _STOP = object()
 
 
@@ -140,6 +154,8 @@ def generation_row(record: dict[str, Any]) -> tuple:
         v = record.get(f)
         if f in JSON_FIELDS and v is not None:
             v = orjson.dumps(v).decode()
+        elif f == "overage_pico":
+            v = int(v or 0)
         elif isinstance(v, bool):
             v = int(v)
         vals.append(v)
@@ -158,13 +174,12 @@ def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, reservation_ttl: float | None = None, linger: float = LINGER):
+    def __init__(self, path: str | Path, linger: float = LINGER):
         self.path = str(path)
         self.linger = linger
-        self.reservation_ttl = float(reservation_ttl if reservation_ttl is not None
-                                     else os.environ.get("METAROUTER_RESERVATION_TTL", 900))
-        self.holder = f"{os.getpid()}-{secrets.token_hex(6)}"  # this process, in ``reservations.holder``
-        self._next_expiry = float("inf")  # set once the schema is migrated
+        self.lease = instance_lease()
+        self.holder = new_holder()  # this store, in ``reservations.holder`` and ``instances``
+        self._next_sweep = float("inf")  # set once the schema is migrated
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._urgent = threading.Event()  # set with every operation someone awaits: cuts a group commit's wait short
         self._thread: threading.Thread | None = None
@@ -188,6 +203,7 @@ class SQLiteStore:
         if self._thread is None:
             return
         await self.flush()
+        await self._call(self._retire)
         self._q.put(_STOP)
         self._urgent.set()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
@@ -197,6 +213,7 @@ class SQLiteStore:
                 self._reader.submit(self._reader_conn.close)
             self._reader.shutdown(wait=True)
             self._reader = self._reader_conn = None
+        closed_holder(self.holder)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -220,7 +237,7 @@ class SQLiteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self._expire(conn)
+        self._sweep(conn)
         return len(MIGRATIONS)
 
     # --- the writer thread -------------------------------------------------------------------------------------
@@ -232,14 +249,14 @@ class SQLiteStore:
         try:
             while True:
                 try:
-                    item = self._q.get(timeout=REAP_INTERVAL)
+                    item = self._q.get(timeout=self.lease / 3)
                 except queue.Empty:
                     item = None
-                if time.monotonic() >= self._next_expiry:
+                if time.monotonic() >= self._next_sweep:
                     try:
-                        self._expire(conn)
+                        self._sweep(conn)
                     except Exception:  # the sweep must never stop the writer
-                        log.exception("expiring reservations failed")
+                        log.exception("renewing the lease or reclaiming holds failed")
                 if item is None:
                     continue
                 if item is _STOP:
@@ -264,7 +281,7 @@ class SQLiteStore:
                         else:
                             other = nxt
                             break
-                    self._write_records(conn, [(b[1], b[2]) for b in batch])
+                    self._write_records(conn, batch)
                     if other is None:
                         continue
                     if other is _STOP:
@@ -282,21 +299,25 @@ class SQLiteStore:
         finally:
             conn.close()
 
-    def _write_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
+    def _write_records(self, conn: sqlite3.Connection, batch: list[tuple]) -> None:
+        """Write ``("rec", record, reserved, future, loop)`` items, then tell each waiting future (once committed)."""
+        written = [True] * len(batch)
         try:
             try:
-                self._apply_records(conn, batch)
+                self._apply_records(conn, [(b[1], b[2]) for b in batch])
             except Exception:
                 log.exception("writing %d generation records failed; retrying one by one", len(batch))
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                if len(batch) == 1:
-                    return
-                for one in batch:
+                for i, one in enumerate(batch):
+                    if len(batch) == 1:
+                        written[i] = False
+                        break
                     try:
-                        self._apply_records(conn, [one])
+                        self._apply_records(conn, [(one[1], one[2])])
                     except Exception:
-                        log.exception("generation record %s could not be written", one[0].get("id"))
+                        log.exception("generation record %s could not be written", one[1].get("id"))
+                        written[i] = False
                         if conn.in_transaction:
                             conn.execute("ROLLBACK")
         finally:
@@ -304,6 +325,15 @@ class SQLiteStore:
                 self._pending -= len(batch)
                 if self._pending <= 0:
                     self._drained.notify_all()
+            per_loop: dict[Any, list] = {}
+            for item, ok in zip(batch, written):
+                if item[3] is not None:
+                    per_loop.setdefault(item[4], []).append((item[3], ok))
+            for loop, futs in per_loop.items():  # one wake-up per event loop and batch
+                try:
+                    loop.call_soon_threadsafe(_set_results, futs)
+                except RuntimeError:  # that loop has closed: nobody is waiting any more
+                    pass
 
     def _apply_records(self, conn: sqlite3.Connection, batch: list[tuple[dict[str, Any], int]]) -> None:
         """One transaction: insert the records, charge only those newly inserted, settle their holds.
@@ -380,14 +410,32 @@ class SQLiteStore:
         conn.execute("DELETE FROM reservations WHERE id = ?", (row[0],))
         return amount
 
-    def _expire(self, conn: sqlite3.Connection, older_than: float | None = None) -> int:
-        """Give back holds older than the TTL, whichever process made them."""
-        self._next_expiry = time.monotonic() + REAP_INTERVAL
-        cutoff = time.time() - (self.reservation_ttl if older_than is None else older_than)
+    def _sweep(self, conn: sqlite3.Connection) -> int:
+        """Renew this store's lease, then give back the holds of instances that are gone."""
+        self._next_sweep = time.monotonic() + self.lease / 3
+        now = time.time()
+        conn.execute("INSERT INTO instances (holder, host, pid, lease_until) VALUES (?, ?, ?, ?) ON CONFLICT (holder) "
+                     "DO UPDATE SET lease_until = excluded.lease_until",
+                     (self.holder, this_host(), os.getpid(), now + self.lease))
+        return self._reclaim(conn)
+
+    def _retire(self, conn: sqlite3.Connection) -> None:
+        """A clean shutdown: this store's lease ends now (whatever it still holds is given back by the next sweep)."""
+        conn.execute("DELETE FROM instances WHERE holder = ?", (self.holder,))
+
+    def _reclaim(self, conn: sqlite3.Connection) -> int:
+        """Give back the holds of every instance without a live lease, and of instances on this host whose process
+        has exited."""
+        now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = conn.execute("SELECT id, key_id, amount_pico FROM reservations WHERE created_at < ?",
-                                (cutoff,)).fetchall()
+            for holder, host, pid in conn.execute("SELECT holder, host, pid FROM instances WHERE holder != ?",
+                                                  (self.holder,)).fetchall():
+                if dead_here(host, pid, holder):
+                    conn.execute("DELETE FROM instances WHERE holder = ?", (holder,))
+            conn.execute("DELETE FROM instances WHERE lease_until < ? AND holder != ?", (now, self.holder))
+            rows = conn.execute("SELECT id, key_id, amount_pico FROM reservations WHERE holder != ? AND holder NOT IN "
+                                "(SELECT holder FROM instances)", (self.holder,)).fetchall()
             per_key: dict[str, int] = {}
             for _, key_id, amount in rows:
                 per_key[key_id] = per_key.get(key_id, 0) + amount
@@ -403,11 +451,11 @@ class SQLiteStore:
             conn.execute("ROLLBACK")
             raise
         if rows:
-            log.warning("expired %d abandoned budget reservations", len(rows))
+            log.warning("gave back %d budget holds of instances that are gone", len(rows))
         return len(rows)
 
-    async def expire_reservations(self, older_than: float | None = None) -> int:
-        return await self._call(self._expire, older_than)
+    async def reclaim_reservations(self) -> int:
+        return await self._call(self._reclaim)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._thread is None:
@@ -541,10 +589,16 @@ class SQLiteStore:
         """Records accepted by :meth:`record_generation` and not yet written."""
         return self._pending
 
-    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> None:
+    def record_generation(self, record: dict[str, Any], reserved_pico: int = 0) -> asyncio.Future | None:
+        try:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+        except RuntimeError:  # no event loop in this thread: nobody can wait for it
+            loop = fut = None
         with self._pending_lock:
             self._pending += 1
-        self._q.put(("rec", record, reserved_pico))
+        self._q.put(("rec", record, reserved_pico, fut, loop))
+        return fut
 
     async def flush(self) -> None:
         def wait() -> None:
@@ -684,6 +738,12 @@ APP_RANKING_SQL = (
 def _set_result(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
         fut.set_result(value)
+
+
+def _set_results(futs: list[tuple[asyncio.Future, bool]]) -> None:
+    for fut, ok in futs:
+        if not fut.done():
+            fut.set_result(ok)
 
 
 def _set_exc(fut: asyncio.Future, exc: BaseException) -> None:

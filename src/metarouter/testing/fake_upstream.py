@@ -19,7 +19,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 from aiohttp import web
@@ -29,9 +29,9 @@ from aiohttp import web
 class FakeReply:
     status: int = 200
     json: Any = None
-    sse: list[bytes] | None = None  # complete SSE frames, each ending in a blank line
+    sse: Iterable[bytes] | None = None  # complete SSE frames, each ending in a blank line (or any pieces of bytes)
     headers: dict[str, str] = field(default_factory=dict)
-    raw: bytes | None = None  # a body that is not JSON (files), sent with its headers' Content-Type
+    raw: bytes | None = None  # the body exactly as sent instead of ``json`` (files, already compressed bodies)
 
 
 @dataclass
@@ -258,8 +258,8 @@ class FakeUpstream:
         if reply.raw is not None:
             return web.Response(status=reply.status, body=reply.raw, headers=reply.headers)
         if reply.sse is None:
-            return web.Response(status=reply.status, body=orjson.dumps(reply.json), content_type="application/json",
-                                headers=reply.headers)
+            return web.Response(status=reply.status, body=reply.raw if reply.raw is not None else orjson.dumps(reply.json),
+                                content_type="application/json", headers=reply.headers)
         resp = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream",
                                                                 "Cache-Control": "no-cache", **reply.headers})
         await resp.prepare(request)
