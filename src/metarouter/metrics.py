@@ -9,7 +9,7 @@
 - ``metarouter_router_choices_total`` (counter; the model the ``auto`` router sent each request to)
 - ``metarouter_cost_usd_total`` (counter; exact: summed in integer picodollars)
 - ``metarouter_generations_total`` (counter; by status)
-- ``metarouter_circuit_breaker_state`` (gauge; by provider: 0 closed, 1 half-open, 2 open) and
+- ``metarouter_circuit_breaker_state`` (gauge; by provider and model: 0 closed, 1 half-open, 2 open) and
   ``metarouter_circuit_breaker_opened_total`` (counter): read from the breakers at scrape time
 
 The GenAI attributes become labels as the OpenTelemetry → Prometheus mapping writes them (``gen_ai.request.model``
