@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact, redact_obj
+
 
 class GatewayError(Exception):
     """An error with an HTTP status and an OpenRouter-style body ``{"error": {"code", "message", "metadata"}}``.
 
-    ``retryable`` says whether another candidate model (or a retry) may succeed where this one failed.
+    ``retryable`` says whether another candidate model (or a retry) may succeed where this one failed. The message
+    and metadata are masked of secrets (:mod:`metarouter.redact`): they may carry what an upstream said.
     """
 
     def __init__(
@@ -20,10 +23,11 @@ class GatewayError(Exception):
         retryable: bool | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = redact(message)
         super().__init__(message)
         self.status = status
         self.message = message
-        self.metadata = metadata or {}
+        self.metadata = redact_obj(metadata) if metadata else {}
         self.retryable = status in (408, 429, 500, 502, 503, 504) if retryable is None else retryable
         self.headers = headers or {}
 
