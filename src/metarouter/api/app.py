@@ -29,7 +29,6 @@ from .validation import json_depth_ok, validate_chat_body
 log = logging.getLogger("metarouter.api")
 
 JSON = "application/json"
-MAX_HEADER_BYTES = 32 * 1024  # all request headers together (nginx's default buffers hold 32 KiB)
 MAX_APP_HEADER = 1024  # app referer and title are stored at most this long
 
 
@@ -231,8 +230,6 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         )
 
     async def chat_completions(request: Request) -> Response:
-        if sum(len(k) + len(v) for k, v in request.scope["headers"]) > MAX_HEADER_BYTES:
-            raise GatewayError(431, f"Request headers too large (limit {MAX_HEADER_BYTES} bytes)", retryable=False)
         key = await state["auth"].authenticate(request)
         body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
         ctx = context(request, key, body)
