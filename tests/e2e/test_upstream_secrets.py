@@ -87,3 +87,13 @@ def test_an_echoed_key_in_a_fallback_attempt_is_masked_in_metadata_record_and_lo
     assert "Incorrect API key provided" in stored
     assert_no_secret(stored)
     assert_no_secret(gateway.log_path.read_text(errors="replace"))
+
+
+def test_only_a_number_of_seconds_is_passed_on_from_an_upstream_retry_after(gateway, fake):
+    fake.fail("openai", status=429, times=3, headers={"Retry-After": f"Bearer {OPENAI_KEY}"})
+    r = post(gateway, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429 and "retry-after" not in r.headers, r.headers
+    assert_no_secret(str(r.headers) + r.text)
+    fake.fail("openai", status=429, times=3, headers={"Retry-After": "7"})
+    r = post(gateway, {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429 and r.headers["retry-after"] == "7"

@@ -234,8 +234,9 @@ class Gateway:
             finally:
                 resp.release()
             err = adapter.parse_error(resp.status, data, provider)
-            if resp.headers.get("Retry-After"):
-                err.headers = {**err.headers, "Retry-After": resp.headers["Retry-After"]}
+            retry_after = (resp.headers.get("Retry-After") or "").strip()
+            if retry_after.isdigit():  # seconds, passed on; anything else an upstream sends there is not
+                err.headers = {**err.headers, "Retry-After": retry_after}
             raise _Fallback(err)
         return adapter, resp
 
