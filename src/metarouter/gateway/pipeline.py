@@ -343,6 +343,9 @@ class Gateway:
                 last_error = exc
                 breaker.release(probe)
                 continue
+            except BaseException:  # the store is unreachable, or the request was cancelled
+                breaker.release(probe)
+                raise
             tries = 1 + (res.retries if i == n - 1 else 0)  # fall back first; retry only the last candidate
             t: _Try | None = None
             verdict = False  # the breaker hears once per request, after its retries
@@ -683,9 +686,10 @@ def _not_configured(model: Model) -> GatewayError:
 
 def _circuit_open(model: Model, provider: ProviderConfig, breaker: CircuitBreaker) -> GatewayError:
     """The refusal of an open circuit, naming the upstream error that opened it."""
-    wait = breaker.retry_after()
+    retry_after = _retry_after(breaker.retry_after())
     if breaker.state == OPEN:
-        why = f"circuit open for another {wait:.0f} s after {breaker.consecutive or 1} failed request(s)"
+        why = (f"circuit open for another {retry_after['Retry-After']} s after {breaker.consecutive or 1} failed "
+               "request(s)")
     else:
         why = "circuit half-open: a probe request is under way"
     last = breaker.last_error
@@ -693,7 +697,7 @@ def _circuit_open(model: Model, provider: ProviderConfig, breaker: CircuitBreake
     if last is not None:
         why += f"; last upstream error: {last.status} {last.message}"
         meta["last_error"] = {"code": last.status, "message": last.message}
-    return GatewayError(503, f"{model.id}: {why}", metadata=meta, headers=_retry_after(wait))
+    return GatewayError(503, f"{model.id}: {why}", metadata=meta, headers=retry_after)
 
 
 def _out_of_time(provider: ProviderConfig, total: float) -> GatewayError:
