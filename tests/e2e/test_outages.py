@@ -82,14 +82,18 @@ def services(fake, tmp_path_factory):
     proxied = urllib.parse.urlunsplit(urllib.parse.urlsplit(direct)._replace(
         netloc=f"{pg.username + '@' if pg.username else ''}127.0.0.1:{proxy.port}"))
     redis = ThrowawayRedis().start()
-    env = {**FAKE_KEYS_ENV, "METAROUTER_DATABASE_URL": proxied, "METAROUTER_REDIS_URL": redis.url}
+    redis_proxy = TcpProxy("127.0.0.1", redis.port).start()  # to stall it
+    env = {**FAKE_KEYS_ENV, "METAROUTER_DATABASE_URL": proxied,
+           "METAROUTER_REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/0"}
     gw = GatewayProcess(gateway_config(fake), tmp_path_factory.mktemp("outage"), env=env)
+    gw.redis_proxy = redis_proxy
     try:
         gw.start()
         yield gw, proxy, redis, direct
     finally:
         gw.stop()
         redis.kill()
+        redis_proxy.stop()
         proxy.stop()
         asyncio.run(_pg(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
@@ -118,9 +122,9 @@ async def load_while(gw, keys: list[str], n: int, concurrency: int, during) -> l
         return list(await task)
 
 
-def chat(gw, key: str) -> httpx.Response:
-    return httpx.post(f"{gw.url}/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
-                      json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+def chat(gw, key: str, model: str = MODEL, timeout: float = 30, **extra) -> httpx.Response:
+    return httpx.post(f"{gw.url}/api/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=timeout,
+                      json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, **extra})
 
 
 async def records_of(url: str, key: str) -> dict[str, int]:
@@ -203,14 +207,19 @@ async def test_redis_away_mid_load_and_back(services, fake):
     warm = [chat(gw, key).status_code for _ in range(10)]  # counted in Redis
     assert warm == [200] * 10
 
+    outage: list[httpx.Response] = []
+
     def go_away_and_back():
         redis.kill()
+        # `auto` keeps its sticky sessions in the same Redis: routed afresh, not refused
+        outage.extend([chat(gw, key, "auto"), chat(gw, key, "auto", stream=True), chat(gw, key)])
         time.sleep(1.0)
         redis.start()  # empty: the window starts again
 
     results = await load_while(gw, [key], 150, 16, go_away_and_back)
     statuses = [s for _, s, _, _ in results]
     assert set(statuses) == {200}, statuses  # fail open while it is away (and 400 rpm never binds here)
+    assert [r.status_code for r in outage] == [200, 200, 200], [r.text for r in outage]
     # the limit holds again: a key with rpm 15 gets exactly 15 answers in a burst of 25
     tight = gw.create_key("redis-tight", rpm=15)
     burst = [chat(gw, tight).status_code for _ in range(25)]
@@ -218,4 +227,22 @@ async def test_redis_away_mid_load_and_back(services, fake):
     assert httpx.get(f"{gw.url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).status_code == 200  # flush
     answered = {gid for _, s, gid, _ in results if s == 200}
     recorded = await records_of(url, key)
-    assert answered <= set(recorded) and len(recorded) == len(answered) + 10
+    assert answered <= set(recorded) and len(recorded) == len(answered) + 10 + len(outage)
+
+
+async def test_a_stalled_redis_costs_a_request_a_moment_not_seconds(services, fake):
+    """Redis that takes connections and answers nothing: requests go on without it after a short timeout (redis-py's
+    own default would hold each one 5 s and more, past this client's patience)."""
+    gw, _, _, _ = services
+    key = gw.create_key("redis-stall", rpm=100)
+    assert chat(gw, key).status_code == 200
+    gw.redis_proxy.stall()
+    try:
+        for model in (MODEL, "auto"):
+            r = chat(gw, key, model, timeout=4)
+            assert r.status_code == 200, r.text
+    finally:
+        gw.redis_proxy.resume()
+    tight = gw.create_key("redis-tight-again", rpm=5)
+    burst = [chat(gw, tight).status_code for _ in range(8)]
+    assert burst.count(200) == 5 and burst.count(429) == 3, burst

@@ -78,9 +78,9 @@ def _wire_auto_router(app, settings: Settings) -> None:
     async def start(app) -> None:
         sticky = None
         if settings.redis_url:
-            import redis.asyncio as aioredis
+            from ..ratelimit import redis_client
 
-            app.state.sticky_redis = aioredis.from_url(settings.redis_url)
+            app.state.sticky_redis = redis_client(settings.redis_url)
             sticky = RedisStickySessions(app.state.sticky_redis, float(settings.router.get("sticky_ttl", 300)))
         resolver = AutoResolver(settings, app.state.gateway.catalog, sticky=sticky)
         app.state.gateway.resolver = resolver

@@ -1,6 +1,7 @@
 """A TCP proxy for tests that need a service to go away and come back (PostgreSQL, Redis) without touching the
 service itself: ``cut()`` drops every proxied connection and refuses new ones, as a server that went down would;
-``restore()`` listens again on the same port.
+``restore()`` listens again on the same port. ``stall()`` keeps every connection open but passes nothing on (a
+server that hangs, a network that drops packets), until ``resume()``.
 
 It runs its own event loop in a thread, like the fake upstream, so synchronous and asynchronous tests can use it.
 """
@@ -21,10 +22,13 @@ class TcpProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._transports: set[asyncio.Transport] = set()
+        self._flowing: asyncio.Event | None = None  # cleared while stalled
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                assert self._flowing is not None
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -63,6 +67,20 @@ class TcpProxy:
         assert self._loop is not None, "proxy not started"
         asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(10)
 
+    async def _set_flowing(self, flowing: bool) -> None:
+        assert self._flowing is not None
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
+    def stall(self) -> None:
+        """Keep connections (and accept new ones), but pass no byte on."""
+        self._call(lambda: self._set_flowing(False))
+
+    def resume(self) -> None:
+        self._call(lambda: self._set_flowing(True))
+
     def cut(self) -> None:
         """Drop every connection and refuse new ones."""
         self._call(self._cut)
@@ -78,6 +96,8 @@ class TcpProxy:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            self._flowing = asyncio.Event()
+            self._flowing.set()
             started.set()
             loop.run_forever()
             loop.run_until_complete(self._cut())
