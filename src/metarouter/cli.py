@@ -106,7 +106,7 @@ def _run_uvicorn(settings, args: argparse.Namespace) -> None:
         port=settings.port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http="metarouter.api.protocol:BoundedHttpToolsProtocol",  # httptools, with one bound on request heads
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=30,

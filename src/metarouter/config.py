@@ -16,6 +16,7 @@ import yaml
 from .gateway.resilience import ResilienceSettings
 from .catalog import WIRE_BY_PROVIDER, Catalog, default_catalog
 from .providers.base import ProviderConfig
+from .redact import register_secret
 
 DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
     "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
@@ -101,6 +102,10 @@ def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderC
         raise ValueError(f"provider {name!r} needs a base_url")
     key_env = merged.get("api_key_env")
     api_key = env.get(key_env) if key_env else None
+    register_secret(api_key)  # never shown again, whatever an upstream echoes
+    for header, value in (merged.get("headers") or {}).items():
+        if any(w in str(header).lower() for w in ("auth", "key", "token", "secret")):
+            register_secret(str(value))
     return ProviderConfig(
         name=name,
         base_url=str(merged["base_url"]).rstrip("/"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact, redact_obj
+
 
 #: OpenRouter's canonical error type (``APIErrorType`` in its SDK) for each status the gateway answers with
 ERROR_TYPES = {400: "invalid_request", 401: "authentication", 402: "payment_required", 403: "permission_denied",
@@ -14,7 +16,8 @@ ERROR_TYPES = {400: "invalid_request", 401: "authentication", 402: "payment_requ
 class GatewayError(Exception):
     """An error with an HTTP status and an OpenRouter-style body ``{"error": {"code", "message", "metadata"}}``.
 
-    ``retryable`` says whether another candidate model (or a retry) may succeed where this one failed.
+    ``retryable`` says whether another candidate model (or a retry) may succeed where this one failed. The message
+    and metadata are masked of secrets (:mod:`metarouter.redact`): they may carry what an upstream said.
     """
 
     def __init__(
@@ -26,10 +29,11 @@ class GatewayError(Exception):
         retryable: bool | None = None,
         headers: dict[str, str] | None = None,
     ):
+        message = redact(message)
         super().__init__(message)
         self.status = status
         self.message = message
-        self.metadata = metadata or {}
+        self.metadata = redact_obj(metadata) if metadata else {}
         self.retryable = status in (408, 429, 500, 502, 503, 504) if retryable is None else retryable
         self.headers = headers or {}
 

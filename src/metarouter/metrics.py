@@ -11,7 +11,7 @@
 - ``metarouter_generations_total`` (counter; by status)
 - ``metarouter_overage_usd_total`` (counter; what answers cost beyond their budget hold, which no key was charged:
   an upstream that reported more usage than the request could have used)
-- ``metarouter_circuit_breaker_state`` (gauge; by provider: 0 closed, 1 half-open, 2 open) and
+- ``metarouter_circuit_breaker_state`` (gauge; by provider and model: 0 closed, 1 half-open, 2 open) and
   ``metarouter_circuit_breaker_opened_total`` (counter): read from the breakers at scrape time
 
 The GenAI attributes become labels as the OpenTelemetry → Prometheus mapping writes them (``gen_ai.request.model``

@@ -15,7 +15,8 @@ A refusal is HTTP 429 with ``Retry-After`` (seconds until the window admits agai
 ``X-RateLimit-Remaining``, ``X-RateLimit-Reset`` (epoch milliseconds, as OpenRouter sends).
 
 ``MemoryRateLimiter`` is for one process; ``RedisRateLimiter`` (chosen when ``redis_url`` is set) for several.
-If Redis is unreachable, requests are admitted (the gateway stays up) and a warning is logged.
+If Redis is unreachable, or does not answer within :data:`REDIS_TIMEOUT`, requests are admitted (the gateway stays
+up) and a warning is logged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ from .errors import GatewayError, require_extra
 log = logging.getLogger("metarouter.ratelimit")
 
 WINDOW = 60  # seconds
+REDIS_TIMEOUT = 0.5  # seconds a Redis call may take before the gateway goes on without it
+
+
+def redis_client(url: str) -> Any:
+    """A Redis client for the gateway's hot path: a Redis that is away or stalled costs a request at most
+    ``REDIS_TIMEOUT`` (redis-py's defaults, a 5 s timeout and 10 retries, would hold every request for seconds);
+    one retry on a broken connection, as after a Redis restart."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return aioredis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+                             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +199,7 @@ class RedisRateLimiter:
 
     def __init__(self, url_or_client: Any, prefix: str = "metarouter:rl"):
         if isinstance(url_or_client, str):
-            import redis.asyncio as aioredis
-
-            self.redis = aioredis.from_url(url_or_client)
+            self.redis = redis_client(url_or_client)
             self._own = True
         else:
             self.redis, self._own = url_or_client, False

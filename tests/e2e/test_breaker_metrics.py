@@ -1,5 +1,5 @@
-"""Circuit-breaker state in ``/metrics``: a gauge per provider (0 closed, 1 half-open, 2 open) and a counter of
-openings, read from the breakers when scraped."""
+"""Circuit-breaker state in ``/metrics``: a gauge per model of each provider (0 closed, 1 half-open, 2 open) and a
+counter of openings, read from the breakers when scraped."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ FAILING = "meta-llama/llama-3.1-70b-instruct"  # served by "together"
 
 @pytest.fixture(scope="module")
 def gw(fake, tmp_path_factory):
-    # two failures open a circuit, and it stays open for the whole test (no probe, no half-open)
+    # two failed requests open a circuit, and it stays open for the whole test (no probe, no half-open)
     cfg = gateway_config(fake, resilience={"retries": 1, "backoff_base": 0.01, "backoff_max": 0.02,
                                            "breaker_failures": 2, "breaker_cooldown": 600})
     with GatewayProcess(cfg, tmp_path_factory.mktemp("breaker-metrics"), env=FAKE_KEYS_ENV) as g:
@@ -33,8 +33,9 @@ def call(gw, model):
 
 def breaker_samples(gw) -> tuple[dict, dict[str, float], dict[str, float]]:
     types, samples = parse(httpx.get(gw.url + "/metrics").text)
-    state = {lab["provider"]: v for n, lab, v in samples if n == "metarouter_circuit_breaker_state"}
-    opened = {lab["provider"]: v for n, lab, v in samples if n == "metarouter_circuit_breaker_opened_total"}
+    state = {lab["model"]: v for n, lab, v in samples if n == "metarouter_circuit_breaker_state"}
+    opened = {lab["model"]: v for n, lab, v in samples if n == "metarouter_circuit_breaker_opened_total"}
+    assert {lab["provider"] for n, lab, v in samples if n.startswith("metarouter_circuit_breaker")} <= {"openai", "together"}
     return types, state, opened
 
 
@@ -42,25 +43,29 @@ def test_breaker_state_and_openings_are_scraped(gw, fake):
     types, state, opened = breaker_samples(gw)
     assert types["metarouter_circuit_breaker_state"] == "gauge"
     assert types["metarouter_circuit_breaker_opened_total"] == "counter"
-    assert "together" not in state and "together" not in opened  # no breaker before the first request
+    assert FAILING not in state and FAILING not in opened  # no breaker before the first request
 
     assert call(gw, MODEL).status_code == 200
     _, state, opened = breaker_samples(gw)
-    assert state["openai"] == 0 and opened["openai"] == 0
+    assert state[MODEL] == 0 and opened[MODEL] == 0
 
     fake.fail("together", status=503, times=2)
-    r = call(gw, FAILING)  # two tries, two provider failures: the circuit opens
+    assert call(gw, FAILING).status_code == 503  # one failed request (two tries): still closed
+    _, state, opened = breaker_samples(gw)
+    assert state[FAILING] == 0 and opened[FAILING] == 0
+    fake.fail("together", status=503, times=2)
+    r = call(gw, FAILING)  # the second failed request in a row: the circuit opens
     assert r.status_code == 503, r.text
     _, state, opened = breaker_samples(gw)
-    assert state["together"] == 2 and opened["together"] == 1
-    assert state["openai"] == 0
+    assert state[FAILING] == 2 and opened[FAILING] == 1
+    assert state[MODEL] == 0
 
     n = len(fake.requests_for("together"))
     r = call(gw, FAILING)  # refused while open: not sent, and the gauge still says open
     assert r.status_code == 503 and "circuit open" in r.json()["error"]["message"]
     assert len(fake.requests_for("together")) == n
     _, state, opened = breaker_samples(gw)
-    assert state["together"] == 2 and opened["together"] == 1
+    assert state[FAILING] == 2 and opened[FAILING] == 1
 
 
 def test_half_open_reads_as_one_and_costs_nothing_per_request():
@@ -72,12 +77,13 @@ def test_half_open_reads_as_one_and_costs_nothing_per_request():
 
     now = [0.0]
     b = CircuitBreaker(1, cooldown=5, clock=lambda: now[0])
-    app = SimpleNamespace(state=SimpleNamespace(metrics=GatewayMetrics(), gateway=SimpleNamespace(breakers={"p": b})))
+    app = SimpleNamespace(state=SimpleNamespace(metrics=GatewayMetrics(),
+                                                gateway=SimpleNamespace(breakers={("p", "p/m"): b})))
     _wire_breaker_metrics(app)
 
     def scrape():
         _, samples = parse(app.state.metrics.registry.render())
-        return {n: v for n, lab, v in samples if lab.get("provider") == "p"}
+        return {n: v for n, lab, v in samples if lab.get("provider") == "p" and lab.get("model") == "p/m"}
 
     assert scrape() == {"metarouter_circuit_breaker_state": 0, "metarouter_circuit_breaker_opened_total": 0}
     b.failure()

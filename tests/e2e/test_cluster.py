@@ -208,3 +208,44 @@ async def test_sigterm_mid_load_loses_nothing(cluster, fake):
     assert row["usage_pico"] == sum(by_id.values())  # each record charged exactly once
     assert row["reserved_pico"] == 0
     servers[1].start()  # the fixture's other tests (and its teardown) expect both replicas
+
+
+async def test_tpm_holds_across_replicas(cluster):
+    """Tokens counted by either replica count for both: requests alternate between them, and once the key's
+    tokens in the window reach its tpm, both refuse (429, the tokens named) — the answer that crossed the line
+    completes, the next ones wait."""
+    import redis.asyncio as aioredis
+
+    servers, _ = cluster
+    tpm = 300
+    key = servers[0].create_key("tpm", tpm=tpm)
+    tokens = aioredis.from_url(REDIS_URL)
+    bucket = f"metarouter:rl:{{{key.split('-')[2]}}}:tok"
+    counted, statuses = 0, []
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for i in range(40):
+                used_before = counted
+                r = await client.post(f"{servers[i % 2].url}/api/v1/chat/completions",
+                                      headers={"Authorization": f"Bearer {key}"},
+                                      json={"model": MODEL, "max_tokens": 20,
+                                            "messages": [{"role": "user", "content": f"request number {i}"}]})
+                statuses.append(r.status_code)
+                if r.status_code == 429:
+                    assert used_before >= tpm and r.json()["error"]["metadata"]["kind"] == "tokens", r.text
+                    assert int(r.headers["Retry-After"]) >= 1
+                    continue
+                assert r.status_code == 200 and used_before < tpm, (used_before, r.text)
+                counted += r.json()["usage"]["total_tokens"]
+                # tokens are added after the answer, in the background: wait until Redis has them
+                for _ in range(200):
+                    if sum(int(v) for v in (await tokens.hgetall(bucket)).values()) == counted:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"the replica never counted the tokens: {await tokens.hgetall(bucket)}")
+    finally:
+        await tokens.aclose()
+    answered = statuses.count(200)
+    assert statuses == [200] * answered + [429] * (40 - answered)
+    assert 0 < answered < 40 and counted >= tpm

@@ -157,6 +157,42 @@ def test_huge_headers_are_refused_cleanly(gw, refused, headers):
     refused(431)(chat(gw, {"model": MODEL, "messages": MSG}, headers=headers))
 
 
+ROUTES = [("GET", "/health"), ("GET", "/ready"), ("GET", "/api/v1/models"), ("GET", "/metrics"), ("GET", "/activity"),
+          ("GET", "/api/v1/key"), ("GET", "/api/v1/openapi.json"), ("GET", "/no/such/route"),
+          ("POST", "/v1/chat/completions"), ("POST", "/api/v1/keys")]
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+def test_huge_headers_are_refused_on_every_route(gw, fake, method, path):
+    r = gw.http.request(method, path, headers={**auth(gw.api_key), "X-Junk": "j" * 40_000})  # one complete head
+    assert_clean_4xx(r, 431)
+    junk = b"X-Junk: " + b"j" * 40_000  # a head that never ends: refused while it arrives
+    status, head, body = raw_request(gw, f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode() + junk)
+    assert status == 431 and orjson.loads(body)["error"]["code"] == 431, (head, body)
+    assert fake.requests == []
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_161_mb_header_is_cut_off_without_growing_memory(gw):
+    before = rss_kib(gw.proc.pid)
+    sent, chunk = 0, b"j" * (1024 * 1024)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Junk: ")
+        try:
+            while sent < 161 * 1024 * 1024:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server answered 431 and closed the connection
+            pass
+    assert sent < 161 * 1024 * 1024, "the whole header was taken in"
+    assert rss_kib(gw.proc.pid) - before < 50 * 1024
+    assert gw.http.get("/health").status_code == 200
+
+
 def test_long_app_headers_are_stored_truncated(gw):
     r = chat(gw, {"model": MODEL, "messages": MSG}, headers={"X-Title": "t" * 20_000, "HTTP-Referer": "r" * 5000})
     assert r.status_code == 200

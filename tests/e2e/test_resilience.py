@@ -60,21 +60,113 @@ def test_connection_reset_and_timeout_are_retried(gw, fake):
     assert [a["status"] for a in r.json()["error"]["metadata"]["attempts"]] == [408, 408, 408]
 
 
+LLAMA_70B, LLAMA_405B = "meta-llama/llama-3.1-70b-instruct", "meta-llama/llama-3.1-405b-instruct"  # both "together"
+
+
+def breaker_state(gw, model: str) -> float | None:
+    from .test_metrics import parse
+
+    _, samples = parse(httpx.get(gw.url + "/metrics").text)
+    return next((v for n, lab, v in samples if n == "metarouter_circuit_breaker_state" and lab["model"] == model), None)
+
+
 def test_circuit_opens_refuses_fast_then_recovers(gw, fake):
-    fake.fail("together", status=503, times=3)
-    r = call(gw, "meta-llama/llama-3.1-70b-instruct")  # 3 tries, 3 failures: the circuit opens
-    assert r.status_code == 503
+    # three failed requests in a row (3 tries each) open the circuit of the model (breaker_failures: 3)
+    for i in range(3):
+        fake.fail("together", status=503, times=3)
+        r = call(gw, LLAMA_70B)
+        assert r.status_code == 503 and "circuit open" not in r.json()["error"]["message"], (i, r.text)
     n = len(fake.requests_for("together"))
-    r = call(gw, "meta-llama/llama-3.1-70b-instruct")
+    r = call(gw, LLAMA_70B)
     assert r.status_code == 503 and "circuit open" in r.json()["error"]["message"]
+    assert "fake failure 503" in r.json()["error"]["message"]  # names the upstream error that opened it
+    assert r.json()["error"]["metadata"]["last_error"]["code"] == 503
     assert "Retry-After" in r.headers
     assert len(fake.requests_for("together")) == n  # not sent while open
-    # a fallback list skips the open provider and answers from the next
-    r = call(gw, "meta-llama/llama-3.1-70b-instruct", models=[MODEL])
+    # a fallback list skips the open model and answers from the next
+    r = call(gw, LLAMA_70B, models=[MODEL])
     assert r.status_code == 200 and r.json()["model"] == MODEL
     time.sleep(1.1)  # cool-down: one probe goes through and closes the circuit
-    r = call(gw, "meta-llama/llama-3.1-70b-instruct")
+    r = call(gw, LLAMA_70B)
     assert r.status_code == 200
+
+
+def test_one_failing_request_does_not_open_the_circuit_for_others(gw, fake):
+    """A request and its retries count once; an SDK retrying a failing request twice (3 × 3 tries) still leaves
+    the circuit closed for the next one, and the client sees the upstream's own error every time."""
+    for _ in range(2):  # the request and one SDK retry of it: 6 failed tries, 2 failed requests (breaker: 3)
+        fake.fail("together", status=500, times=3)
+        r = call(gw, LLAMA_70B)
+        assert r.status_code == 502 and "fake failure 500" in r.json()["error"]["message"], r.text
+        assert "circuit" not in r.json()["error"]["message"]
+    assert breaker_state(gw, LLAMA_70B) == 0
+    r = call(gw, LLAMA_70B)  # the upstream is healthy again: answered, not refused
+    assert r.status_code == 200, r.text
+
+
+def test_an_open_circuit_of_one_model_leaves_its_siblings_alone(gw, fake):
+    for _ in range(3):
+        fake.fail("together", status=503, times=3)
+        assert call(gw, LLAMA_70B).status_code == 503
+    assert breaker_state(gw, LLAMA_70B) == 2
+    r = call(gw, LLAMA_405B)  # the same provider, another model: still served
+    assert r.status_code == 200, r.text
+    assert breaker_state(gw, LLAMA_405B) == 0
+    time.sleep(1.1)
+    assert call(gw, LLAMA_70B).status_code == 200  # and the open one closes after its cool-down
+
+
+@pytest.fixture(scope="module")
+def slow_gw(fake, tmp_path_factory):
+    """Patient with a slow first byte (10 s), but 3 s for a whole request; one failed request opens a circuit."""
+    cfg = gateway_config(fake, resilience={"retries": 2, "backoff_base": 0.01, "backoff_max": 0.05,
+                                           "breaker_failures": 1, "breaker_cooldown": 1.0},
+                         timeouts={"connect": 2, "first_byte": 10, "total": 3})
+    with GatewayProcess(cfg, tmp_path_factory.mktemp("resilience-slow"), env=FAKE_KEYS_ENV) as g:
+        g.api_key = g.create_key("slow")
+        yield g
+
+
+def test_a_cancelled_probe_does_not_leave_the_circuit_half_open(slow_gw, fake):
+    """Open the circuit, wait out the cool-down, send a probe the client gives up on: the next requests must be
+    answered again (within a cool-down of a healthy upstream), not refused with "circuit open for another 0 s"."""
+    gw = slow_gw
+    fake.fail("together", status=503, times=3)
+    assert call(gw, LLAMA_70B).status_code == 503
+    assert "circuit open" in call(gw, LLAMA_70B).json()["error"]["message"]
+    time.sleep(1.1)  # the cool-down is over: the next request is the probe
+    fake.knobs("together").latency = 2.5  # slow, but within first_byte and total
+    probe_sent = len(fake.requests_for("together"))
+    with httpx.stream("POST", f"{gw.url}/api/v1/chat/completions", headers={"Authorization": f"Bearer {gw.api_key}"},
+                      json={"model": LLAMA_70B, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+                      timeout=30) as r:
+        assert r.status_code == 200
+        next(r.iter_raw())  # ": processing" while the probe waits upstream; then the client goes away
+    assert len(fake.requests_for("together")) == probe_sent + 1  # it did go upstream
+    fake.knobs("together").latency = 0
+    r = None
+    deadline = time.monotonic() + 15  # generous: a cool-down is 1 s
+    while time.monotonic() < deadline:
+        r = call(gw, LLAMA_70B)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        time.sleep(0.2)
+    assert r.status_code == 200, f"still refused: {r.text}"
+    assert breaker_state(gw, LLAMA_70B) == 0
+
+
+def test_timeouts_total_bounds_the_whole_request(slow_gw, fake):
+    """`total: 3` with an upstream that takes 2 s to fail: the first try fails at 2 s, the second is cut at 3 s and
+    no third is sent (before: 3 tries of up to 3 s each)."""
+    fake.knobs("mistral").latency = 2.0
+    fake.fail("mistral", status=500, times=3)
+    r = call(slow_gw, "mistralai/mistral-nemo")
+    fake.knobs("mistral").latency = 0
+    assert r.status_code == 408, r.text
+    assert "timeouts.total (3 s)" in r.json()["error"]["message"]
+    assert [a["status"] for a in r.json()["error"]["metadata"]["attempts"]] == [502, 408]
+    assert len(fake.requests_for("mistral")) == 2
 
 
 def test_stream_that_stops_midway_is_recorded_once(gw, fake):

@@ -39,22 +39,24 @@ def _wire_openapi(app, settings: Settings) -> None:
 
 
 def _wire_breaker_metrics(app) -> None:
-    """Circuit-breaker state per provider in ``/metrics``, read from the gateway's breakers at scrape time."""
+    """Circuit-breaker state per model of each provider in ``/metrics``, read from the gateway's breakers at scrape
+    time."""
     from ..gateway.resilience import HALF_OPEN, OPEN
 
     registry = app.state.metrics.registry
     state_code = {OPEN: 2, HALF_OPEN: 1}
 
-    def breakers() -> dict:
+    def breakers() -> list:
         gw = getattr(app.state, "gateway", None)
-        return dict(getattr(gw, "breakers", None) or {})
+        return sorted(dict(getattr(gw, "breakers", None) or {}).items())
 
     registry.gauge_callback(
-        "metarouter_circuit_breaker_state", "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open.",
-        lambda: [({"provider": p}, state_code.get(b.state, 0)) for p, b in sorted(breakers().items())])
+        "metarouter_circuit_breaker_state",
+        "Circuit breaker state per model and provider: 0 closed, 1 half-open, 2 open.",
+        lambda: [({"provider": p, "model": m}, state_code.get(b.state, 0)) for (p, m), b in breakers()])
     registry.counter_callback(
-        "metarouter_circuit_breaker_opened_total", "Times each provider's circuit breaker opened.",
-        lambda: [({"provider": p}, b.opened_count) for p, b in sorted(breakers().items())])
+        "metarouter_circuit_breaker_opened_total", "Times each model's circuit breaker opened.",
+        lambda: [({"provider": p, "model": m}, b.opened_count) for (p, m), b in breakers()])
 
 
 def _wire_store_metrics(app) -> None:
@@ -76,9 +78,9 @@ def _wire_auto_router(app, settings: Settings) -> None:
     async def start(app) -> None:
         sticky = None
         if settings.redis_url:
-            import redis.asyncio as aioredis
+            from ..ratelimit import redis_client
 
-            app.state.sticky_redis = aioredis.from_url(settings.redis_url)
+            app.state.sticky_redis = redis_client(settings.redis_url)
             sticky = RedisStickySessions(app.state.sticky_redis, float(settings.router.get("sticky_ttl", 300)))
         resolver = AutoResolver(settings, app.state.gateway.catalog, sticky=sticky)
         app.state.gateway.resolver = resolver

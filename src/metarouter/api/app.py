@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from decimal import Decimal
 from typing import Any, AsyncIterator
@@ -29,7 +30,6 @@ from .validation import json_depth_ok, validate_chat_body
 log = logging.getLogger("metarouter.api")
 
 JSON = "application/json"
-MAX_HEADER_BYTES = 32 * 1024  # all request headers together (nginx's default buffers hold 32 KiB)
 MAX_APP_HEADER = 1024  # app referer and title are stored at most this long
 
 
@@ -95,6 +95,21 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 
 def error_response(err: GatewayError) -> Response:
     return json_response(err.body(), err.status, err.headers or None)
+
+
+def store_unreachable(exc: BaseException) -> GatewayError | None:
+    """The error to answer when ``exc`` says the database cannot be reached (refused, reset, timed out): a 503 to
+    retry, not a 500. None for anything else. (Upstream failures never get here: they are ``GatewayError``s.)"""
+    unreachable: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        unreachable += (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.InterfaceError)
+        if isinstance(exc, ValueError):  # asyncpg's DataError and ClientConfigurationError: not an outage
+            return None
+    if not isinstance(exc, unreachable):
+        return None
+    return GatewayError(503, "The gateway's database is unreachable; nothing was sent upstream or charged. Try again "
+                             "shortly.", headers={"Retry-After": "2"}, metadata={"error_type": type(exc).__name__})
 
 
 def usd_string(pico: int) -> str:
@@ -253,8 +268,6 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         )
 
     async def chat_completions(request: Request) -> Response:
-        if sum(len(k) + len(v) for k, v in request.scope["headers"]) > MAX_HEADER_BYTES:
-            raise GatewayError(431, f"Request headers too large (limit {MAX_HEADER_BYTES} bytes)", retryable=False)
         key = await state["auth"].authenticate(request)
         body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
         ctx = context(request, key, body)
@@ -270,6 +283,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             try:
                 first = first_task.result()
             except GatewayError as err:
+                return error_response(err)
+            except Exception as exc:
+                err = store_unreachable(exc)
+                if err is None:
+                    raise
                 return error_response(err)
             except StopAsyncIteration:
                 return error_response(GatewayError(502, "The upstream stream ended without an answer"))
@@ -289,7 +307,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                         break
                     yield SSE_PROCESSING
                 try:
-                    first = pending.result()
+                    try:
+                        first = pending.result()
+                    except GatewayError:
+                        raise
+                    except Exception as exc:
+                        raise store_unreachable(exc) or exc from None
                 except GatewayError as err:
                     yield sse_data({  # nothing answered: a fresh id, the model as requested
                         "id": new_generation_id(), "object": "chat.completion.chunk", "created": int(time.time()),
@@ -400,6 +423,10 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         return error_response(GatewayError(exc.status_code, str(exc.detail)))
 
     async def on_error(request: Request, exc: Exception) -> Response:
+        err = store_unreachable(exc)
+        if err is not None:
+            log.warning("%s %s: the database is unreachable (%s)", request.method, request.url.path, type(exc).__name__)
+            return error_response(err)
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(GatewayError(500, "Internal server error"))
 

@@ -44,12 +44,13 @@ _ERROR_TEXT = {
     403: "Key disabled, or not the admin key, or the admin API is disabled",
     404: "Not found",
     405: "Method not allowed",
-    408: "The upstream timed out",
+    408: "The upstream timed out, or `timeouts.total` ran out for the whole request (every try and fallback)",
     413: "Request body too large",
     429: "Rate limited (key rpm/tpm, or the upstream); see `Retry-After`",
-    431: "Request headers too large",
+    431: "Request line and headers too large (32 KiB together, on every route)",
     502: "The upstream failed or answered something unusable",
-    503: "No provider can answer now (all failed, or their circuits are open); see `Retry-After`",
+    503: "No provider can answer now (all failed, or their circuits are open), or the gateway's database is "
+         "unreachable; see `Retry-After`",
 }
 
 

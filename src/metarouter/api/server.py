@@ -27,7 +27,7 @@ def _fast_chat(app):
     from starlette.requests import ClientDisconnect, Request
 
     from ..errors import GatewayError
-    from .app import error_response
+    from .app import error_response, store_unreachable
 
     log = logging.getLogger("metarouter.api")
     paths = {"/api/v1/chat/completions", "/v1/chat/completions"}
@@ -43,9 +43,14 @@ def _fast_chat(app):
                 response = error_response(err)
             except ClientDisconnect:
                 return  # the client left while sending its request: nobody to answer, nothing was sent upstream
-            except Exception:
-                log.exception("unhandled error on POST %s", scope["path"])
-                response = error_response(GatewayError(500, "Internal server error"))
+            except Exception as exc:
+                err = store_unreachable(exc)
+                if err is None:
+                    log.exception("unhandled error on POST %s", scope["path"])
+                    err = GatewayError(500, "Internal server error")
+                else:
+                    log.warning("POST %s: the database is unreachable (%s)", scope["path"], type(exc).__name__)
+                response = error_response(err)
             await response(scope, receive, send)
             return
         await app(scope, receive, send)

@@ -9,6 +9,7 @@ list is the fallback order.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from typing import Any
@@ -20,6 +21,8 @@ from ..config import Settings
 from ..errors import GatewayError
 from ..router import Constraints, RequestError, RouteDecision, RouteRequest, Router, load_router
 from .pipeline import Plan, RequestContext
+
+log = logging.getLogger("metarouter.auto")
 
 AUTO_IDS = frozenset({"auto", "openrouter/auto", "metarouter/auto"})
 AUTO_MODEL_ID = "openrouter/auto"
@@ -59,16 +62,24 @@ class StickySessions:
 
 
 class RedisStickySessions:
-    """Pins shared by every replica, in Redis, with the inactivity TTL as the key's expiry."""
+    """Pins shared by every replica, in Redis, with the inactivity TTL as the key's expiry. If Redis is away (or
+    slow), a conversation is routed afresh and not pinned: stickiness degrades, requests do not fail."""
 
     def __init__(self, redis: Any, ttl: float = STICKY_TTL, prefix: str = "mr:sticky:"):
         self.redis, self.ttl, self.prefix = redis, int(ttl), prefix
         #: read and refresh the expiry in one command (GETEX, Redis >= 6.2): one round trip instead of two, and
         #: about half the client's CPU per auto request; servers without it get GET then EXPIRE
         self.getex = self.ttl > 0
+        self._warned = 0.0
 
     async def get(self, key: str) -> str | None:
-        name = self.prefix + key
+        try:
+            return await self._get(self.prefix + key)
+        except Exception as exc:  # noqa: BLE001 - Redis away: no pin, the router decides
+            self._warn(exc)
+            return None
+
+    async def _get(self, name: str) -> str | None:
         if self.getex:
             try:
                 v = await self.redis.getex(name, ex=self.ttl)
@@ -85,10 +96,22 @@ class RedisStickySessions:
         return v.decode() if isinstance(v, bytes) else v
 
     async def pin(self, key: str, model: str) -> None:
-        await self.redis.set(self.prefix + key, model, ex=self.ttl)
+        try:
+            await self.redis.set(self.prefix + key, model, ex=self.ttl)
+        except Exception as exc:  # noqa: BLE001 - an answer must never fail for want of its pin
+            self._warn(exc)
 
     async def unpin(self, key: str) -> None:
-        await self.redis.delete(self.prefix + key)
+        try:
+            await self.redis.delete(self.prefix + key)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(exc)
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > 30:
+            self._warned = now
+            log.warning("sticky sessions unavailable (%s): routing without pins", type(exc).__name__)
 
 
 def _auto_plugin(body: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
 from .images import ImageFetcher, remote_image_urls
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
-from .resilience import CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
+from .resilience import HALF_OPEN, OPEN, CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
 from .accounting import (
     charged_parts,
     cost_parts,
@@ -190,11 +190,12 @@ class Gateway:
             candidates.append(m)
         return Plan(requested_model=requested[0], candidates=candidates)
 
-    def breaker(self, provider: str) -> CircuitBreaker:
-        b = self.breakers.get(provider)
+    def breaker(self, provider: str, model_id: str) -> CircuitBreaker:
+        """One breaker per model of a provider: one failing model does not refuse its siblings."""
+        b = self.breakers.get((provider, model_id))
         if b is None:
-            b = self.breakers[provider] = CircuitBreaker(self.resilience.breaker_failures,
-                                                         self.resilience.breaker_cooldown)
+            b = self.breakers[(provider, model_id)] = CircuitBreaker(self.resilience.breaker_failures,
+                                                                     self.resilience.breaker_cooldown)
         return b
 
     def provider_for(self, model: Model) -> ProviderConfig | None:
@@ -297,13 +298,16 @@ class Gateway:
         return await self.store.get_credits(flush=False)
 
     # --- sending -----------------------------------------------------------------------------------------------
-    async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool):
+    async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool,
+                    deadline: float, total: float):
         adapter = get_adapter(provider)
         req = adapter.build_request(body, model, provider, stream=stream)
         assert self._client is not None, "gateway not started"
         try:
-            resp = await self._client.request(req.url, req.body, req.headers, req.method)
+            resp = await self._client.request(req.url, req.body, req.headers, req.method, deadline=deadline)
         except UpstreamTimeout:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise _Fallback(_out_of_time(provider, total)) from None
             raise _Fallback(GatewayError(408, f"{provider.name}: upstream timed out")) from None
         except UpstreamError as exc:
             raise _Fallback(GatewayError(502, f"{provider.name}: upstream unreachable ({exc.kind})")) from None
@@ -315,8 +319,9 @@ class Gateway:
             finally:
                 resp.release()
             err = adapter.parse_error(resp.status, data, provider)
-            if resp.headers.get("Retry-After"):
-                err.headers = {**err.headers, "Retry-After": resp.headers["Retry-After"]}
+            retry_after = (resp.headers.get("Retry-After") or "").strip()
+            if retry_after.isdigit():  # seconds, passed on; anything else an upstream sends there is not
+                err.headers = {**err.headers, "Retry-After": retry_after}
             raise _Fallback(err)
         return adapter, resp
 
@@ -377,6 +382,9 @@ class Gateway:
         and asks for the next; when it succeeds it stops iterating. Raises the most telling error when none is left.
         """
         res = self.resilience
+        loop = asyncio.get_running_loop()
+        total = self.settings.timeouts.total
+        deadline = loop.time() + total  # one bound for the whole request: every try, backoff and fallback
         last_error: GatewayError | None = None
         n = len(plan.candidates)
         needs_vision = message_text_and_images(body["messages"])[1] > 0
@@ -413,13 +421,16 @@ class Gateway:
                     last_error = GatewayError(400, msg, metadata={"model": model.id, "unsupported": unsupported},
                                               retryable=False)
                     continue
-            breaker = self.breaker(provider.name)
+            if loop.time() >= deadline:
+                last_error = last_error or _out_of_time(provider, total)
+                break
+            breaker = self.breaker(provider.name, model.id)
             if not breaker.allow():
-                err = GatewayError(503, f"{provider.name}: failing recently; circuit open for another "
-                                        f"{breaker.retry_after():.0f} s", headers=_retry_after(breaker.retry_after()))
+                err = _circuit_open(model, provider, breaker)
                 self._failed(attempts, Attempt(model.id, provider.name, 503, err.message))
-                last_error = err
+                last_error = last_error or err  # an upstream's own error of this request says more than a refusal
                 continue
+            probe = breaker.state == HALF_OPEN
             send = body
             if getattr(get_adapter(provider), "inline_images_only", False) and remote_image_urls(body):
                 try:
@@ -427,20 +438,26 @@ class Gateway:
                 except GatewayError as exc:  # this candidate cannot have the image; the next may fetch it itself
                     attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                     last_error = exc
+                    breaker.release(probe)
                     continue
             try:
                 reserved, capped, max_tokens = await self._reserve(ctx, model, send)
             except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
+                breaker.release(probe)
                 continue
+            except BaseException:  # the store is unreachable, or the request was cancelled
+                breaker.release(probe)
+                raise
             tries = 1 + (res.retries if i == n - 1 else 0)  # fall back first; retry only the last candidate
             t: _Try | None = None
+            verdict = False  # the breaker hears once per request, after its retries
             try:
                 for k in range(tries):
                     t0 = time.perf_counter()
                     try:
-                        adapter, resp = await self._open(model, provider, capped or send, stream=stream)
+                        adapter, resp = await self._open(model, provider, capped or send, stream, deadline, total)
                         resp.limit = max_response_bytes(max_tokens * (send.get("n") or 1), stream=stream,
                                                         logprobs=bool(send.get("logprobs")))
                         t = _Try(model, provider, adapter, resp, reserved, max_tokens, t0, breaker)
@@ -453,17 +470,27 @@ class Gateway:
                     self._failed(attempts, Attempt(model.id, provider.name, err.status, err.message,
                                                    round((time.perf_counter() - t0) * 1000, 2)))
                     last_error = err
-                    if counts_against_provider(err):
-                        breaker.failure()
-                    if k + 1 < tries and err.retryable and breaker.allow():
-                        await asyncio.sleep(backoff_delay(k, res.backoff_base, res.backoff_max, _retry_after_s(err)))
-                        continue
+                    left = deadline - loop.time()
+                    if k + 1 < tries and err.retryable and left > 0 and breaker.state != OPEN:
+                        delay = backoff_delay(k, res.backoff_base, res.backoff_max, _retry_after_s(err))
+                        if delay < left:
+                            await asyncio.sleep(delay)
+                            continue
                     break
+                verdict = True
+                if counts_against_provider(err):
+                    breaker.failure(err)
+                else:  # the upstream answered, refusing this request: nothing said about its health
+                    breaker.release(probe)
             finally:
+                if not verdict and not (t is not None and t.succeeded):  # cancelled before the upstream had its say
+                    breaker.release(probe)
                 # A hold is settled by the generation record once an answer was handed over; otherwise — failure,
                 # or cancellation while waiting on the upstream — it is given back here.
                 if reserved and not (t is not None and t.succeeded):
                     self._release_later(ctx.key.public_id, reserved)
+            if loop.time() >= deadline:
+                break  # the whole request's time is up: no fallback is tried
         raise _final_error(last_error, attempts)
 
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
@@ -792,6 +819,27 @@ def _not_configured(model: Model) -> GatewayError:
         "(its api_key_env) or point it at another host in the config file.",
         metadata={"model": model.id, "provider_name": model.provider},
     )
+
+
+def _circuit_open(model: Model, provider: ProviderConfig, breaker: CircuitBreaker) -> GatewayError:
+    """The refusal of an open circuit, naming the upstream error that opened it."""
+    retry_after = _retry_after(breaker.retry_after())
+    if breaker.state == OPEN:
+        why = (f"circuit open for another {retry_after['Retry-After']} s after {breaker.consecutive or 1} failed "
+               "request(s)")
+    else:
+        why = "circuit half-open: a probe request is under way"
+    last = breaker.last_error
+    meta: dict[str, Any] = {"model": model.id, "provider_name": provider.name}
+    if last is not None:
+        why += f"; last upstream error: {last.status} {last.message}"
+        meta["last_error"] = {"code": last.status, "message": last.message}
+    return GatewayError(503, f"{model.id}: {why}", metadata=meta, headers=retry_after)
+
+
+def _out_of_time(provider: ProviderConfig, total: float) -> GatewayError:
+    return GatewayError(408, f"{provider.name}: no answer within timeouts.total ({total:g} s) for the whole request "
+                             "(every try and fallback)", retryable=False)
 
 
 def _final_error(last: GatewayError | None, attempts: list[Attempt]) -> GatewayError:

@@ -1,4 +1,4 @@
-"""Upstream resilience: a circuit breaker per provider, and retries with jittered backoff."""
+"""Upstream resilience: a circuit breaker per model of each provider, and retries with jittered backoff."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class ResilienceSettings:
     retries: int = 2  # extra tries of the last remaining candidate on a retryable error
     backoff_base: float = 0.25  # seconds; full jitter: sleep U(0, base * 2**attempt), capped
     backoff_max: float = 4.0
-    breaker_failures: int = 5  # consecutive failures that open a provider's circuit
+    breaker_failures: int = 5  # failed requests in a row (a request and its retries: one) open a model's circuit
     breaker_cooldown: float = 30.0  # seconds an open circuit refuses before one probe is let through
 
 
@@ -26,8 +26,13 @@ def counts_against_provider(err: GatewayError) -> bool:
 
 
 class CircuitBreaker:
-    """Closed → (``failures`` consecutive provider failures) → open → (cool-down) → half-open: one probe; its
-    success closes the circuit, its failure opens it again."""
+    """Closed → (``failures`` failed requests in a row) → open → (cool-down) → half-open: one probe request; its
+    success closes the circuit, its failure opens it again.
+
+    It counts requests, not tries: a request reports once, after its retries (``success``, ``failure``), or
+    ``release`` when it ended without a verdict (the client left, the request was cancelled, or the upstream
+    refused the request itself). A released probe frees the slot for the next request, and a probe not heard of
+    for a cool-down is presumed lost, so the circuit never stays half-open for want of a report."""
 
     def __init__(self, failures: int, cooldown: float, clock=time.monotonic):
         self.failures_to_open = failures
@@ -36,29 +41,35 @@ class CircuitBreaker:
         self.state = CLOSED
         self.consecutive = 0
         self.opened_at = 0.0
-        self._probe_out = False
+        self.probe_since: float | None = None  # when the half-open probe was let through; None: none is out
         self.opened_count = 0
+        self.last_error: GatewayError | None = None  # the failure that counted last: what a refusal reports
 
     def allow(self) -> bool:
+        """Whether a request may go to the upstream now. In half-open, the request let through is the probe
+        (``state`` reads ``HALF_OPEN`` right after), and the others are refused until it reports."""
         if self.state == CLOSED:
             return True
+        now = self.clock()
         if self.state == OPEN:
-            if self.clock() - self.opened_at < self.cooldown:
+            if now - self.opened_at < self.cooldown:
                 return False
             self.state = HALF_OPEN
-            self._probe_out = False
-        if self._probe_out:  # half-open: one probe at a time
-            return False
-        self._probe_out = True
+            self.probe_since = None
+        if self.probe_since is not None and now - self.probe_since < self.cooldown:
+            return False  # one probe at a time
+        self.probe_since = now
         return True
 
     def success(self) -> None:
         self.state = CLOSED
         self.consecutive = 0
-        self._probe_out = False
+        self.probe_since = None
 
-    def failure(self) -> None:
-        self._probe_out = False
+    def failure(self, error: GatewayError | None = None) -> None:
+        self.probe_since = None
+        if error is not None:
+            self.last_error = error
         if self.state == HALF_OPEN:
             self._open()
             return
@@ -66,13 +77,24 @@ class CircuitBreaker:
         if self.consecutive >= self.failures_to_open:
             self._open()
 
+    def release(self, probe: bool) -> None:
+        """A request admitted by ``allow`` ended without a verdict; if it was the probe, the next request probes."""
+        if probe and self.state == HALF_OPEN:
+            self.probe_since = None
+
     def _open(self) -> None:
         self.state = OPEN
         self.opened_at = self.clock()
         self.opened_count += 1
 
     def retry_after(self) -> float:
-        return max(0.0, self.cooldown - (self.clock() - self.opened_at)) if self.state == OPEN else 0.0
+        """Seconds until a request may be let through again: the rest of the cool-down, or (half-open, a probe
+        out) until the probe is presumed lost."""
+        if self.state == OPEN:
+            return max(0.0, self.cooldown - (self.clock() - self.opened_at))
+        if self.state == HALF_OPEN and self.probe_since is not None:
+            return max(0.0, self.cooldown - (self.clock() - self.probe_since))
+        return 0.0
 
 
 def backoff_delay(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:

@@ -404,14 +404,17 @@ class UpstreamClient:
                 self._origins[url] = o
         return o
 
-    async def request(self, url: str, body: bytes, headers: dict[str, str], method: str = "POST"
-                      ) -> UpstreamResponse:
-        """Send ``body`` to ``url``; returns once the status and headers are in."""
+    async def request(self, url: str, body: bytes, headers: dict[str, str], method: str = "POST",
+                      deadline: float | None = None) -> UpstreamResponse:
+        """Send ``body`` to ``url``; returns once the status and headers are in. Everything — connecting, the
+        answer, its body — ends by ``deadline`` (loop time; a caller's bound over several requests) or after the
+        client's total timeout, whichever comes first."""
         if self._closed:
             raise UpstreamError("client is closed", "ClientClosed")
         origin = self.origin(url)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.total_timeout
+        own = loop.time() + self.total_timeout
+        deadline = own if deadline is None else min(deadline, own)
         if method != "POST" and not (method.isalpha() and method.isupper()):
             raise UpstreamError(f"bad HTTP method {method!r}", "InvalidMethod")
         msg = _encode_request(origin.head if method == "POST" else origin.request_line(method), body, headers)
