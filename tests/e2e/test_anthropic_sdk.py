@@ -330,3 +330,41 @@ def test_thinking_maps_to_reasoning(client, fake):
     sent = fake.requests_for("openai")[-1].body
     assert "reasoning" not in sent  # a gateway field: not sent to OpenAI-compatible upstreams
     assert sent["messages"][1] == {"role": "assistant", "content": "Hello."}  # the thinking block is not sent back
+
+
+def test_reasoning_comes_back_as_thinking_only_when_enabled(client, gateway):
+    r1 = "deepseek/deepseek-r1"  # its fake answers with reasoning_content "Let me think about it."
+    ask = {"model": r1, "max_tokens": 2000, "messages": [{"role": "user", "content": "why?"}]}
+    m = create(client, **ask, thinking={"type": "enabled", "budget_tokens": 1024})
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    assert m.content[0].thinking == "Let me think about it." and m.content[1].text == "You said: why?"
+    assert [b.type for b in create(client, **ask).content] == ["text"]
+    assert [b.type for b in create(client, **ask, thinking={"type": "disabled"}).content] == ["text"]
+    with client.messages.stream(**ask, thinking={"type": "enabled", "budget_tokens": 1024}) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"] and final.content[0].thinking == m.content[0].thinking
+    events = raw_events(gateway, {**ask, "thinking": {"type": "enabled", "budget_tokens": 1024}})
+    assert [d["delta"]["type"] for d in events if d["type"] == "content_block_delta"][0] == "thinking_delta"
+    events = raw_events(gateway, ask)
+    assert {d["content_block"]["type"] for d in events if d["type"] == "content_block_start"} == {"text"}
+
+
+def test_slow_first_byte_keeps_the_stream_alive_and_a_late_failure_is_an_error_event(client, gateway, fake):
+    # the fake waits longer than the gateway's stream_commit_after (0.3 s) before it answers: the stream is
+    # committed first, with keep-alive comments (which SSE clients skip) until the answer comes
+    fake.knobs("openai").latency = 1.0
+    with httpx.stream("POST", gateway.url + "/v1/messages", headers={"x-api-key": gateway.api_key}, timeout=30,
+                      json={"model": MODEL, "max_tokens": 50, "stream": True,
+                            "messages": [{"role": "user", "content": "slow"}]}) as r:
+        lines = list(r.iter_lines())
+    assert lines[0].startswith(": ") and "event: message_start" in lines
+    with client.messages.stream(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "slow"}]) as s:
+        assert s.get_final_message().content[0].text == "You said: slow"
+    before = key_usage(gateway)
+    fake.fail("openai", status=429, times=3)
+    with pytest.raises(anthropic.APIStatusError) as ei:
+        with client.messages.stream(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "x"}]) as s:
+            s.get_final_message()
+    ErrorResponse.model_validate(ei.value.body, strict=True)
+    assert ei.value.body["error"]["type"] == "rate_limit_error"
+    assert key_usage(gateway) == before
