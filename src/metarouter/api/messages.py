@@ -79,6 +79,14 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _whole(body: dict, name: str) -> Any:
+    """An integer field as Anthropic reads it (``5.0`` is 5; the JSON Schema of the API agrees)."""
+    v = body.get(name)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**64:
+        return int(v)
+    return v
+
+
 def _text_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     if not _str(block.get("text")):
         raise _bad(f"{where}.text: must be a string", f"{where}.text")
@@ -181,7 +189,10 @@ def _turn(m: Any, i: int) -> list[dict[str, Any]]:
             tools.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": orjson.dumps(block["input"]).decode()}})
         elif kind in ("thinking", "redacted_thinking") and role == "assistant":
-            continue  # the model's own reasoning: not sent back (no provider's signature survives the gateway)
+            fields = ("thinking", "signature") if kind == "thinking" else ("data",)
+            if not all(_str(block.get(f)) for f in fields):
+                raise _bad(f"{at}: a {kind} block needs {' and '.join(fields)} (strings)", at)
+            # the model's own reasoning is not sent back (no provider's signature survives the gateway)
         else:
             raise _bad(f"{at}.type: {kind!r} blocks are not supported in {role} turns", f"{at}.type")
     if role == "user":
@@ -262,7 +273,7 @@ def _thinking(thinking: Any, max_tokens: int) -> dict[str, Any] | None:
     """Anthropic's ``thinking`` → OpenRouter's ``reasoning`` (None: not enabled)."""
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind == "enabled":
-        budget = thinking.get("budget_tokens")
+        budget = _whole(thinking, "budget_tokens")
         if not _int(budget) or budget < 1024 or budget >= max_tokens:
             raise _bad("thinking.budget_tokens: must be an integer ≥ 1024 and less than max_tokens",
                        "thinking.budget_tokens")
@@ -281,7 +292,7 @@ def translate_request(body: Any, *, max_messages: int) -> MessagesRequest:
     model = body.get("model")
     if not _str(model) or not model or len(model) > MAX_MODEL_ID:
         raise _bad(f"model: required, a model id or \"auto\" (a string of at most {MAX_MODEL_ID} characters)", "model")
-    max_tokens = body.get("max_tokens")
+    max_tokens = _whole(body, "max_tokens")
     if not _int(max_tokens) or max_tokens < 1 or max_tokens >= 2**64:
         raise _bad("max_tokens: required, an integer ≥ 1", "max_tokens")
     turns = body.get("messages")
@@ -306,7 +317,7 @@ def translate_request(body: Any, *, max_messages: int) -> MessagesRequest:
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
-    top_k = body.get("top_k")
+    top_k = _whole(body, "top_k")
     if top_k is not None:
         if not _int(top_k) or top_k < 0:
             raise _bad("top_k: must be an integer ≥ 0", "top_k")
