@@ -382,7 +382,7 @@ def test_hostile_admin_bodies(gw, refused):
     for body in ({"name": "x" * 201}, {"name": "   "}, {"name": 5}, {"name": "k", "limit": "NaN"},
                  {"name": "k", "limit": "Infinity"}, {"name": "k", "limit": -1}, {"name": "k", "limit": 1e308},
                  {"name": "k", "rpm": 0}, {"name": "k", "rpm": True}, {"name": "k", "key_hash": "0" * 64},
-                 {"name": "k", "public_id": "' OR 1=1 --"}, [], "x"):
+                 {"name": "k", "public_id": "' OR 1=1 --"}, {"name": "k", "label": True}, [], "x"):
         check(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), json=body))
     for body in ({"amount": 0}, {"amount": -5}, {"amount": "1e999"}, {"amount": "NaN"}, {"amount": "5; DROP"},
                  {"amount": [5]}, {"amount": 5, "usage": 0}):
