@@ -118,10 +118,12 @@ def test_key_as_bearer_token_and_under_api_v1(gateway):
 
 
 def test_system_string_and_blocks(client, fake):
-    m = create(client, model=CLAUDE, max_tokens=200, system="Be brief.", messages=[{"role": "user", "content": "hi"}])
+    m = create(client, model=CLAUDE, max_tokens=200, system="Be brief.", messages=[{"role": "user", "content": "hi"}],
+               metadata={"user_id": "u-7"}, extra_body={"temperature": 0.3, "top_k": 40})
     assert m.content[0].text == "You said: hi (system: Be brief.)" and m.model == CLAUDE
     sent = fake.requests_for("anthropic")[-1].body
-    assert sent["system"] == "Be brief."
+    assert sent["system"] == "Be brief." and sent["max_tokens"] == 200
+    assert sent["temperature"] == 0.3 and sent["top_k"] == 40 and sent["metadata"] == {"user_id": "u-7"}
     m = create(client, model=CLAUDE, max_tokens=200, messages=[{"role": "user", "content": "hi"}],
                system=[{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
     assert m.content[0].text == "You said: hi (system: Be brief.)"
