@@ -494,7 +494,7 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
             "version": _version(),
             "description": "A self-hosted, OpenRouter-compatible LLM gateway. Every path below also answers "
                            "under `/v1` (for OpenAI clients). Errors are `{\"error\": {\"code\", \"message\", "
-                           "\"metadata\"?}}`.",
+                           "\"metadata\"?}}` (`POST /messages` answers in Anthropic's shape instead).",
         },
         "servers": [{"url": "/api/v1"}],
         "security": user,
