@@ -425,7 +425,7 @@ def test_hostile_admin_bodies(gw, refused):
     for body in ({"name": "x" * 201}, {"name": "   "}, {"name": 5}, {"name": "k", "limit": "NaN"},
                  {"name": "k", "limit": "Infinity"}, {"name": "k", "limit": -1}, {"name": "k", "limit": 1e308},
                  {"name": "k", "rpm": 0}, {"name": "k", "rpm": True}, {"name": "k", "key_hash": "0" * 64},
-                 {"name": "k", "public_id": "' OR 1=1 --"}, [], "x"):
+                 {"name": "k", "public_id": "' OR 1=1 --"}, {"name": "k", "label": True}, [], "x"):
         check(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), json=body))
     for body in ({"amount": 0}, {"amount": -5}, {"amount": "1e999"}, {"amount": "NaN"}, {"amount": "5; DROP"},
                  {"amount": [5]}, {"amount": 5, "usage": 0}):
@@ -433,3 +433,152 @@ def test_hostile_admin_bodies(gw, refused):
     check(413)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), content=b'{"name": "' + b"x" * 70_000 + b'"}'))
     check(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), content=b'{"name": "\xff"}'))
     check(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), content=b"[" * 5000 + b"]" * 5000))
+
+
+# --- POST /messages (Anthropic's Messages API): the same corpus, answered in Anthropic's error shape ---------------
+
+AN_MSG = [{"role": "user", "content": "hi"}]
+
+
+def messages(gw, body=None, *, content=None, headers=None, key=None):
+    h = {"x-api-key": key or gw.api_key, "anthropic-version": "2023-06-01", "Content-Type": "application/json",
+         **(headers or {})}
+    return gw.http.post("/v1/messages", json=body, content=content, headers=h)
+
+
+def assert_clean_anthropic_4xx(r: httpx.Response, *statuses: int) -> None:
+    from metarouter.api.messages import error_type
+
+    assert 400 <= r.status_code < 500, f"{r.status_code}: {r.text[:300]}"
+    if statuses:
+        assert r.status_code in statuses, f"{r.status_code}: {r.text[:300]}"
+    assert "Traceback" not in r.text and "File \"" not in r.text
+    body = r.json()
+    assert set(body) == {"type", "error"} and body["type"] == "error"
+    assert body["error"]["type"] == error_type(r.status_code) and isinstance(body["error"]["message"], str)
+
+
+@pytest.fixture
+def refused_an(gw, fake):
+    before = ledger(gw)
+
+    def check(*statuses: int):
+        def _check(r):
+            assert_clean_anthropic_4xx(r, *statuses)
+            assert fake.requests == [], "a refused request reached an upstream"
+            assert ledger(gw) == before, "a refused request stored or charged something"
+            return r
+        return _check
+
+    return check
+
+
+def test_messages_at_the_message_limit_is_answered(gw):
+    assert messages(gw, {"model": MODEL, "max_tokens": 5, "messages": AN_MSG * MAX_MESSAGES}).status_code == 200
+
+
+def test_messages_over_the_message_limit_is_refused(gw, refused_an):
+    r = messages(gw, {"model": MODEL, "max_tokens": 5, "messages": AN_MSG * (MAX_MESSAGES + 1)})
+    refused_an(400)(r)
+    assert "too many messages" in r.json()["error"]["message"].lower()
+
+
+@pytest.mark.parametrize("where", ["metadata", "tools", "content", "system", "tool_result"])
+def test_messages_deep_json(gw, refused_an, where):
+    deep: object = "x"
+    for _ in range(MAX_DEPTH + 5):
+        deep = {"a": deep}
+    body = {"model": MODEL, "max_tokens": 5, "messages": list(AN_MSG)}
+    if where == "tools":
+        body["tools"] = [{"name": "f", "input_schema": deep}]
+    elif where == "content":
+        body["messages"] = [{"role": "user", "content": [{"type": "text", "text": "x", "extra": deep}]}]
+    elif where == "system":
+        body["system"] = [{"type": "text", "text": "x", "cache_control": deep}]
+    elif where == "tool_result":
+        body["messages"] = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [deep]}]}]
+    else:
+        body[where] = deep
+    refused_an(400)(messages(gw, body))
+
+
+def test_messages_body_too_large_headers_too_large_and_bad_json(gw, refused_an):
+    check = refused_an
+    check(413)(messages(gw, content=orjson.dumps({"model": MODEL, "max_tokens": 5, "messages": [
+        {"role": "user", "content": "a" * MAX_BODY}]})))
+    check(431)(messages(gw, {"model": MODEL, "max_tokens": 5, "messages": AN_MSG},
+                        headers={f"X-Junk-{i}": "j" * 1000 for i in range(40)}))
+    check(400)(messages(gw, content=b'{"model": "' + MODEL.encode() + b'", "max_tokens": 5, "messages": ['))
+    check(400)(messages(gw, content=b""))
+    check(400)(messages(gw, content=b"[" * 30000 + b"]" * 30000))
+    check(400)(messages(gw, content=b'{"model": "' + MODEL.encode() + b'", "max_tokens": 5, "messages": [{"role": '
+                                    b'"user", "content": "\xff\xfe"}]}'))
+    for literal in (b"NaN", b"Infinity", b"1e400"):
+        check(400)(messages(gw, content=b'{"model": "' + MODEL.encode() + b'", "max_tokens": ' + literal
+                                        + b', "messages": [{"role": "user", "content": "x"}]}'))
+
+
+AN_WRONG_TYPES = {
+    "model": [5, True, ["x"], "", "m" * 50_000], "max_tokens": [0, -1, 1.5, "10", True, 2**64, None],
+    "messages": ["hi", {}, 5, [5], [], [{"role": "system", "content": "x"}], [{"role": "user"}],
+                 [{"role": "user", "content": []}], [{"role": ["user"], "content": "x"}]],
+    "system": [5, {"type": "text"}, [{"type": "image"}], [{"type": "text", "text": 5}]],
+    "stream": ["yes", 1], "temperature": [1.5, -0.1, "hot", True], "top_p": [2, "1"], "top_k": [-1, 1.5, "5"],
+    "stop_sequences": ["x", [1], [""], ["s"] * 17], "metadata": [[], "x", {"user_id": 5}],
+    "tools": [{}, "f", [1], [{"name": "f"}], [{"name": 5, "input_schema": {}}],
+              [{"type": "web_search_20250305", "name": "web_search"}]],
+    "tool_choice": ["auto", 5, {"type": "always"}, {"type": "tool"}, {"type": "tool", "name": 5}],
+    "thinking": ["on", {"type": "enabled"}, {"type": "enabled", "budget_tokens": 5}, {"type": "maybe"}],
+    "models": ["x", [5]], "provider": ["openai"], "plugins": [{}], "session_id": [5],
+}
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, vs in AN_WRONG_TYPES.items() for v in vs],
+                         ids=[f"{f}-{i}" for f, vs in AN_WRONG_TYPES.items() for i in range(len(vs))])
+def test_messages_wrong_types_for_every_field(gw, refused_an, field, value):
+    body = {"model": MODEL, "max_tokens": 5, "messages": AN_MSG, field: value}
+    if value is None:
+        del body[field]
+    r = messages(gw, body)
+    refused_an(400)(r)
+    assert len(r.content) < 4096  # nothing huge is echoed back
+
+
+BAD_BLOCKS = [
+    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "%%%not base64"}},
+    {"type": "image", "source": {"type": "base64", "media_type": "text/html", "data": "PGI+"}},
+    {"type": "image", "source": {"type": "url", "url": "file:///etc/passwd"}},
+    {"type": "image", "source": {"type": "url", "url": "javascript:alert(1)"}},
+    {"type": "image", "source": "https://example.com/x.png"},
+    {"type": "tool_result", "tool_use_id": ""}, {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "x"}]},
+    {"type": "tool_use", "id": "t", "name": "f", "input": {}}, {"type": "document", "source": {}},
+    {"type": "thinking", "thinking": "t", "signature": "s"}, {"type": "\u202etext", "text": "x"}, {"text": "x"}, "x", 5,
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_BLOCKS)))
+def test_messages_hostile_content_blocks(gw, refused_an, i):
+    refused_an(400)(messages(gw, {"model": MODEL, "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": [BAD_BLOCKS[i]]}]}))
+
+
+@pytest.mark.parametrize("model", ["m" * 50_000, "🙂/🙃", "openai/gpt-4o-mini-2024-07-18\x00", "../../etc/passwd",
+                                   "' OR 1=1 --"])
+def test_messages_odd_model_names(gw, refused_an, model):
+    r = messages(gw, {"model": model, "max_tokens": 5, "messages": AN_MSG})
+    refused_an(400)(r)
+    assert len(r.content) < 4096
+
+
+@pytest.mark.parametrize("sql", SQL)
+def test_messages_forged_and_sql_keys(gw, refused_an, sql):
+    check = refused_an
+    body = {"model": MODEL, "max_tokens": 5, "messages": AN_MSG}
+    digest = hashlib.sha256(gw.api_key.encode()).hexdigest()
+    for forged in (f"sk-mr-{sql}", f"sk-mr-{sql[:12]:<12}-{'0' * 48}", digest, f"sk-mr-{gw.api_key.split('-')[2]}"):
+        check(401)(messages(gw, body, key=forged))
+    # the Authorization header, when it is a bearer token, is the one that counts
+    check(401)(messages(gw, body, headers={"Authorization": f"Bearer sk-mr-{sql}"}))
+    r = gw.http.post("/v1/messages", json=body)
+    check(401)(r)
+    assert "x-api-key" in r.json()["error"]["message"]

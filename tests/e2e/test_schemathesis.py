@@ -26,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from metarouter.api import messages as messages_api
 from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
 from metarouter.testing.gateway_process import GatewayProcess
 
@@ -41,6 +42,8 @@ NEGATIVE = GenerationMode.NEGATIVE
 PLAN = [
     ("createChatCompletion", POSITIVE, 120),
     ("createChatCompletion", NEGATIVE, 120),
+    ("createMessage", POSITIVE, 80),
+    ("createMessage", NEGATIVE, 80),
     ("listModels", POSITIVE, 3),
     ("getGeneration", POSITIVE, 20),
     ("getGeneration", NEGATIVE, 10),
@@ -118,8 +121,8 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
     gw = fuzz_gw
     op = _operation(gw.schema, operation_id)
     token = ADMIN if operation_id in ADMIN_OPS else gw.api_key
-    is_chat = operation_id == "createChatCompletion"
-    # Half of the valid chat bodies name a real model, so that some are answered (200) rather than all refused
+    is_chat = operation_id in ("createChatCompletion", "createMessage")
+    # Half of the valid chat (and messages) bodies name a real model, so that some are answered (200) rather than all refused
     # for an unknown model id.
     model = st.sampled_from([None, MODEL]) if is_chat and mode is POSITIVE else st.just(None)
     cases = op.as_strategy(generation_mode=mode)
@@ -155,7 +158,11 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
             judged[0] += 1
             assert 400 <= status < 500, f"schema-invalid input answered {status}"
         if 400 <= status < 500:
-            assert response.json()["error"]["code"] == status
+            if operation_id == "createMessage":  # Anthropic's error shape
+                assert response.json()["type"] == "error"
+                assert response.json()["error"]["type"] == messages_api.error_type(status)
+            else:
+                assert response.json()["error"]["code"] == status
             assert ledger(gw) == before, f"a {status} changed the ledger"
         elif is_chat:
             # one record per answered request; written just after the answer (a stream's after its last frame)
@@ -165,6 +172,7 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
             assert after["generations"] == before["generations"] + 1
 
     fuzz()
+
     assert sum(seen.values()) >= 1
     if mode is NEGATIVE:
         assert judged[0] >= examples // 3  # most negative cases are judged as such

@@ -20,14 +20,14 @@ def test_document_is_valid_openapi_3_1():
     schema.validate()  # the OpenAPI 3.1 meta-schema; raises on an invalid document
     ops = [r.ok() for r in schema.get_all_operations()]
     names = {(op.method.upper(), op.path) for op in ops}
-    for expected in [("POST", "/chat/completions"), ("GET", "/models"), ("GET", "/generation"), ("GET", "/key"),
-                     ("GET", "/credits"), ("POST", "/credits"), ("GET", "/activity"),
-                     ("GET", "/activity/generations"), ("GET", "/activity/apps"), ("GET", "/activity/summary"),
-                     ("GET", "/activity/export.csv"), ("GET", "/keys"),
+    for expected in [("POST", "/chat/completions"), ("POST", "/messages"), ("POST", "/route"), ("GET", "/models"),
+                     ("GET", "/generation"), ("GET", "/key"), ("GET", "/credits"), ("POST", "/credits"),
+                     ("GET", "/activity"), ("GET", "/activity/generations"), ("GET", "/activity/apps"),
+                     ("GET", "/activity/summary"), ("GET", "/activity/export.csv"), ("GET", "/keys"),
                      ("POST", "/keys"), ("GET", "/keys/{public_id}"), ("PATCH", "/keys/{public_id}"),
                      ("DELETE", "/keys/{public_id}")]:
         assert expected in names
-    assert set(doc["components"]["securitySchemes"]) == {"apiKey", "adminKey"}
+    assert set(doc["components"]["securitySchemes"]) == {"apiKey", "anthropicKey", "adminKey"}
     assert doc["paths"]["/keys"]["post"]["security"] == [{"adminKey": []}]
 
 

@@ -135,6 +135,8 @@ async def create_key(request: Request) -> Response:
     body = await _body(request)
     _known(body, {"name", "label", "limit", "rpm", "tpm"})
     label = _label(body.get("name", body.get("label")))
+    if "name" in body and "label" in body:  # one field by two names: each given must be valid
+        _label(body["label"])
     limit = _usd_pico("limit", body.get("limit"), allow_null=True)
     rpm, tpm = _per_minute("rpm", body.get("rpm")), _per_minute("tpm", body.get("tpm"))
     plaintext, rec = await request.app.state.store.create_key(label, limit_pico=limit, rpm=rpm, tpm=tpm)
@@ -163,6 +165,8 @@ async def update_key(request: Request) -> Response:
     fields: dict[str, Any] = {}
     if "name" in body or "label" in body:
         fields["label"] = _label(body.get("name", body.get("label")))
+        if "name" in body and "label" in body:
+            _label(body["label"])
     if "disabled" in body:
         if not isinstance(body["disabled"], bool):
             raise GatewayError(400, "`disabled` must be true or false")

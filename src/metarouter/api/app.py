@@ -25,6 +25,7 @@ from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
 from ..swr import SWRCache
+from . import messages as messages_api
 from .validation import json_depth_ok, validate_chat_body
 
 log = logging.getLogger("metarouter.api")
@@ -128,12 +129,16 @@ class KeyAuth:
     def invalidate(self, public_id: str) -> None:
         self._cache.invalidate(public_id)
 
-    async def authenticate(self, request: Request) -> KeyRecord:
+    async def authenticate(self, request: Request, *, x_api_key: bool = False) -> KeyRecord:
+        """``x_api_key``: the key may come as ``x-api-key`` instead (what Anthropic's clients send)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
+        if scheme.lower() != "bearer" and x_api_key and request.headers.get("x-api-key"):
+            scheme, token = "bearer", request.headers["x-api-key"].strip()
         if scheme.lower() != "bearer" or not token:
-            raise GatewayError(401, "Missing API key: send `Authorization: Bearer sk-mr-…`", retryable=False)
+            hint = "`x-api-key: sk-mr-…` or " if x_api_key else ""
+            raise GatewayError(401, f"Missing API key: send {hint}`Authorization: Bearer sk-mr-…`", retryable=False)
         public_id = parse_key(token)
         if public_id is None:
             raise GatewayError(401, "Invalid API key", retryable=False)
@@ -267,32 +272,57 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             session_id=body.get("session_id") or h.get("x-session-id") or None,
         )
 
-    async def chat_completions(request: Request) -> Response:
-        key = await state["auth"].authenticate(request)
-        body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
+    async def authorize(request: Request, *, x_api_key: bool = False) -> KeyRecord:
+        """The key of a completion request (its head's size is bounded by the server, before routing)."""
+        return await state["auth"].authenticate(request, x_api_key=x_api_key)
+
+    async def admit(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
+        """A valid chat body's context, once the request hooks (rate limits) let it through."""
         ctx = context(request, key, body)
         for hook in request.app.state.request_hooks:
             await hook(request, key, body, ctx)
-        gw: Gateway = state["gateway"]
-        if not body.get("stream"):
-            return json_response(await gw.complete(body, ctx))
-        frames = await gw.stream(body, ctx)
+        return ctx
+
+    async def open_stream(body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+        """The pipeline's SSE frames. Raises ``GatewayError`` while an HTTP status can still be answered (nothing
+        started within ``stream_commit_after``); after that, errors come as a terminal chunk."""
+        frames = await state["gateway"].stream(body, ctx)
         first_task = asyncio.ensure_future(frames.__anext__())
         done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
-        if done:
-            try:
-                first = first_task.result()
-            except GatewayError as err:
-                return error_response(err)
-            except Exception as exc:
-                err = store_unreachable(exc)
-                if err is None:
-                    raise
-                return error_response(err)
-            except StopAsyncIteration:
-                return error_response(GatewayError(502, "The upstream stream ended without an answer"))
-            return _sse_response(_relay(frames, first=first))
-        return _sse_response(_relay(frames, pending=first_task, model=body.get("model") or ""))
+        if not done:
+            return _relay(frames, pending=first_task, model=body.get("model") or "")
+        try:
+            first = first_task.result()
+        except StopAsyncIteration:
+            raise GatewayError(502, "The upstream stream ended without an answer") from None
+        except GatewayError:
+            raise
+        except Exception as exc:
+            err = store_unreachable(exc)
+            if err is None:
+                raise
+            raise err from None
+        return _relay(frames, first=first)
+    async def chat_completions(request: Request) -> Response:
+        key = await authorize(request)
+        body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
+        ctx = await admit(request, key, body)
+        if not body.get("stream"):
+            return json_response(await state["gateway"].complete(body, ctx))
+        return _sse_response(await open_stream(body, ctx))
+
+    async def messages(request: Request) -> Response:
+        """Anthropic's Messages API: translated to a chat request, run by the same pipeline, translated back."""
+        try:
+            key = await authorize(request, x_api_key=True)
+            req = messages_api.translate_request(await read_json(request), max_messages=settings.limits.max_messages)
+            body = validate_chat_body(req.chat, max_messages=settings.limits.max_messages)
+            ctx = await admit(request, key, body)
+            if not body.get("stream"):
+                return json_response(messages_api.translate_response(await state["gateway"].complete(body, ctx), req))
+            return _sse_response(messages_api.relay(await open_stream(body, ctx), req))
+        except GatewayError as err:
+            return json_response(messages_api.error_body(err), err.status, err.headers or None)
 
     async def _relay(
         frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None,
@@ -432,6 +462,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     routes = [Route("/health", health), Route("/ready", ready)] + api_routes(
         ("/chat/completions", chat_completions, ["POST"]),
+        ("/messages", messages, ["POST"]),
         ("/models", list_models, ["GET"]),
         ("/generation", get_generation, ["GET"]),
         ("/key", get_key, ["GET"]),

@@ -396,6 +396,134 @@ _ERROR = {
 
 _DATE = {"type": "string", "description": "A date, YYYY-MM-DD (others are 400)"}
 
+# --- POST /messages: Anthropic's Messages API, checked by messages.py ---------------------------------------------
+
+_CACHE = {"description": "e.g. {type: ephemeral}, for providers that cache prompts"}
+_AN_TEXT = {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}, "cache_control": _CACHE}}
+_AN_IMAGE = {"type": "object", "required": ["type", "source"], "properties": {
+    "type": {"const": "image"},
+    "source": {"oneOf": [
+        {"type": "object", "required": ["type", "media_type", "data"],
+         "properties": {"type": {"const": "base64"},
+                        "media_type": {"enum": ["image/jpeg", "image/png", "image/gif", "image/webp"]},
+                        "data": {"type": "string", "minLength": 1, "description": "Base64, padded",
+                                 "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}}},
+        {"type": "object", "required": ["type", "url"],
+         "properties": {"type": {"const": "url"}, "url": {"type": "string", "pattern": "^https?://"}}},
+    ]},
+    "cache_control": _CACHE}}
+_AN_TOOL_USE = {"type": "object", "required": ["type", "id", "name", "input"], "properties": {
+    "type": {"const": "tool_use"}, "id": {"type": "string", "minLength": 1}, "name": {"type": "string", "minLength": 1},
+    "input": {"type": "object"}}}
+_AN_TOOL_RESULT = {"type": "object", "required": ["type", "tool_use_id"], "properties": {
+    "type": {"const": "tool_result"}, "tool_use_id": {"type": "string", "minLength": 1},
+    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [_AN_TEXT, _AN_IMAGE]}},
+                          {"type": "null"}]},
+    "is_error": {"type": ["boolean", "null"]}}}
+_AN_THINKING = {"type": "object", "required": ["type", "thinking", "signature"], "properties": {
+    "type": {"const": "thinking"}, "thinking": {"type": "string"}, "signature": {"type": "string"}}}
+_AN_REDACTED = {"type": "object", "required": ["type", "data"],
+                "properties": {"type": {"const": "redacted_thinking"}, "data": {"type": "string"}}}
+
+
+def _an_turn(role: str, *blocks: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"const": role},
+        "content": {"oneOf": [{"type": "string"},
+                              {"type": "array", "minItems": 1, "items": {"oneOf": list(blocks)}}]}}}
+
+
+_AN_MESSAGE = {"oneOf": [_an_turn("user", _AN_TEXT, _AN_IMAGE, _AN_TOOL_RESULT),
+                         _an_turn("assistant", _AN_TEXT, _AN_TOOL_USE, _AN_THINKING, _AN_REDACTED)],
+               "description": "Thinking blocks in the history are not sent on."}
+_PARALLEL = {"type": ["boolean", "null"]}
+
+
+def messages_request_schema(max_messages: int = 2000) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Anthropic's Messages API body (fields not listed are ignored), plus OpenRouter's `models`, "
+                       "`provider`, `plugins` and `session_id` as the chat endpoint takes them.",
+        "required": ["model", "max_tokens", "messages"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 256,
+                      "description": "A model id from `GET /models`, or `auto`.",
+                      "examples": ["anthropic/claude-3.5-sonnet", "auto"]},
+            "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2**64 - 1},
+            "messages": {"type": "array", "minItems": 1, "maxItems": max_messages, "items": _AN_MESSAGE},
+            "system": {"oneOf": [{"type": "string"}, {"type": "array", "items": _AN_TEXT}, {"type": "null"}]},
+            "stream": {"type": ["boolean", "null"]},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "top_k": {"type": ["integer", "null"], "minimum": 0},
+            "stop_sequences": {"type": ["array", "null"], "maxItems": 16, "items": {"type": "string", "minLength": 1}},
+            "metadata": {"type": ["object", "null"], "properties": {"user_id": {"type": ["string", "null"]}}},
+            "tools": {"type": ["array", "null"], "items": {
+                "type": "object", "required": ["name", "input_schema"],
+                "description": "Custom tools only (server tools are 400).",
+                "properties": {"type": {"enum": ["custom", None]}, "name": {"type": "string", "minLength": 1},
+                               "description": {"type": ["string", "null"]}, "input_schema": {"type": "object"},
+                               "cache_control": _CACHE}}},
+            "tool_choice": {"oneOf": [
+                {"type": "object", "required": ["type"], "properties": {
+                    "type": {"enum": ["auto", "any", "none"]}, "disable_parallel_tool_use": _PARALLEL}},
+                {"type": "object", "required": ["type", "name"], "properties": {
+                    "type": {"const": "tool"}, "name": {"type": "string", "minLength": 1},
+                    "disable_parallel_tool_use": _PARALLEL}},
+                {"type": "null"},
+            ]},
+            "thinking": {"oneOf": [
+                {"type": "object", "required": ["type", "budget_tokens"], "properties": {
+                    "type": {"const": "enabled"},
+                    "budget_tokens": {"type": "integer", "minimum": 1024, "description": "Less than max_tokens"}}},
+                {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["adaptive", "disabled"]}}},
+                {"type": "null"},
+            ], "description": "OpenRouter's `reasoning`; a model's reasoning comes back as `thinking` blocks only "
+                              "when enabled."},
+            "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256}},
+            "provider": {"type": ["object", "null"]},
+            "plugins": {"type": ["array", "null"]},
+            "session_id": {"type": ["string", "null"]},
+        },
+    }
+
+
+_AN_USAGE = {"type": "object", "required": ["input_tokens", "output_tokens"], "properties": {
+    k: {"type": "integer"} for k in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                                     "cache_read_input_tokens")}}
+_AN_RESPONSE = {
+    "type": "object",
+    "required": ["id", "type", "role", "model", "content", "stop_reason", "stop_sequence", "usage"],
+    "properties": {
+        "id": {"type": "string", "description": "The generation's id (for `GET /generation`)"},
+        "type": {"const": "message"}, "role": {"const": "assistant"},
+        "model": {"type": "string", "description": "The model that answered"},
+        "content": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "tool_use", "thinking"]}}}},
+        "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal", None]},
+        "stop_sequence": _NSTR,
+        "usage": _AN_USAGE,
+    },
+}
+_AN_SSE_EVENT = {
+    "type": "object", "required": ["event", "data"],
+    "properties": {"event": {"enum": ["message_start", "content_block_start", "content_block_delta",
+                                      "content_block_stop", "message_delta", "message_stop", "ping", "error"]},
+                   "data": {"type": "string", "description": "The event as JSON; its `type` is the event's name"}},
+}
+_AN_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "additionalProperties": False,
+    "properties": {"type": {"const": "error"}, "error": {
+        "type": "object", "required": ["type", "message"],
+        "properties": {"type": {"enum": ["invalid_request_error", "authentication_error", "billing_error",
+                                         "permission_error", "not_found_error", "rate_limit_error", "timeout_error",
+                                         "api_error", "overloaded_error"]},
+                       "message": {"type": "string"}}}},
+}
+
 
 def _route_request(chat: dict[str, Any]) -> dict[str, Any]:
     """A chat request whose ``model`` may be left out and is otherwise ``auto``."""
@@ -460,7 +588,7 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
             "version": _version(),
             "description": "A self-hosted, OpenRouter-compatible LLM gateway. Every path below also answers "
                            "under `/v1` (for OpenAI clients). Errors are `{\"error\": {\"code\", \"message\", "
-                           "\"metadata\"?}}`.",
+                           "\"metadata\"?}}` (`POST /messages` answers in Anthropic's shape instead).",
         },
         "servers": [{"url": "/api/v1"}],
         "security": user,
@@ -488,6 +616,21 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _route_request(
                     chat_request_schema(max_messages))}}},
                 "responses": _responses(_json(_ROUTE_DECISION, "The decision"), 400, 401, 403, 404, 413, 503),
+            }},
+            "/messages": {"post": {
+                "operationId": "createMessage",
+                "summary": "Anthropic's Messages API (JSON, or Anthropic's stream events with `stream: true`); "
+                           "errors in Anthropic's shape",
+                "security": [{"apiKey": []}, {"anthropicKey": []}],
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": messages_request_schema(max_messages)}}},
+                "responses": {
+                    "200": {"description": "The answer",
+                            "content": {"application/json": {"schema": _AN_RESPONSE},
+                                        "text/event-stream": {"schema": _AN_SSE_EVENT}}},
+                    **{str(c): {"$ref": f"#/components/responses/AE{c}"}
+                       for c in (400, 401, 402, 403, 404, 408, 413, 429, 431, 502, 503)},
+                },
             }},
             "/models": {"get": {
                 "operationId": "listModels", "summary": "The catalog", "security": [],
@@ -609,6 +752,8 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "sk-mr-<public id>-<secret>",
                            "description": "A key from `metarouter keys create` or `POST /keys`."},
+                "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "The same key, as Anthropic's clients send it (`POST /messages`)."},
                 "adminKey": {"type": "http", "scheme": "bearer",
                              "description": "The admin key, from `METAROUTER_ADMIN_KEY`."},
             },
@@ -619,10 +764,14 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "Model": _MODEL,
                 "Generation": _GENERATION,
                 "AdminKey": _ADMIN_KEY,
+                "MessagesRequest": messages_request_schema(max_messages),
+                "Message": _AN_RESPONSE,
+                "AnthropicError": _AN_ERROR,
             },
-            "responses": {f"E{c}": _json(_ref("Error"), t) for c, t in _ERROR_TEXT.items()},
+            "responses": {**{f"E{c}": _json(_ref("Error"), t) for c, t in _ERROR_TEXT.items()},
+                          **{f"AE{c}": _json(_ref("AnthropicError"), t) for c, t in _ERROR_TEXT.items()}},
         },
     }
 
 
-__all__ = ["chat_request_schema", "openapi_document"]
+__all__ = ["chat_request_schema", "messages_request_schema", "openapi_document"]
