@@ -46,6 +46,8 @@ LEDGER_WAIT = 30.0
 #: seconds between looks at a key's budget while a request waits for holds in flight to settle (holds of other
 #: processes settle without telling this one)
 BUDGET_POLL = 0.5
+#: characters a token at which a stream that ignores its ``max_tokens`` is cut (English averages 4 to 5)
+CUT_CHARS_PER_TOKEN = 8
 
 PROVIDER_DISPLAY = {
     "openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "mistral": "Mistral", "deepseek": "DeepSeek",
@@ -575,15 +577,16 @@ def _retry_after_s(err: GatewayError) -> float | None:
 class _StreamRun:
     """One upstream stream being relayed: translation, stamping, usage, and the record at the end.
 
-    The stream is cut where its output would pass the tokens allowed (``max_tokens``, or what the budget holds;
-    estimated from the text relayed, 4 characters a token) and ends there with ``finish_reason: "length"``."""
+    The upstream is asked for no more output than allowed (``max_tokens``, or what the budget holds); one that sends
+    more is cut once its text passes ``CUT_CHARS_PER_TOKEN`` characters a token (more than honest text has, so an
+    upstream that keeps to ``max_tokens`` is never cut), and the stream ends there with ``finish_reason: "length"``."""
 
     def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, max_tokens,
                  started, t0):
         self.gw, self.body, self.ctx, self.plan = gw, body, ctx, plan
         self.model, self.provider, self.adapter, self.resp = model, provider, adapter, resp
         self.attempts, self.reserved, self.started, self.t0 = attempts, reserved, started, t0
-        self.max_chars = 4 * max_tokens
+        self.max_chars = CUT_CHARS_PER_TOKEN * max_tokens
         self.gen_id = new_generation_id()
         self.created = int(time.time())
         self.first_at: float | None = None
