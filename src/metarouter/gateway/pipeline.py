@@ -1,7 +1,8 @@
 """The request pipeline: resolve candidates, send to each in turn until one answers, account, record.
 
 Failures before the first byte of an answer move on to the next candidate; after it, a stream ends with a
-terminal error chunk. Every answered request (a partial stream included) is recorded and charged exactly once.
+terminal error chunk. Every answered request (a partial stream included) is recorded and charged exactly once, at
+most what was held for it; an answer (a stream's last chunk) is sent only once its record is durably written.
 """
 
 from __future__ import annotations
