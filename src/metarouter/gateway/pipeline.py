@@ -1,7 +1,8 @@
 """The request pipeline: resolve candidates, send to each in turn until one answers, account, record.
 
 Failures before the first byte of an answer move on to the next candidate; after it, a stream ends with a
-terminal error chunk. Every answered request (a partial stream included) is recorded and charged exactly once.
+terminal error chunk. Every answered request (a partial stream included) is recorded and charged exactly once, at
+most what was held for it; an answer (a stream's last chunk) is sent only once its record is durably written.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ LEDGER_WAIT = 30.0
 #: seconds between looks at a key's budget while a request waits for holds in flight to settle (holds of other
 #: processes settle without telling this one)
 BUDGET_POLL = 0.5
+#: characters a token at which a stream that ignores its ``max_tokens`` is cut (English averages 4 to 5)
+CUT_CHARS_PER_TOKEN = 8
 
 PROVIDER_DISPLAY = {
     "openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "mistral": "Mistral", "deepseek": "DeepSeek",
@@ -630,15 +633,16 @@ def _retry_after_s(err: GatewayError) -> float | None:
 class _StreamRun:
     """One upstream stream being relayed: translation, stamping, usage, and the record at the end.
 
-    The stream is cut where its output would pass the tokens allowed (``max_tokens``, or what the budget holds;
-    estimated from the text relayed, 4 characters a token) and ends there with ``finish_reason: "length"``."""
+    The upstream is asked for no more output than allowed (``max_tokens``, or what the budget holds); one that sends
+    more is cut once its text passes ``CUT_CHARS_PER_TOKEN`` characters a token (more than honest text has, so an
+    upstream that keeps to ``max_tokens`` is never cut), and the stream ends there with ``finish_reason: "length"``."""
 
     def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, max_tokens,
                  started, t0):
         self.gw, self.body, self.ctx, self.plan = gw, body, ctx, plan
         self.model, self.provider, self.adapter, self.resp = model, provider, adapter, resp
         self.attempts, self.reserved, self.started, self.t0 = attempts, reserved, started, t0
-        self.max_chars = 4 * max_tokens
+        self.max_chars = CUT_CHARS_PER_TOKEN * max_tokens
         self.gen_id = new_generation_id()
         self.created = int(time.time())
         self.first_at: float | None = None
