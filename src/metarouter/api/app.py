@@ -21,9 +21,11 @@ from ..config import Settings
 from ..errors import GatewayError
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers import get_adapter
-from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
+from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, open_store, parse_key, verify_key
 from ..swr import SWRCache
+from .responses import ConversationStore, ResponsesStream, error_body, history_of, response_from_chat, to_chat, \
+    validate_responses_body
 from .validation import json_depth_ok, validate_chat_body
 
 log = logging.getLogger("metarouter.api")
@@ -230,29 +232,102 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             session_id=body.get("session_id") or h.get("x-session-id") or None,
         )
 
-    async def chat_completions(request: Request) -> Response:
+    async def admit(request: Request) -> tuple[KeyRecord, Any]:
+        """The checks every model request passes first: header size, the key, the body's size and JSON."""
         if sum(len(k) + len(v) for k, v in request.scope["headers"]) > MAX_HEADER_BYTES:
             raise GatewayError(431, f"Request headers too large (limit {MAX_HEADER_BYTES} bytes)", retryable=False)
         key = await state["auth"].authenticate(request)
-        body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
+        return key, await read_json(request)
+
+    async def prepare(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
+        """The context of a validated chat body, after the request hooks (rate limits) let it through."""
         ctx = context(request, key, body)
         for hook in request.app.state.request_hooks:
             await hook(request, key, body, ctx)
-        gw: Gateway = state["gateway"]
-        if not body.get("stream"):
-            return json_response(await gw.complete(body, ctx))
-        frames = await gw.stream(body, ctx)
+        return ctx
+
+    async def open_stream(body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+        """The chat SSE frames of a streamed request. Raises ``GatewayError`` when it fails before the stream
+        commits (``stream_commit_after``), so that the answer still gets its real status."""
+        frames = await state["gateway"].stream(body, ctx)
         first_task = asyncio.ensure_future(frames.__anext__())
         done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
         if done:
             try:
                 first = first_task.result()
-            except GatewayError as err:
-                return error_response(err)
             except StopAsyncIteration:
-                return error_response(GatewayError(502, "The upstream stream ended without an answer"))
-            return _sse_response(_relay(frames, first=first))
-        return _sse_response(_relay(frames, pending=first_task))
+                raise GatewayError(502, "The upstream stream ended without an answer") from None
+            return _relay(frames, first=first)
+        return _relay(frames, pending=first_task)
+
+    async def chat_completions(request: Request) -> Response:
+        key, raw = await admit(request)
+        body = validate_chat_body(raw, max_messages=settings.limits.max_messages)
+        ctx = await prepare(request, key, body)
+        if not body.get("stream"):
+            return json_response(await state["gateway"].complete(body, ctx))
+        return _sse_response(await open_stream(body, ctx))
+
+    rcfg = settings.raw.get("responses") or {}
+    conversations = ConversationStore(ttl=float(rcfg.get("ttl", 3600)),
+                                      max_bytes=int(rcfg.get("max_bytes", 256 * 1024 * 1024)))
+
+    async def create_response(request: Request) -> Response:
+        """``POST /responses``: OpenAI's Responses API, run as a chat request (same auth, limits, pipeline,
+        record and bill); errors in OpenAI's shape."""
+        try:
+            key, raw = await admit(request)
+            rbody = validate_responses_body(raw, max_items=settings.limits.max_messages)
+            history: list[dict[str, Any]] = []
+            prev = rbody.get("previous_response_id")
+            if prev:
+                found = conversations.get(prev, key.public_id)
+                if found is None:
+                    raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
+                                            "stored, or older than the retention time).", retryable=False,
+                                       metadata={"param": "previous_response_id",
+                                                 "code": "previous_response_not_found"})
+                history = found
+            body = validate_chat_body(to_chat(rbody, history, max_items=settings.limits.max_messages),
+                                      max_messages=settings.limits.max_messages)
+            ctx = await prepare(request, key, body)
+            if not body.get("stream"):
+                resp = response_from_chat(rbody, await state["gateway"].complete(body, ctx))
+                if rbody.get("store") is not False:
+                    conversations.put(resp["id"], key.public_id, history_of(body, resp["output"]))
+                return json_response(resp)
+            frames = await open_stream(body, ctx)
+        except GatewayError as err:
+            return json_response(error_body(err), err.status, err.headers or None)
+        return _sse_response(_response_events(rbody, body, key, frames))
+
+    async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
+                               frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chat frames as Responses events; the conversation is kept once the response completed."""
+        translator = ResponsesStream(rbody)
+        parser = SSEParser()
+
+        def encode(events: list[dict[str, Any]]) -> bytes:
+            return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+        try:
+            async for frame in frames:
+                if frame == SSE_PROCESSING:
+                    yield frame
+                    continue
+                events: list[dict[str, Any]] = []
+                for ev in parser.feed(frame):
+                    if ev.data and ev.data != "[DONE]":
+                        events += translator.feed(orjson.loads(ev.data))
+                if events:
+                    yield encode(events)
+            yield encode(translator.finish())
+            final = translator.final
+            if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
+                conversations.put(final["id"], key.public_id, history_of(body, final["output"]))
+        finally:
+            with contextlib.suppress(BaseException):
+                await frames.aclose()  # type: ignore[attr-defined]
 
     async def _relay(
         frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None
@@ -381,6 +456,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     routes = [Route("/health", health), Route("/ready", ready)] + api_routes(
         ("/chat/completions", chat_completions, ["POST"]),
+        ("/responses", create_response, ["POST"]),
         ("/models", list_models, ["GET"]),
         ("/generation", get_generation, ["GET"]),
         ("/key", get_key, ["GET"]),
@@ -393,6 +469,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
     )
     app.state.settings = settings
+    app.state.conversations = conversations
     # Extension points, filled by ``build_full_app``:
     app.state.startup_hooks = []  # async (app) after the store and gateway are up
     app.state.shutdown_hooks = []  # async (app) before they close
