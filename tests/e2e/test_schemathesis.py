@@ -41,6 +41,8 @@ NEGATIVE = GenerationMode.NEGATIVE
 PLAN = [
     ("createChatCompletion", POSITIVE, 120),
     ("createChatCompletion", NEGATIVE, 120),
+    ("createResponse", POSITIVE, 80),
+    ("createResponse", NEGATIVE, 80),
     ("listModels", POSITIVE, 3),
     ("getGeneration", POSITIVE, 20),
     ("getGeneration", NEGATIVE, 10),
@@ -116,7 +118,7 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
     gw = fuzz_gw
     op = _operation(gw.schema, operation_id)
     token = ADMIN if operation_id in ADMIN_OPS else gw.api_key
-    is_chat = operation_id == "createChatCompletion"
+    is_chat = operation_id in ("createChatCompletion", "createResponse")  # model requests, recorded when answered
     # Half of the valid chat bodies name a real model, so that some are answered (200) rather than all refused
     # for an unknown model id.
     model = st.sampled_from([None, MODEL]) if is_chat and mode is POSITIVE else st.just(None)
@@ -153,7 +155,11 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
             judged[0] += 1
             assert 400 <= status < 500, f"schema-invalid input answered {status}"
         if 400 <= status < 500:
-            assert response.json()["error"]["code"] == status
+            err = response.json()["error"]
+            if operation_id == "createResponse":  # OpenAI's error shape
+                assert isinstance(err["type"], str) and isinstance(err["message"], str)
+            else:
+                assert err["code"] == status
             assert ledger(gw) == before, f"a {status} changed the ledger"
         elif is_chat:
             # one record per answered request; written just after the answer (a stream's after its last frame)

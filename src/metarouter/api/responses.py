@@ -160,6 +160,8 @@ def input_messages(items: Any, max_items: int) -> list[dict[str, Any]]:
         else:
             raise _bad(f"{where}.type must be message, function_call, function_call_output or reasoning "
                        f"(got {str(kind)[:40]!r})", f"{where}.type")
+    if not messages:
+        raise _bad("`input` needs an item other than reasoning", "input")
     return messages
 
 
