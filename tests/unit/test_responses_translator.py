@@ -122,17 +122,44 @@ def test_refusal_and_content_filter_are_incomplete():
                                             {"type": "refusal", "refusal": "No."}]
 
 
-def test_conversation_store_is_per_key_bounded_and_expires():
+async def test_conversation_store_is_per_key_bounded_and_expires():
     now = [0.0]
     store = ConversationStore(ttl=10, max_bytes=130, clock=lambda: now[0])
-    store.put("a", "k1", [{"role": "user", "content": "x" * 30}])
-    assert store.get("a", "k1") == [{"role": "user", "content": "x" * 30}]
-    assert store.get("a", "k2") is None  # another key's response is not found
-    store.put("b", "k1", [{"role": "user", "content": "y" * 30}])
-    store.put("c", "k1", [{"role": "user", "content": "z" * 30}])  # 60 bytes each, 130 at most: the oldest goes
-    assert store.get("a", "k1") is None and store.get("b", "k1") is not None
+    await store.put("a", "k1", [{"role": "user", "content": "x" * 30}])
+    assert await store.get("a", "k1") == [{"role": "user", "content": "x" * 30}]
+    assert await store.get("a", "k2") is None  # another key's response is not found
+    await store.put("b", "k1", [{"role": "user", "content": "y" * 30}])
+    await store.put("c", "k1", [{"role": "user", "content": "z" * 30}])  # 60 bytes each, 130 at most: the oldest goes
+    assert await store.get("a", "k1") is None and await store.get("b", "k1") is not None
     assert store.bytes == 120
-    store.put("huge", "k1", [{"role": "user", "content": "h" * 200}])  # larger than the whole store: not kept
-    assert store.get("huge", "k1") is None and store.get("c", "k1") is not None
+    await store.put("huge", "k1", [{"role": "user", "content": "h" * 200}])  # larger than the whole store: not kept
+    assert await store.get("huge", "k1") is None and await store.get("c", "k1") is not None
     now[0] = 10.0
-    assert store.get("b", "k1") is None and store.get("c", "k1") is None and store.bytes == 0
+    assert await store.get("b", "k1") is None and await store.get("c", "k1") is None and store.bytes == 0
+
+
+async def test_redis_conversations_are_per_key_bounded_and_expire():
+    import os
+    import secrets
+
+    if os.environ.get("METAROUTER_TEST_NO_SERVICES") == "1":
+        pytest.skip("METAROUTER_TEST_NO_SERVICES=1")
+    import redis.asyncio as aioredis
+
+    from metarouter.api.responses import RedisConversations
+
+    client = aioredis.from_url(os.environ.get("METAROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    prefix = f"mr:test:{secrets.token_hex(4)}:"
+    try:
+        store = RedisConversations(client, ttl=60, max_bytes=200, prefix=prefix)
+        await store.put("a", "k1", [{"role": "user", "content": "x"}])
+        assert await store.get("a", "k1") == [{"role": "user", "content": "x"}]
+        assert await store.get("a", "k2") is None and await store.get("b", "k1") is None
+        assert 0 < await client.ttl(prefix + "a") <= 60  # Redis expires it
+        await store.put("big", "k1", [{"role": "user", "content": "h" * 300}])  # over max_bytes: not kept
+        assert await store.get("big", "k1") is None
+    finally:
+        keys = await client.keys(prefix + "*")
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()

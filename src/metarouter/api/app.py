@@ -24,8 +24,8 @@ from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, open_store, parse_key, verify_key
 from ..swr import SWRCache
-from .responses import ConversationStore, ResponsesStream, error_body, history_of, response_from_chat, to_chat, \
-    validate_responses_body
+from .responses import ConversationStore, ResponsesStream, conversation_limits, error_body, history_of, \
+    response_from_chat, to_chat, validate_responses_body
 from .validation import json_depth_ok, validate_chat_body
 
 log = logging.getLogger("metarouter.api")
@@ -268,10 +268,6 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             return json_response(await state["gateway"].complete(body, ctx))
         return _sse_response(await open_stream(body, ctx))
 
-    rcfg = settings.raw.get("responses") or {}
-    conversations = ConversationStore(ttl=float(rcfg.get("ttl", 3600)),
-                                      max_bytes=int(rcfg.get("max_bytes", 256 * 1024 * 1024)))
-
     async def create_response(request: Request) -> Response:
         """``POST /responses``: OpenAI's Responses API, run as a chat request (same auth, limits, pipeline,
         record and bill); errors in OpenAI's shape."""
@@ -280,8 +276,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             rbody = validate_responses_body(raw, max_items=settings.limits.max_messages)
             history: list[dict[str, Any]] = []
             prev = rbody.get("previous_response_id")
+            conversations = request.app.state.conversations
             if prev:
-                found = conversations.get(prev, key.public_id)
+                found = await conversations.get(prev, key.public_id)
                 if found is None:
                     raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
                                             "stored, or older than the retention time).", retryable=False,
@@ -294,15 +291,22 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             if not body.get("stream"):
                 resp = response_from_chat(rbody, await state["gateway"].complete(body, ctx))
                 if rbody.get("store") is not False:
-                    conversations.put(resp["id"], key.public_id, history_of(body, resp["output"]))
+                    await keep(conversations, resp["id"], key, history_of(body, resp["output"]))
                 return json_response(resp)
             frames = await open_stream(body, ctx)
         except GatewayError as err:
             return json_response(error_body(err), err.status, err.headers or None)
-        return _sse_response(_response_events(rbody, body, key, frames))
+        return _sse_response(_response_events(rbody, body, key, frames, conversations))
+
+    async def keep(conversations: Any, response_id: str, key: KeyRecord, messages: list[dict[str, Any]]) -> None:
+        """Store a conversation; a store that fails costs the follow-up, never the answer already given."""
+        try:
+            await conversations.put(response_id, key.public_id, messages)
+        except Exception:
+            log.warning("could not store the conversation of %s", response_id, exc_info=True)
 
     async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
-                               frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                               frames: AsyncIterator[bytes], conversations: Any) -> AsyncIterator[bytes]:
         """The chat frames as Responses events; the conversation is kept once the response completed."""
         translator = ResponsesStream(rbody)
         parser = SSEParser()
@@ -324,7 +328,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             yield encode(translator.finish())
             final = translator.final
             if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
-                conversations.put(final["id"], key.public_id, history_of(body, final["output"]))
+                await keep(conversations, final["id"], key, history_of(body, final["output"]))
         finally:
             with contextlib.suppress(BaseException):
                 await frames.aclose()  # type: ignore[attr-defined]
@@ -469,7 +473,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
     )
     app.state.settings = settings
-    app.state.conversations = conversations
+    #: the conversations of stored responses (``previous_response_id``); Redis-backed when ``redis_url`` is set
+    app.state.conversations = ConversationStore(*conversation_limits(settings.raw))
     # Extension points, filled by ``build_full_app``:
     app.state.startup_hooks = []  # async (app) after the store and gateway are up
     app.state.shutdown_hooks = []  # async (app) before they close

@@ -563,16 +563,24 @@ class ResponsesStream:
 
 # --- the conversations of stored responses -----------------------------------------------------------------
 
+def conversation_limits(raw: dict[str, Any]) -> tuple[float, int]:
+    """``responses: {ttl, max_bytes}`` of the config file: seconds a conversation is kept (default an hour) and
+    the bytes kept (in memory: all conversations together; in Redis: each one)."""
+    cfg = raw.get("responses") or {}
+    return float(cfg.get("ttl", 3600)), int(cfg.get("max_bytes", 256 * 1024 * 1024))
+
+
 class ConversationStore:
     """The chat messages of each stored response, for ``previous_response_id``: per key, for ``ttl`` seconds,
-    at most ``max_bytes`` in all (the oldest go first). In memory, per process."""
+    at most ``max_bytes`` in all (the oldest go first). In memory, per process (``RedisConversations`` shares
+    them between replicas)."""
 
     def __init__(self, ttl: float = 3600.0, max_bytes: int = 256 * 1024 * 1024, clock=time.monotonic):
         self.ttl, self.max_bytes, self.clock = ttl, max_bytes, clock
         self._items: OrderedDict[str, tuple[float, str, bytes]] = OrderedDict()  # id → (expiry, key id, messages)
         self.bytes = 0
 
-    def put(self, response_id: str, key_id: str, messages: list[dict[str, Any]]) -> None:
+    async def put(self, response_id: str, key_id: str, messages: list[dict[str, Any]]) -> None:
         raw = orjson.dumps(messages)
         if len(raw) > self.max_bytes:
             return
@@ -582,7 +590,7 @@ class ConversationStore:
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._items)))
 
-    def get(self, response_id: str, key_id: str) -> list[dict[str, Any]] | None:
+    async def get(self, response_id: str, key_id: str) -> list[dict[str, Any]] | None:
         now = self.clock()
         while self._items:  # expired ones are the oldest: drop them from the front
             first = next(iter(self._items))
@@ -600,5 +608,26 @@ class ConversationStore:
             self.bytes -= len(entry[2])
 
 
-__all__ = ["ConversationStore", "ResponsesStream", "error_body", "history_of", "response_from_chat", "to_chat",
-           "validate_responses_body"]
+class RedisConversations:
+    """The same in Redis, shared by every replica: one key per response, expiring after ``ttl`` seconds; a
+    conversation over ``max_bytes`` is not kept (Redis's own ``maxmemory`` bounds them all)."""
+
+    def __init__(self, redis: Any, ttl: float = 3600.0, max_bytes: int = 256 * 1024 * 1024,
+                 prefix: str = "mr:response:"):
+        self.redis, self.ttl, self.max_bytes, self.prefix = redis, max(1, int(ttl)), max_bytes, prefix
+
+    async def put(self, response_id: str, key_id: str, messages: list[dict[str, Any]]) -> None:
+        raw = orjson.dumps({"key": key_id, "messages": messages})
+        if len(raw) <= self.max_bytes:
+            await self.redis.set(self.prefix + response_id, raw, ex=self.ttl)
+
+    async def get(self, response_id: str, key_id: str) -> list[dict[str, Any]] | None:
+        raw = await self.redis.get(self.prefix + response_id)
+        if raw is None:
+            return None
+        entry = orjson.loads(raw)
+        return entry["messages"] if entry.get("key") == key_id else None
+
+
+__all__ = ["ConversationStore", "RedisConversations", "ResponsesStream", "conversation_limits", "error_body",
+           "history_of", "response_from_chat", "to_chat", "validate_responses_body"]
