@@ -230,10 +230,12 @@ def test_stream_function_call_events(client, gateway):
 
 
 def test_previous_response_id_continues_the_conversation(client, gateway, fake):
-    first = client.responses.create(model=MODEL, input="My name is Ann.", instructions="Be terse.")
+    first = client.responses.create(model=MODEL, instructions="Be terse.", input=[
+        {"role": "system", "content": "The user is a pilot."}, {"role": "user", "content": "My name is Ann."}])
     second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
-    assert fake.requests_for("openai")[-1].body["messages"] == [  # instructions are not carried over
+    assert fake.requests_for("openai")[-1].body["messages"] == [  # instructions are not carried over; input items are
+        {"role": "system", "content": "The user is a pilot."},
         {"role": "user", "content": "My name is Ann."},
         {"role": "assistant", "content": "You said: My name is Ann."},
         {"role": "user", "content": "What is my name?"},
@@ -246,8 +248,8 @@ def test_previous_response_id_continues_the_conversation(client, gateway, fake):
         {"type": "function_call_output", "call_id": "call_fake1", "output": "3 cats"}])
     assert third.output_text == "You said: find cats"
     msgs = fake.requests_for("openai")[-1].body["messages"]
-    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant", "user", "assistant", "tool"]
-    assert msgs[5]["tool_calls"][0]["id"] == "call_fake1" and msgs[6]["content"] == "3 cats"
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user", "assistant", "tool"]
+    assert msgs[6]["tool_calls"][0]["id"] == "call_fake1" and msgs[7]["content"] == "3 cats"
     # unknown, not stored, or another key's: 404 in OpenAI's shape
     unstored = client.responses.create(model=MODEL, input="forget me", store=False)
     other = gateway.create_key("responses-other")
@@ -315,3 +317,12 @@ def test_stream_broken_mid_answer_ends_in_response_failed_and_bills_what_was_ser
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["You", " said:"]
     rec = generation(gateway, last["response"]["id"])
     assert rec["status"] == "error" and rec["streamed"] is True and rec["total_cost"] > 0
+
+
+def test_key_rate_limits_apply_as_on_chat(gateway):
+    limited = openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.create_key("responses-rpm", rpm=1),
+                            max_retries=0)
+    limited.responses.create(model=MODEL, input="hi")
+    with pytest.raises(openai.RateLimitError) as ei:
+        limited.responses.create(model=MODEL, input="hi again")
+    assert ei.value.response.headers["Retry-After"] and ei.value.body["type"] == "rate_limit_error"

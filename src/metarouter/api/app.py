@@ -291,7 +291,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             if not body.get("stream"):
                 resp = response_from_chat(rbody, await state["gateway"].complete(body, ctx))
                 if rbody.get("store") is not False:
-                    await keep(conversations, resp["id"], key, history_of(body, resp["output"]))
+                    await keep(conversations, resp["id"], key, history_of(rbody, body, resp["output"]))
                 return json_response(resp)
             frames = await open_stream(body, ctx)
         except GatewayError as err:
@@ -328,7 +328,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             yield encode(translator.finish())
             final = translator.final
             if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
-                await keep(conversations, final["id"], key, history_of(body, final["output"]))
+                await keep(conversations, final["id"], key, history_of(rbody, body, final["output"]))
         finally:
             with contextlib.suppress(BaseException):
                 await frames.aclose()  # type: ignore[attr-defined]

@@ -298,12 +298,10 @@ def to_chat(body: dict[str, Any], history: list[dict[str, Any]], *, max_items: i
     return chat
 
 
-def history_of(chat: dict[str, Any], output: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation to keep for a response: its chat messages without the system instructions (which a
-    follow-up does not inherit), then the answer's items as chat messages."""
-    messages = list(chat["messages"])
-    while messages and messages[0]["role"] == "system":
-        messages.pop(0)
+def history_of(body: dict[str, Any], chat: dict[str, Any], output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation to keep for a response: the chat messages of request ``body`` without its instructions
+    (a follow-up does not inherit them), then the answer's items as chat messages."""
+    messages = chat["messages"][1:] if body.get("instructions") else list(chat["messages"])
     answer = [i for i in output if i["type"] != "reasoning"]
     return messages + (input_messages(answer, len(answer)) if answer else [])
 
