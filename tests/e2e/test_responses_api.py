@@ -326,3 +326,21 @@ def test_key_rate_limits_apply_as_on_chat(gateway):
     with pytest.raises(openai.RateLimitError) as ei:
         limited.responses.create(model=MODEL, input="hi again")
     assert ei.value.response.headers["Retry-After"] and ei.value.body["type"] == "rate_limit_error"
+
+
+def test_an_unreachable_conversation_store_costs_the_follow_up_not_the_answer(fake, tmp_path):
+    from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
+    from metarouter.testing.gateway_process import GatewayProcess
+
+    from ..conftest import gateway_config
+
+    # nothing listens on port 1: Redis (rate limits admit, and conversations) fails on every call
+    with GatewayProcess(gateway_config(fake, redis_url="redis://127.0.0.1:1/0"), tmp_path, env=FAKE_KEYS_ENV) as gw:
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.create_key("no-redis"), max_retries=0)
+        first = c.responses.create(model=MODEL, input="hi")
+        assert first.output_text == "You said: hi"
+        with c.responses.stream(model=MODEL, input="hi") as stream:
+            assert stream.get_final_response().status == "completed"
+        with pytest.raises(openai.InternalServerError) as ei:
+            c.responses.create(model=MODEL, input="again", previous_response_id=first.id)
+        assert ei.value.status_code == 503 and ei.value.body["type"] == "server_error"

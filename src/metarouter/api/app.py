@@ -278,7 +278,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             prev = rbody.get("previous_response_id")
             conversations = request.app.state.conversations
             if prev:
-                found = await conversations.get(prev, key.public_id)
+                try:
+                    found = await conversations.get(prev, key.public_id)
+                except Exception:
+                    log.warning("could not read the conversation of %s", prev[:80], exc_info=True)
+                    raise GatewayError(503, "The conversation store is unreachable; try again") from None
                 if found is None:
                     raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
                                             "stored, or older than the retention time).", retryable=False,
@@ -307,7 +311,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
 
     async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
                                frames: AsyncIterator[bytes], conversations: Any) -> AsyncIterator[bytes]:
-        """The chat frames as Responses events; the conversation is kept once the response completed."""
+        """The chat frames as Responses events; the conversation is kept once the response is complete."""
         translator = ResponsesStream(rbody)
         parser = SSEParser()
 
@@ -325,10 +329,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
                         events += translator.feed(orjson.loads(ev.data))
                 if events:
                     yield encode(events)
-            yield encode(translator.finish())
+            last = translator.finish()
             final = translator.final
             if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
+                # kept before the last event goes out: a client may continue as soon as it sees it
                 await keep(conversations, final["id"], key, history_of(rbody, body, final["output"]))
+            yield encode(last)
         finally:
             with contextlib.suppress(BaseException):
                 await frames.aclose()  # type: ignore[attr-defined]
