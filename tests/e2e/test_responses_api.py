@@ -51,6 +51,13 @@ def strict(type_: Any, data: Any) -> Any:
     return obj
 
 
+def create(client: openai.OpenAI, **kw: Any) -> Response:
+    """``client.responses.create``, with the JSON it was answered checked strictly first."""
+    raw = client.responses.with_raw_response.create(**kw)
+    strict(Response, raw.http_response.json())
+    return raw.parse()
+
+
 def post(gateway, body: dict[str, Any], prefix: str = "/v1") -> httpx.Response:
     return httpx.post(f"{gateway.url}{prefix}/responses", json=body, headers=auth(gateway), timeout=30)
 
@@ -105,14 +112,14 @@ def test_string_input_is_recorded_and_billed_as_chat(client, gateway, fake):
     assert rec["total_cost"] == pytest.approx(cost, rel=1e-12) and rec["streamed"] is False
     assert key_usage(gateway) == pytest.approx(before + cost, rel=1e-9)
     # the same through the SDK, under /v1 (above: /v1 too; /api/v1 is the OpenRouter path)
-    sdk = client.responses.create(model=MODEL, input="What is two plus two?")
+    sdk = create(client, model=MODEL, input="What is two plus two?")
     assert sdk.output_text == "You said: What is two plus two?"
     assert post(gateway, {"model": MODEL, "input": "hi"}, prefix="/api/v1").status_code == 200
 
 
 def test_items_with_instructions_and_an_image(client, fake):
     image = "data:image/png;base64,iVBORw0KGgo="
-    resp = client.responses.create(model=MODEL, instructions="Answer briefly.", input=[
+    resp = create(client, model=MODEL, instructions="Answer briefly.", input=[
         {"role": "developer", "content": "Be kind."},
         {"type": "message", "role": "user", "content": [
             {"type": "input_text", "text": "What is in this picture?"},
@@ -129,7 +136,7 @@ def test_items_with_instructions_and_an_image(client, fake):
 
 
 def test_function_tool_round_trip(client, gateway, fake):
-    first = client.responses.create(model=MODEL, input="find cats", tools=TOOLS, tool_choice="auto")
+    first = create(client, model=MODEL, input="find cats", tools=TOOLS, tool_choice="auto")
     strict(Response, first.to_dict())
     call = first.output[0]
     assert call.type == "function_call" and call.name == "lookup" and call.call_id == "call_fake1"
@@ -139,7 +146,7 @@ def test_function_tool_round_trip(client, gateway, fake):
     assert sent["tools"] == [{"type": "function", "function": {
         "name": "lookup", "description": "Look something up", "parameters": TOOLS[0]["parameters"], "strict": True}}]
     assert sent["tool_choice"] == "auto"
-    second = client.responses.create(model=MODEL, tools=TOOLS, input=[
+    second = create(client, model=MODEL, tools=TOOLS, input=[
         {"role": "user", "content": "find cats"},
         {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
         {"type": "function_call_output", "call_id": call.call_id, "output": "3 cats"},
@@ -151,7 +158,7 @@ def test_function_tool_round_trip(client, gateway, fake):
             {"id": "call_fake1", "type": "function", "function": {"name": "lookup", "arguments": call.arguments}}]},
         {"role": "tool", "tool_call_id": "call_fake1", "content": "3 cats"},
     ]
-    forced = client.responses.create(model=MODEL, input="find dogs", tools=TOOLS,
+    forced = create(client, model=MODEL, input="find dogs", tools=TOOLS,
                                      tool_choice={"type": "function", "name": "lookup"})
     assert fake.requests_for("openai")[-1].body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
     assert forced.tool_choice.name == "lookup"
@@ -160,7 +167,7 @@ def test_function_tool_round_trip(client, gateway, fake):
 def test_json_schema_text_format_and_reasoning_effort(client, fake):
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"],
               "additionalProperties": False}
-    resp = client.responses.create(model=MODEL, input="hello", reasoning={"effort": "low"},
+    resp = create(client, model=MODEL, input="hello", reasoning={"effort": "low"},
                                    text={"format": {"type": "json_schema", "name": "echo", "schema": schema,
                                                     "strict": True}})
     assert orjson.loads(resp.output_text) == {"echo": "hello"}
@@ -169,12 +176,12 @@ def test_json_schema_text_format_and_reasoning_effort(client, fake):
     assert sent["response_format"] == {"type": "json_schema", "json_schema": {"name": "echo", "schema": schema,
                                                                               "strict": True}}
     assert "reasoning_effort" not in sent  # gpt-4o-mini takes none (the adapter drops it, as on chat)
-    client.responses.create(model=MODEL, input="hello", text={"format": {"type": "json_object"}})
+    create(client, model=MODEL, input="hello", text={"format": {"type": "json_object"}})
     assert fake.requests_for("openai")[-1].body["response_format"] == {"type": "json_object"}
 
 
 def test_auto_routes_and_names_the_model_that_served(client, gateway):
-    resp = client.responses.create(model="auto", input="What is the capital of France?")
+    resp = create(client, model="auto", input="What is the capital of France?")
     catalog = default_catalog()
     assert resp.model in catalog and resp.model != "auto"
     assert resp.output_text
@@ -183,7 +190,7 @@ def test_auto_routes_and_names_the_model_that_served(client, gateway):
 
 
 def test_cut_by_max_output_tokens_is_incomplete(client):
-    resp = client.responses.create(model=MODEL, input="tell me a long story about cats", max_output_tokens=2)
+    resp = create(client, model=MODEL, input="tell me a long story about cats", max_output_tokens=2)
     assert resp.status == "incomplete" and resp.incomplete_details.reason == "max_output_tokens"
     assert resp.output_text == "You said: tell me a long story about cats"[:8]
 
@@ -230,9 +237,9 @@ def test_stream_function_call_events(client, gateway):
 
 
 def test_previous_response_id_continues_the_conversation(client, gateway, fake):
-    first = client.responses.create(model=MODEL, instructions="Be terse.", input=[
+    first = create(client, model=MODEL, instructions="Be terse.", input=[
         {"role": "system", "content": "The user is a pilot."}, {"role": "user", "content": "My name is Ann."}])
-    second = client.responses.create(model=MODEL, input="What is my name?", previous_response_id=first.id)
+    second = create(client, model=MODEL, input="What is my name?", previous_response_id=first.id)
     assert second.previous_response_id == first.id
     assert fake.requests_for("openai")[-1].body["messages"] == [  # instructions are not carried over; input items are
         {"role": "system", "content": "The user is a pilot."},
@@ -244,14 +251,14 @@ def test_previous_response_id_continues_the_conversation(client, gateway, fake):
     with client.responses.stream(model=MODEL, input="find cats", tools=TOOLS,
                                  previous_response_id=second.id) as stream:
         streamed = stream.get_final_response()
-    third = client.responses.create(model=MODEL, tools=TOOLS, previous_response_id=streamed.id, input=[
+    third = create(client, model=MODEL, tools=TOOLS, previous_response_id=streamed.id, input=[
         {"type": "function_call_output", "call_id": "call_fake1", "output": "3 cats"}])
     assert third.output_text == "You said: find cats"
     msgs = fake.requests_for("openai")[-1].body["messages"]
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user", "assistant", "tool"]
     assert msgs[6]["tool_calls"][0]["id"] == "call_fake1" and msgs[7]["content"] == "3 cats"
     # unknown, not stored, or another key's: 404 in OpenAI's shape
-    unstored = client.responses.create(model=MODEL, input="forget me", store=False)
+    unstored = create(client, model=MODEL, input="forget me", store=False)
     other = gateway.create_key("responses-other")
     other_client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=other, max_retries=0)
     for c, rid in ((client, "gen-0-nope"), (client, unstored.id), (other_client, first.id)):
@@ -287,7 +294,7 @@ def test_bad_requests_are_400_in_openai_shape_and_not_charged(gateway, fake, bod
 
 def test_bad_request_raises_the_sdk_error(client):
     with pytest.raises(openai.BadRequestError) as ei:
-        client.responses.create(model=MODEL, input=[{"type": "function_call_output", "output": "x"}])
+        create(client, model=MODEL, input=[{"type": "function_call_output", "output": "x"}])
     assert ei.value.status_code == 400 and ei.value.body["param"] == "input[0].call_id"
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=client.base_url, api_key="sk-mr-nope", max_retries=0).responses.create(
@@ -298,7 +305,7 @@ def test_upstream_error_is_mapped_and_not_charged(client, gateway, fake):
     before = key_usage(gateway)
     fake.fail("openai", status=429, times=3)  # the first try and both retries
     with pytest.raises(openai.RateLimitError) as ei:
-        client.responses.create(model=MODEL, input="hi")
+        create(client, model=MODEL, input="hi")
     assert ei.value.body["type"] == "rate_limit_error" and "fake failure 429" in ei.value.body["message"]
     fake.fail("openai", status=500, times=3)
     with pytest.raises(openai.InternalServerError) as ei:  # a stream that fails before it starts: a real status
