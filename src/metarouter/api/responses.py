@@ -3,8 +3,9 @@
 ``to_chat`` turns a ``POST /responses`` body (plus the stored history of ``previous_response_id``) into the
 chat-completions body the pipeline already runs; ``response_from_chat`` turns the pipeline's JSON answer into a
 ``Response`` object, and ``ResponsesStream`` turns its ``chat.completion.chunk`` frames into the Responses event
-stream (``response.created`` … ``response.completed``). Nothing here does I/O; ``ConversationStore`` keeps the
-conversation of each stored response for ``previous_response_id``, bounded in bytes and in time.
+stream (``response.created`` … ``response.completed``). None of that does I/O. ``ConversationStore`` (in memory)
+and ``RedisConversations`` (shared by replicas) keep the conversation of each stored response for
+``previous_response_id``, bounded in bytes and in time.
 
 Shapes are those of the ``openai`` SDK's ``openai.types.responses`` (checked there by the tests).
 """
