@@ -163,6 +163,23 @@ async def test_budget_holds_across_replicas_without_double_charges(cluster):
     assert account[0]["usage_pico"] == total[0][0] and account[0]["reserved_pico"] == 0
 
 
+async def test_a_response_served_by_one_replica_is_continued_by_the_other(cluster, fake):
+    servers, _ = cluster
+    key = servers[0].create_key("responses")
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(timeout=30) as c:
+        first = await c.post(f"{servers[0].url}/v1/responses", headers=headers,
+                             json={"model": MODEL, "input": "My name is Ann."})
+        assert first.status_code == 200, first.text
+        fake.reset()
+        second = await c.post(f"{servers[1].url}/v1/responses", headers=headers,
+                              json={"model": MODEL, "input": "And mine?", "previous_response_id": first.json()["id"]})
+        assert second.status_code == 200, second.text
+    assert fake.requests_for("openai")[-1].body["messages"] == [
+        {"role": "user", "content": "My name is Ann."}, {"role": "assistant", "content": "You said: My name is Ann."},
+        {"role": "user", "content": "And mine?"}]
+
+
 async def test_sigterm_mid_load_loses_nothing(cluster, fake):
     servers, url = cluster
     fake.knobs("openai").latency = 0.05  # keep requests in flight when the signal comes

@@ -54,8 +54,11 @@ def assert_clean_4xx(r: httpx.Response, *statuses: int) -> None:
         assert r.status_code in statuses, f"{r.status_code}: {r.text[:300]}"
     assert "Traceback" not in r.text and "File \"" not in r.text
     body = r.json()
-    assert set(body) == {"error"} and body["error"]["code"] == r.status_code
-    assert isinstance(body["error"]["message"], str)
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str)
+    if r.request.url.path.endswith("/responses"):  # the Responses API answers in OpenAI's error shape
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+    else:
+        assert body["error"]["code"] == r.status_code
 
 
 @pytest.fixture
@@ -582,3 +585,98 @@ def test_messages_forged_and_sql_keys(gw, refused_an, sql):
     r = gw.http.post("/v1/messages", json=body)
     check(401)(r)
     assert "x-api-key" in r.json()["error"]["message"]
+
+
+# --- POST /responses ---------------------------------------------------------------------------------------------
+
+def responses(gw, body=None, *, content=None, headers=None):
+    h = {**auth(gw.api_key), "Content-Type": "application/json", **(headers or {})}
+    return gw.http.post("/api/v1/responses", json=body, content=content, headers=h)
+
+
+RESPONSES_WRONG_TYPES = {
+    "model": [5, None, "", ["x"], "m" * 50_000], "input": [5, {}, [], [5], [[]], None],
+    "instructions": [5, []], "previous_response_id": [5, {}], "store": ["no", 0], "stream": ["yes", 1],
+    "parallel_tool_calls": ["x"], "temperature": ["hot", True, 9], "top_p": [[], 2], "user": [5],
+    "max_output_tokens": [0, 1.5, "10", True], "metadata": [[], "x", {"k": 5}, {"k" * 65: "v"}, {"k": "v" * 513}],
+    "reasoning": ["high", {"effort": "ultra"}, {"effort": 5}], "truncation": ["yes", 5],
+    "tools": [{}, "f", [1], [{"type": "function"}], [{"type": "function", "name": 5}], [{"type": "web_search"}],
+              [{"type": "function", "name": "f", "parameters": "x"}], [{"type": "function", "name": "f", "strict": 1}]],
+    "tool_choice": [5, "always", {"type": "function"}, {"type": "web_search"}],
+    "text": ["json", {"format": "json"}, {"format": {"type": "xml"}}, {"format": {"type": "json_schema"}},
+             {"format": {"type": "json_schema", "name": "x", "schema": []}}],
+    "models": ["x", [5]], "provider": ["openai"], "plugins": [{}], "session_id": [5],
+}
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, vs in RESPONSES_WRONG_TYPES.items() for v in vs],
+                         ids=[f"{f}-{i}" for f, vs in RESPONSES_WRONG_TYPES.items() for i in range(len(vs))])
+def test_responses_wrong_types_for_every_top_level_field(gw, refused, field, value):
+    r = responses(gw, {"model": MODEL, "input": "hi", field: value})
+    refused(400)(r)
+    assert len(r.content) < 4096
+
+
+@pytest.mark.parametrize("item", [
+    {"role": "user"}, {"role": "wizard", "content": "x"}, {"role": "user", "content": 5},
+    {"role": "user", "content": []}, {"role": "user", "content": [{"type": "input_text"}]},
+    {"role": "user", "content": [{"type": "input_image", "image_url": 5}]},
+    {"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]},
+    {"role": "user", "content": [{"type": "input_file", "file_url": "http://169.254.169.254/"}]},
+    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]},
+    {"role": "assistant", "content": [{"type": "input_image", "image_url": "x"}]},
+    {"type": "function_call", "name": "f", "arguments": "{}"}, {"type": "function_call_output", "call_id": "c"},
+    {"type": "function_call_output", "call_id": "c", "output": {"x": 1}}, {"type": "item_reference", "id": "x"},
+    {"type": "computer_call"}, {"type": 5}, {"type": None, "role": "user", "content": "x"}, "hi", None,
+])
+def test_responses_hostile_input_items(gw, refused, item):
+    refused(400)(responses(gw, {"model": MODEL, "input": [item]}))
+
+
+def test_responses_too_many_items_and_deep_json(gw, refused):
+    refused(400)(responses(gw, {"model": MODEL, "input": [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)}))
+    deep: object = "x"
+    for _ in range(MAX_DEPTH + 5):
+        deep = {"a": deep}
+    refused(400)(responses(gw, {"model": MODEL, "input": "x", "tools": [
+        {"type": "function", "name": "f", "parameters": deep}]}))
+    refused(400)(responses(gw, {"model": MODEL, "input": "x", "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": deep}}}))
+    refused(400, 413)(responses(gw, content=b'{"input":' + b"[" * 30000 + b"]" * 30000 + b"}"))
+
+
+def test_responses_body_headers_literals_and_encoding(gw, refused):
+    refused(413)(responses(gw, {"model": MODEL, "input": "a" * MAX_BODY}))
+    refused(431)(responses(gw, {"model": MODEL, "input": "x"}, headers={"X-Title": "t" * 40_000}))
+    for literal in (b"NaN", b"Infinity", b"1e400"):
+        refused(400)(responses(gw, content=b'{"model": "' + MODEL.encode() + b'", "input": "x", "temperature": '
+                               + literal + b"}"))
+    refused(400)(responses(gw, content=b'{"model": "' + MODEL.encode() + b'", "input": "\\ud800"}'))  # lone surrogate
+    refused(400)(responses(gw, content=b'{"model": "' + MODEL.encode() + b'", "input": "\xff\xfe"}'))
+    refused(400)(responses(gw, content=b"model=x&input=hi"))
+    refused(400)(responses(gw, content=b""))
+    r = gw.http.post("/api/v1/responses", json={"model": MODEL, "input": "x"}, headers=auth("sk-mr-bad"))
+    refused(401)(r)
+
+
+@pytest.mark.parametrize("rid", ["../../etc/passwd", "' OR 1=1 --", "gen-" + "9" * 50_000, "\x00", "🙂", ""])
+def test_responses_hostile_previous_response_ids(gw, refused, rid):
+    r = responses(gw, {"model": MODEL, "input": "x", "previous_response_id": rid})
+    if rid == "":  # empty: no previous response; answered
+        assert r.status_code == 200
+        return
+    refused(404)(r)
+    assert r.json()["error"]["code"] == "previous_response_not_found" and len(r.content) < 4096
+
+
+def test_responses_history_counts_toward_the_message_limit(gw, fake):
+    first = responses(gw, {"model": MODEL, "input": [{"role": "user", "content": "x"}] * (MAX_MESSAGES - 2)})
+    assert first.status_code == 200, first.text  # its stored conversation: MAX_MESSAGES - 1 messages
+    rid = first.json()["id"]
+    assert responses(gw, {"model": MODEL, "input": "y", "previous_response_id": rid}).status_code == 200
+    fake.reset()
+    before = ledger(gw)
+    r = responses(gw, {"model": MODEL, "input": "y", "instructions": "z", "previous_response_id": rid})
+    assert_clean_4xx(r, 400)
+    assert "too many messages" in r.json()["error"]["message"].lower()
+    assert fake.requests == [] and ledger(gw) == before

@@ -188,14 +188,17 @@ async def test_postgres_away_mid_load_and_back(services, fake):
         usage, reserved = await key_money(url, key)
         assert usage == sum(recorded.values())  # each record charged once
         # A hold whose COMMIT went through while its acknowledgement was lost with the connection is still held:
-        # it is in `reservations` (so the reaper gives it back after METAROUTER_RESERVATION_TTL), never a phantom.
+        # it is a row of `reservations` under its replica's lease (given back once that lease runs out), never a
+        # phantom.
         held = await query(url, "SELECT COALESCE(SUM(amount_pico), 0)::bigint AS n FROM reservations WHERE key_id = $1",
                            key.split("-")[2])
         assert reserved == held[0]["n"]
-    store = PostgresStore(url, reap_interval=3600)
-    await store.open()  # what a replica does at start, and its reaper every minute: abandoned holds go back
-    try:
-        await store.expire_reservations(older_than=0)
+    store = PostgresStore(url)
+    await store.open()
+    try:  # the gateway's lease runs out (as when it stops renewing it): another replica gives its holds back
+        await query(url, "UPDATE instances SET lease_until = now() - interval '1 second' WHERE holder <> $1",
+                    store.holder)
+        await store.reclaim_reservations()
     finally:
         await store.close()
     assert (await key_money(url, capped))[1] == 0

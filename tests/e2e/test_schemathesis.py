@@ -44,6 +44,10 @@ PLAN = [
     ("createChatCompletion", NEGATIVE, 120),
     ("createMessage", POSITIVE, 80),
     ("createMessage", NEGATIVE, 80),
+    ("createResponse", POSITIVE, 80),
+    ("createResponse", NEGATIVE, 80),
+    ("routeChatRequest", POSITIVE, 20),
+    ("routeChatRequest", NEGATIVE, 20),
     ("listModels", POSITIVE, 3),
     ("getGeneration", POSITIVE, 20),
     ("getGeneration", NEGATIVE, 10),
@@ -121,7 +125,7 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
     gw = fuzz_gw
     op = _operation(gw.schema, operation_id)
     token = ADMIN if operation_id in ADMIN_OPS else gw.api_key
-    is_chat = operation_id in ("createChatCompletion", "createMessage")
+    is_chat = operation_id in ("createChatCompletion", "createMessage", "createResponse")  # recorded when answered
     # Half of the valid chat (and messages) bodies name a real model, so that some are answered (200) rather than all refused
     # for an unknown model id.
     model = st.sampled_from([None, MODEL]) if is_chat and mode is POSITIVE else st.just(None)
@@ -161,6 +165,9 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
             if operation_id == "createMessage":  # Anthropic's error shape
                 assert response.json()["type"] == "error"
                 assert response.json()["error"]["type"] == messages_api.error_type(status)
+            elif operation_id == "createResponse":  # OpenAI's error shape
+                err = response.json()["error"]
+                assert isinstance(err["type"], str) and isinstance(err["message"], str)
             else:
                 assert response.json()["error"]["code"] == status
             assert ledger(gw) == before, f"a {status} changed the ledger"

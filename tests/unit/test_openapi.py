@@ -20,8 +20,8 @@ def test_document_is_valid_openapi_3_1():
     schema.validate()  # the OpenAPI 3.1 meta-schema; raises on an invalid document
     ops = [r.ok() for r in schema.get_all_operations()]
     names = {(op.method.upper(), op.path) for op in ops}
-    for expected in [("POST", "/chat/completions"), ("POST", "/messages"), ("POST", "/route"), ("GET", "/models"),
-                     ("GET", "/generation"), ("GET", "/key"), ("GET", "/credits"), ("POST", "/credits"),
+    for expected in [("POST", "/chat/completions"), ("POST", "/messages"), ("POST", "/route"), ("POST", "/responses"),
+                     ("GET", "/models"), ("GET", "/generation"), ("GET", "/key"), ("GET", "/credits"), ("POST", "/credits"),
                      ("GET", "/activity"), ("GET", "/activity/generations"), ("GET", "/activity/apps"),
                      ("GET", "/activity/summary"), ("GET", "/activity/export.csv"), ("GET", "/keys"),
                      ("POST", "/keys"), ("GET", "/keys/{public_id}"), ("PATCH", "/keys/{public_id}"),
@@ -84,3 +84,51 @@ def test_schema_and_validation_accept_the_same_bodies(extra):
     validator = jsonschema_rs.Draft202012Validator(chat_request_schema(max_messages=5))
     assert validator.is_valid(body), list(validator.iter_errors(body))
     validate_chat_body(body, max_messages=5)
+
+
+@pytest.mark.parametrize("extra", [
+    {"model": ""}, {"model": "m" * 257}, {"input": None}, {"input": []}, {"input": 5},
+    {"input": [{"role": "robot", "content": "x"}]}, {"input": [{"role": "user"}]},
+    {"input": [{"role": "user", "content": []}]}, {"input": [{"type": "item_reference", "id": "x"}]},
+    {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": ""}]}]},
+    {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u", "detail": "max"}]}]},
+    {"input": [{"role": "assistant", "content": [{"type": "input_image", "image_url": "u"}]}]},
+    {"input": [{"type": "function_call", "call_id": "a", "name": "f"}]},
+    {"input": [{"type": "function_call_output", "call_id": 1, "output": "x"}]},
+    {"input": [{"role": "user", "content": "x"}] * 6}, {"input": [{"type": "reasoning"}]},
+    {"instructions": 5}, {"store": "no"}, {"temperature": 2.5}, {"top_p": -1}, {"max_output_tokens": 0},
+    {"metadata": {"a": 1}}, {"metadata": {str(i): "v" for i in range(17)}}, {"reasoning": {"effort": "huge"}},
+    {"truncation": "sometimes"}, {"tools": [{"type": "web_search"}]}, {"tools": [{"type": "function", "name": ""}]},
+    {"tools": [{"type": "function", "name": "f", "parameters": []}]}, {"tool_choice": "sometimes"},
+    {"tool_choice": {"type": "function"}}, {"text": {"format": {"type": "xml"}}},
+    {"text": {"format": {"type": "json_schema", "name": "x"}}}, {"text": 5},
+])
+def test_responses_schema_and_validation_refuse_the_same_bodies(extra):
+    from metarouter.api.openapi import responses_request_schema
+    from metarouter.api.responses import validate_responses_body
+
+    body = {"model": "m", "input": "hi", **extra}
+    validator = jsonschema_rs.Draft202012Validator(responses_request_schema(max_items=5))
+    assert not validator.is_valid(body)
+    with pytest.raises(GatewayError) as exc:
+        validate_responses_body(body, max_items=5)
+    assert exc.value.status == 400
+
+
+@pytest.mark.parametrize("extra", [
+    {}, {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x"},
+                                                {"type": "input_image", "image_url": "u", "detail": None}]}]},
+    {"input": [{"role": "assistant", "content": []}, {"type": "reasoning"},
+               {"type": "function_call", "call_id": "a", "name": "f", "arguments": "{}"},
+               {"type": "function_call_output", "call_id": "a", "output": [{"type": "output_text", "text": "1"}]}]},
+    {"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "f"}},
+    {"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, {"reasoning": {}},
+    {"metadata": {"a": "b"}, "truncation": None, "max_output_tokens": 1, "temperature": 0, "top_p": 1},
+])
+def test_responses_schema_and_validation_accept_the_same_bodies(extra):
+    from metarouter.api.openapi import responses_request_schema
+    from metarouter.api.responses import validate_responses_body
+
+    body = {"model": "m", "input": "hi", **extra}
+    assert jsonschema_rs.Draft202012Validator(responses_request_schema(max_items=5)).is_valid(body)
+    validate_responses_body(body, max_items=5)

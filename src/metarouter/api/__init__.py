@@ -18,7 +18,29 @@ def build_full_app(settings: Settings, store=None):
     _wire_openapi(app, settings)
     _wire_breaker_metrics(app)
     _wire_store_metrics(app)
+    _wire_conversations(app, settings)
     return app
+
+
+def _wire_conversations(app, settings: Settings) -> None:
+    """With ``redis_url``, the conversations of stored responses (``previous_response_id``) live in Redis, so
+    that any replica can continue a response another one served."""
+    if not settings.redis_url:
+        return
+    from .responses import RedisConversations, conversation_limits
+
+    async def start(app) -> None:
+        import redis.asyncio as aioredis
+
+        app.state.conversations_redis = aioredis.from_url(settings.redis_url)
+        app.state.conversations = RedisConversations(app.state.conversations_redis,
+                                                     *conversation_limits(settings.raw))
+
+    async def stop(app) -> None:
+        await app.state.conversations_redis.aclose()
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
 
 
 def _wire_openapi(app, settings: Settings) -> None:

@@ -22,10 +22,12 @@ from ..config import Settings
 from ..errors import GatewayError
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers import get_adapter
-from ..providers.sse import SSE_DONE, SSE_PROCESSING, sse_data
+from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
 from ..swr import SWRCache
 from . import messages as messages_api
+from .responses import ConversationStore, ResponsesStream, conversation_limits, error_body, history_of, \
+    response_from_chat, to_chat, validate_responses_body
 from .validation import json_depth_ok, validate_chat_body
 
 log = logging.getLogger("metarouter.api")
@@ -324,6 +326,77 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         except GatewayError as err:
             return json_response(messages_api.error_body(err), err.status, err.headers or None)
 
+    async def create_response(request: Request) -> Response:
+        """``POST /responses``: OpenAI's Responses API, run as a chat request (same auth, limits, pipeline,
+        record and bill); errors in OpenAI's shape."""
+        try:
+            key = await authorize(request)
+            rbody = validate_responses_body(await read_json(request), max_items=settings.limits.max_messages)
+            history: list[dict[str, Any]] = []
+            prev = rbody.get("previous_response_id")
+            conversations = request.app.state.conversations
+            if prev:
+                try:
+                    found = await conversations.get(prev, key.public_id)
+                except Exception:
+                    log.warning("could not read the conversation of %s", prev[:80], exc_info=True)
+                    raise GatewayError(503, "The conversation store is unreachable; try again") from None
+                if found is None:
+                    raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
+                                            "stored, or older than the retention time).", retryable=False,
+                                       metadata={"param": "previous_response_id",
+                                                 "code": "previous_response_not_found"})
+                history = found
+            body = validate_chat_body(to_chat(rbody, history, max_items=settings.limits.max_messages),
+                                      max_messages=settings.limits.max_messages)
+            ctx = await admit(request, key, body)
+            if not body.get("stream"):
+                resp = response_from_chat(rbody, await state["gateway"].complete(body, ctx))
+                if rbody.get("store") is not False:
+                    await keep(conversations, resp["id"], key, history_of(rbody, body, resp["output"]))
+                return json_response(resp)
+            frames = await open_stream(body, ctx)
+        except GatewayError as err:
+            return json_response(error_body(err), err.status, err.headers or None)
+        return _sse_response(_response_events(rbody, body, key, frames, conversations))
+
+    async def keep(conversations: Any, response_id: str, key: KeyRecord, messages: list[dict[str, Any]]) -> None:
+        """Store a conversation; a store that fails costs the follow-up, never the answer already given."""
+        try:
+            await conversations.put(response_id, key.public_id, messages)
+        except Exception:
+            log.warning("could not store the conversation of %s", response_id, exc_info=True)
+
+    async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
+                               frames: AsyncIterator[bytes], conversations: Any) -> AsyncIterator[bytes]:
+        """The chat frames as Responses events; the conversation is kept once the response is complete."""
+        translator = ResponsesStream(rbody)
+        parser = SSEParser()
+
+        def encode(events: list[dict[str, Any]]) -> bytes:
+            return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+        try:
+            async for frame in frames:
+                if frame == SSE_PROCESSING:
+                    yield frame
+                    continue
+                events: list[dict[str, Any]] = []
+                for ev in parser.feed(frame):
+                    if ev.data and ev.data != "[DONE]":
+                        events += translator.feed(orjson.loads(ev.data))
+                if events:
+                    yield encode(events)
+            last = translator.finish()
+            final = translator.final
+            if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
+                # kept before the last event goes out: a client may continue as soon as it sees it
+                await keep(conversations, final["id"], key, history_of(rbody, body, final["output"]))
+            yield encode(last)
+        finally:
+            with contextlib.suppress(BaseException):
+                await frames.aclose()  # type: ignore[attr-defined]
+
     async def _relay(
         frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None,
         model: str = "",
@@ -463,6 +536,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     routes = [Route("/health", health), Route("/ready", ready)] + api_routes(
         ("/chat/completions", chat_completions, ["POST"]),
         ("/messages", messages, ["POST"]),
+        ("/responses", create_response, ["POST"]),
         ("/models", list_models, ["GET"]),
         ("/generation", get_generation, ["GET"]),
         ("/key", get_key, ["GET"]),
@@ -475,6 +549,8 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
     )
     app.state.settings = settings
+    #: the conversations of stored responses (``previous_response_id``); Redis-backed when ``redis_url`` is set
+    app.state.conversations = ConversationStore(*conversation_limits(settings.raw))
     # Extension points, filled by ``build_full_app``:
     app.state.startup_hooks = []  # async (app) after the store and gateway are up
     app.state.shutdown_hooks = []  # async (app) before they close

@@ -544,6 +544,139 @@ _ROUTE_DECISION = {"type": "object", "required": ["object", "model", "reason", "
         "model_id": {"type": "string"}, "reason": {"type": "string"}}}}}}
 
 
+# --- POST /responses (OpenAI's Responses API): the constraints of responses.py -------------------------------
+
+_NULL = {"type": "null"}
+_TEXT_OF = {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"enum": ["input_text", "output_text"]}, "text": {"type": "string"}}}
+_REFUSAL_OF = {"type": "object", "required": ["type", "refusal"],
+               "properties": {"type": {"const": "refusal"}, "refusal": {"type": "string"}}}
+_TEXT_CONTENT = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"oneOf": [_TEXT_OF, _REFUSAL_OF]}}]}
+_INPUT_PARTS = {"oneOf": [
+    {"type": "string"},
+    {"type": "array", "minItems": 1, "items": {"oneOf": [
+        _TEXT_OF,
+        {"type": "object", "required": ["type", "image_url"],
+         "properties": {"type": {"const": "input_image"}, "image_url": {"type": "string", "minLength": 1,
+                                                                        "description": "A URL or a data URL"},
+                        "detail": {"enum": ["low", "high", "auto", None]}}},
+        {"type": "object", "required": ["type", "file_data"],
+         "properties": {"type": {"const": "input_file"}, "file_data": {"type": "string", "minLength": 1},
+                        "filename": {"description": "A file name (a string)"}}},
+    ]}},
+]}
+_INPUT_ITEM = {"anyOf": [
+    {"type": "object", "required": ["role", "content"], "description": "A message (`type` may be left out)",
+     "properties": {"type": {"const": "message"}, "role": {"enum": ["user", "system", "developer"]},
+                    "content": _INPUT_PARTS}},
+    {"type": "object", "required": ["role", "content"],
+     "properties": {"type": {"const": "message"}, "role": {"const": "assistant"}, "content": _TEXT_CONTENT}},
+    {"type": "object", "required": ["type", "call_id", "name", "arguments"],
+     "properties": {"type": {"const": "function_call"}, "call_id": {"type": "string"}, "name": {"type": "string"},
+                    "arguments": {"type": "string", "description": "The arguments, a JSON string"}}},
+    {"type": "object", "required": ["type", "call_id", "output"],
+     "properties": {"type": {"const": "function_call_output"}, "call_id": {"type": "string"},
+                    "output": _TEXT_CONTENT}},
+    {"type": "object", "required": ["type"], "description": "A model's earlier reasoning (not sent on)",
+     "properties": {"type": {"const": "reasoning"}}},
+]}
+
+
+def responses_request_schema(max_items: int = 2000) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "OpenAI's Responses API body (function tools only), run as a chat request; OpenRouter's "
+                       "`models`, `provider`, `plugins` and `session_id` are honoured as on chat.",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "maxLength": 256,
+                      "examples": ["openai/gpt-4o-mini-2024-07-18", "auto"]},
+            "input": {"oneOf": [{"type": "string"},
+                                {"type": "array", "minItems": 1, "maxItems": max_items, "items": _INPUT_ITEM,
+                                 "contains": {"not": {"required": ["type"],
+                                                      "properties": {"type": {"const": "reasoning"}}}},
+                                 "description": "At least one item that is not reasoning"}]},
+            "instructions": {"type": ["string", "null"], "description": "A system message; not carried over by "
+                                                                        "`previous_response_id`"},
+            "previous_response_id": {"type": ["string", "null"],
+                                     "description": "Continue a stored response of this key (within the "
+                                                    "retention time; else 404)"},
+            "store": {"type": ["boolean", "null"], "description": "false: do not keep this conversation"},
+            "stream": {"type": ["boolean", "null"]},
+            "parallel_tool_calls": {"type": ["boolean", "null"]},
+            "user": {"type": ["string", "null"]},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "max_output_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": 2**64 - 1},
+            "metadata": {"type": ["object", "null"], "maxProperties": 16, "propertyNames": {"maxLength": 64},
+                         "additionalProperties": {"type": "string", "maxLength": 512}},
+            "reasoning": {"type": ["object", "null"], "properties": {"effort": {"enum": [
+                "none", "minimal", "low", "medium", "high", "xhigh", "max", None]}}},
+            "truncation": {"enum": ["auto", "disabled", None]},
+            "tools": {"type": ["array", "null"], "items": {
+                "type": "object", "required": ["type", "name"],
+                "properties": {"type": {"const": "function"}, "name": {"type": "string", "minLength": 1},
+                               "description": {"type": ["string", "null"]},
+                               "parameters": {"type": ["object", "null"], "description": "A JSON Schema"},
+                               "strict": {"type": ["boolean", "null"]}}}},
+            "tool_choice": {"oneOf": [
+                {"enum": ["auto", "none", "required"]},
+                {"type": "object", "required": ["type", "name"],
+                 "properties": {"type": {"const": "function"}, "name": {"type": "string"}}},
+                _NULL,
+            ]},
+            "text": {"type": ["object", "null"], "properties": {"format": {"oneOf": [
+                _NULL,
+                {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+                {"type": "object", "required": ["type", "name", "schema"],
+                 "properties": {"type": {"const": "json_schema"}, "name": {"type": "string"},
+                                "schema": {"type": "object"}, "strict": {"description": "true or false"},
+                                "description": {"description": "A string"}}},
+            ]}}},
+            "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256}},
+            "provider": {"type": ["object", "null"]},
+            "plugins": {"type": ["array", "null"]},
+            "session_id": {"type": ["string", "null"]},
+        },
+    }
+
+
+_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created_at", "status", "model", "output"],
+    "properties": {
+        "id": {"type": "string", "description": "The generation's id (`GET /generation?id=`)"},
+        "object": {"const": "response"}, "created_at": _NUM,
+        "status": {"enum": ["completed", "incomplete", "failed"]},
+        "model": {"type": "string", "description": "The model that served"},
+        "output": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["message", "function_call", "reasoning"]}}}},
+        "usage": {"type": ["object", "null"], "properties": {
+            "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"}, "cost": _NUM}},
+    },
+}
+_RESPONSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"event": {"type": "string", "description": "The event's type: response.created, "
+                                                              "response.output_text.delta, … response.completed"},
+                   "data": {"type": "string", "description": "The event as JSON"}},
+}
+#: the Responses API's errors are OpenAI's shape, not OpenRouter's
+_OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "additionalProperties": False,
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": _nullable({"type": "string"}),
+                       "code": _nullable({"type": "string"})},
+    }},
+}
+
+
 def _data(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["data"], "properties": {"data": schema}}
 
@@ -629,6 +762,20 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                             "content": {"application/json": {"schema": _AN_RESPONSE},
                                         "text/event-stream": {"schema": _AN_SSE_EVENT}}},
                     **{str(c): {"$ref": f"#/components/responses/AE{c}"}
+                       for c in (400, 401, 402, 403, 404, 408, 413, 429, 431, 502, 503)},
+                },
+            }},
+            "/responses": {"post": {
+                "operationId": "createResponse",
+                "summary": "OpenAI's Responses API (JSON, or its server-sent events with `stream: true`); "
+                           "recorded and billed as a chat request",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": responses_request_schema(max_messages)}}},
+                "responses": {
+                    "200": {"description": "The response",
+                            "content": {"application/json": {"schema": _RESPONSE},
+                                        "text/event-stream": {"schema": _RESPONSE_EVENT}}},
+                    **{str(c): {"$ref": f"#/components/responses/RE{c}"}
                        for c in (400, 401, 402, 403, 404, 408, 413, 429, 431, 502, 503)},
                 },
             }},
@@ -759,6 +906,9 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
             },
             "schemas": {
                 "Error": _ERROR,
+                "OpenAIError": _OPENAI_ERROR,
+                "ResponseRequest": responses_request_schema(max_messages),
+                "Response": _RESPONSE,
                 "ChatCompletionRequest": chat_request_schema(max_messages),
                 "ChatCompletion": _CHAT_RESPONSE,
                 "Model": _MODEL,
@@ -769,9 +919,10 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "AnthropicError": _AN_ERROR,
             },
             "responses": {**{f"E{c}": _json(_ref("Error"), t) for c, t in _ERROR_TEXT.items()},
-                          **{f"AE{c}": _json(_ref("AnthropicError"), t) for c, t in _ERROR_TEXT.items()}},
+                          **{f"AE{c}": _json(_ref("AnthropicError"), t) for c, t in _ERROR_TEXT.items()},
+                          **{f"RE{c}": _json(_ref("OpenAIError"), t) for c, t in _ERROR_TEXT.items()}},
         },
     }
 
 
-__all__ = ["chat_request_schema", "messages_request_schema", "openapi_document"]
+__all__ = ["chat_request_schema", "messages_request_schema", "openapi_document", "responses_request_schema"]

@@ -19,6 +19,19 @@ class _HeadTooLarge(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
 
+def refusal_body(url: bytes) -> bytes:
+    """The 431 answer in the error shape of the API the request was for (as far as its path is known): Anthropic's
+    for ``/messages``, OpenAI's for ``/responses``, OpenRouter's elsewhere."""
+    message = f"Request headers too large (limit {MAX_HEAD_BYTES} bytes for the request line and headers)"
+    path = url.split(b"?", 1)[0].rstrip(b"/")
+    if path.endswith(b"/messages"):
+        return orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+    if path.endswith(b"/responses"):
+        return orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": "request_headers_too_large"}})
+    return orjson.dumps({"error": {"code": 431, "message": message}})
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -64,8 +77,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         self._refused = True
-        body = orjson.dumps({"error": {"code": 431, "message": f"Request headers too large (limit {MAX_HEAD_BYTES} "
-                                                               "bytes for the request line and headers)"}})
+        body = refusal_body(bytes(getattr(self, "url", b"") or b""))
         head = [STATUS_LINE[431]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
