@@ -262,11 +262,7 @@ class Router:
     def features(self, request: RouteRequest, parsed: tuple | None = None) -> tuple[np.ndarray, float]:
         """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
         ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
-        parsed = parsed or self.encoder.parse(request.messages)
-        tool_text = request.tool_text() if request.uses_tools else ""
-        if tool_text:
-            parsed = ([*parsed[0], (tool_text, TOOL_SEGMENT_WEIGHT)], *parsed[1:])
-        x, coverage = self.encoder.encode(request.messages, parsed, with_coverage=True)
+        x, coverage = encode_request(self.encoder, request, parsed)
         r = (np.array(request.features(), np.float32) - self.req_mean) / self.req_std
         return np.concatenate([x, r]).astype(np.float32), coverage
 
@@ -387,6 +383,17 @@ class Router:
         ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
                   for i, why in zip(order, reasons)]
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, cat)
+
+
+def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: tuple | None = None, raw: bool = False
+                   ) -> tuple[np.ndarray, float]:
+    """The request's conversation — with the tools' descriptions as one more segment — as the encoder's vector
+    (``raw``: hand features unstandardised, as training needs them first) and its word coverage."""
+    parsed = parsed or encoder.parse(request.messages)
+    tool_text = request.tool_text() if request.uses_tools else ""
+    if tool_text:
+        parsed = ([*parsed[0], (tool_text, TOOL_SEGMENT_WEIGHT)], *parsed[1:])
+    return encoder.encode(request.messages, parsed, raw=raw, with_coverage=True)
 
 
 def as_request(request: RouteRequest | dict | list | str) -> RouteRequest:

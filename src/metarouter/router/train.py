@@ -40,6 +40,7 @@ from . import artifact as art
 from .data import RoutingData, is_test, load_anchors, load_any, load_arena_hard, split_mask
 from .encoder import FEATURE_NAMES, StaticEncoder
 from .predictors import CategoryModel, FamiliarityModel, LengthModel, PriorModel, QualityModel
+from .policy import DEFAULT_TRADEOFF
 from .request import REQUEST_FEATURES
 
 SEED = 0
@@ -213,7 +214,7 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
         digest.update(k.encode())
         digest.update(np.ascontiguousarray(arrays[k]).tobytes())
     meta = {
-        "router_format": 2, "version": "r2-" + digest.hexdigest()[:12], "default_tradeoff": 7.0, "dims": dims,
+        "router_format": 2, "version": "r2-" + digest.hexdigest()[:12], "default_tradeoff": DEFAULT_TRADEOFF, "dims": dims,
         "mf_dim": mf_dim, "epochs": epochs, "seed": SEED, "categories": cat.classes_,
         "n_train_prompts": int(fit_rows.sum()), "n_validation_prompts": int(val.sum()), "n_anchors": n_anchor,
         "n_reference": len(X_extra) - n_anchor, "train_sources": sorted(set(tr.sources)),
@@ -226,13 +227,9 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
 
 def _raw_vector(enc: StaticEncoder, req) -> np.ndarray:
     """The request's vector before standardisation (what :meth:`Router.features` computes, unstandardised)."""
-    from .core import TOOL_SEGMENT_WEIGHT
+    from .core import encode_request
 
-    parsed = enc.parse(req.messages)
-    tool_text = req.tool_text() if req.uses_tools else ""
-    if tool_text:
-        parsed = ([*parsed[0], (tool_text, TOOL_SEGMENT_WEIGHT)], *parsed[1:])
-    x = enc.encode(req.messages, parsed, raw=True)
+    x, _ = encode_request(enc, req, raw=True)
     return np.concatenate([x, np.array(req.features(), np.float32)])
 
 
