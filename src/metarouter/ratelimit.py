@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import GatewayError, require_extra
+from .logutil import ThrottledWarning
 
 log = logging.getLogger("metarouter.ratelimit")
 
@@ -241,7 +242,7 @@ class RateLimitGuard:
         self.limiter = limiter
         self._tpm_keys: set[str] = set()  # keys seen with a tpm: only their tokens are counted
         self._tasks: set[asyncio.Task] = set()
-        self._warned = 0.0
+        self._warn = ThrottledWarning(log, "rate limiter unavailable (%s): admitting requests without limits")
 
     async def request_hook(self, request: Any, key: Any, body: Any, ctx: Any) -> None:
         rpm, tpm = getattr(key, "rpm", None), getattr(key, "tpm", None)
@@ -284,11 +285,6 @@ class RateLimitGuard:
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 
-    def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned > 30:
-            self._warned = now
-            log.warning("rate limiter unavailable (%s): admitting requests without limits", type(exc).__name__)
 
     async def close(self) -> None:
         if self._tasks:

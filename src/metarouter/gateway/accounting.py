@@ -10,6 +10,7 @@ from ..catalog import Model, pico_to_usd
 
 #: tokens charged for one image part in worst-case estimates (a high-detail 1024² image is ~765 on OpenAI)
 IMAGE_TOKENS = 1000
+IMAGE_PART_TYPES = ("image_url", "input_image", "image")
 
 
 def message_text_and_images(messages: list[dict[str, Any]]) -> tuple[int, int]:
@@ -26,7 +27,7 @@ def message_text_and_images(messages: list[dict[str, Any]]) -> tuple[int, int]:
                     continue
                 if part.get("type") == "text":
                     chars += len(str(part.get("text") or ""))
-                elif part.get("type") in ("image_url", "input_image", "image"):
+                elif part.get("type") in IMAGE_PART_TYPES:
                     images += 1
         for call in m.get("tool_calls") or ():
             fn = (call or {}).get("function") or {}
@@ -53,7 +54,6 @@ PER_MESSAGE_TOKENS = 16
 PROMPT_BASE_TOKENS = 32
 IMAGE_TOKENS_BOUND = 6_000
 TOOLS_TOKENS = 1_000
-IMAGE_PART_TYPES = ("image_url", "input_image", "image")
 
 
 def _utf8(value: Any) -> int:

@@ -19,6 +19,7 @@ import orjson
 from ..catalog import Catalog, Model
 from ..config import Settings
 from ..errors import GatewayError
+from ..logutil import ThrottledWarning
 from ..router import Constraints, RequestError, RouteDecision, RouteRequest, Router, load_router
 from .pipeline import Plan, RequestContext
 
@@ -70,7 +71,7 @@ class RedisStickySessions:
         #: read and refresh the expiry in one command (GETEX, Redis >= 6.2): one round trip instead of two, and
         #: about half the client's CPU per auto request; servers without it get GET then EXPIRE
         self.getex = self.ttl > 0
-        self._warned = 0.0
+        self._warn = ThrottledWarning(log, "sticky sessions unavailable (%s): routing without pins")
 
     async def get(self, key: str) -> str | None:
         try:
@@ -107,11 +108,6 @@ class RedisStickySessions:
         except Exception as exc:  # noqa: BLE001
             self._warn(exc)
 
-    def _warn(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if now - self._warned > 30:
-            self._warned = now
-            log.warning("sticky sessions unavailable (%s): routing without pins", type(exc).__name__)
 
 
 def _auto_plugin(body: dict[str, Any]) -> dict[str, Any]:

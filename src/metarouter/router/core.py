@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,6 @@ class RouteDecision:
     familiarity: float = 1.0  # 1 = prompt like the training data, 0 = unlike it (predictions lean on the prior)
     router_version: str = ""
     category: str | None = None  # the training domain the prompt is most like, or "everyday request", or None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_ids(self) -> list[str]:
@@ -108,7 +107,7 @@ class RouteDecision:
                 "familiarity": round(self.familiarity, 3), "category": self.category,
                 "router_version": self.router_version, "reason": self.reason,
                 "ranked": [c.to_dict() for c in self.ranked],
-                "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded], **self.extra}
+                "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded]}
 
 
 def fmt_usd(x: float) -> str:
@@ -127,8 +126,6 @@ def category_name(label: str) -> str:
         return f"{tail} questions"
     if head == "bfcl":
         return "function calling"
-    if head == "everyday":
-        return f"everyday request ({tail})" if tail else "everyday request"
     return label
 
 
@@ -273,12 +270,12 @@ class Router:
             return np.zeros((0, n), np.float32), np.zeros(0, np.float32)
         return np.stack([o[0] for o in out]), np.array([o[1] for o in out], np.float32)
 
-    def familiarity(self, X: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-        """Per prompt: 1 = like the training prompts, 0 = unlike them (the lower of the centroid similarity and the
-        share of the last message's words seen in training)."""
-        fam = self.fam.predict(X)
+    def familiarity(self, X: np.ndarray, coverage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per prompt: how like the training prompts (1) or unlike them (0) — the lower of the classifier's answer
+        and the share of the last message's words seen in training — and how like an everyday request (0–1)."""
+        fam, everyday = self.fam.predict(X)
         cov = np.clip((np.asarray(coverage, np.float32) - self.cov_lo) / (self.cov_hi - self.cov_lo), 0.0, 1.0)
-        return np.minimum(fam, cov)
+        return np.minimum(fam, cov), everyday
 
     # -- prediction -----------------------------------------------------------------------------------------------
     def predict(self, X: np.ndarray, coverage: np.ndarray, models: Sequence[Model], prompt_tokens: np.ndarray,
@@ -289,8 +286,7 @@ class Router:
         p = self.params(models)
         X = np.asarray(X, np.float32)
         P_cat = self.category.predict(X)
-        fam = self.familiarity(X, coverage)
-        everyday = self.fam.everyday(X)
+        fam, everyday = self.familiarity(X, coverage)
         q_prior = self.prior.predict(X, p.ability, trust=np.maximum(fam, everyday))
         q_learned = q_prior
         if p.learned.any():
@@ -339,7 +335,7 @@ class Router:
         c = constraints or Constraints()
         t = self.default_tradeoff if tradeoff is None else min(max(float(tradeoff), 0.0), 10.0)
         if c.max_tokens is None and req.max_tokens is not None:
-            c = Constraints(**{**c.__dict__, "max_tokens": req.max_tokens})
+            c = replace(c, max_tokens=req.max_tokens)
         prompt_tokens = req.prompt_tokens()
         parsed = self.encoder.parse(req.messages)
         needs_vision = c.needs_vision if c.needs_vision is not None else parsed[5]

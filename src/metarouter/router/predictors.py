@@ -245,7 +245,7 @@ class FamiliarityModel:
     anchors), or other traffic (real user prompts of no labelled domain). A multinomial classifier on the encoded
     request (the density ratios of the three); a probability ``≥ hi`` counts as fully so, ``≤ lo`` as not, linear
     between (0.1 and 0.4: of four settings, the best OGR on the validation slice of the training prompts).
-    :meth:`predict` is the familiarity (training-like), :meth:`everyday` the everyday-likeness."""
+    :meth:`predict` gives the familiarity (training-like) and the everyday-likeness."""
 
     def __init__(self, C: float = 1.0, lo: float = 0.1, hi: float = 0.4, seed: int = 0):
         self.C, self.lo, self.hi, self.seed = C, lo, hi, seed
@@ -277,11 +277,10 @@ class FamiliarityModel:
     def _scale(self, p: np.ndarray) -> np.ndarray:
         return np.clip((p - self.lo) / (self.hi - self.lo), 0.0, 1.0)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return self._scale(self.probabilities(X)[:, 0])
-
-    def everyday(self, X: np.ndarray) -> np.ndarray:
-        return self._scale(self.probabilities(X)[:, 1])
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(familiarity, everyday-likeness) per request, from one pass of the classifier."""
+        P = self._scale(self.probabilities(X))
+        return P[:, 0], P[:, 1]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"W": self.W_, "b": self.b_, "range": np.array([self.lo, self.hi], np.float64)}

@@ -187,7 +187,7 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
 
     # familiarity: the labelled prompts against everyday requests and other traffic
     fam = FamiliarityModel(seed=SEED).fit(X[fit_rows], X_extra[:n_anchor], X_extra[n_anchor:])
-    _log(f"familiarity: validation prompts familiar (≥ 0.5): {(fam.predict(X[val]) >= 0.5).mean():.0%}", quiet)
+    _log(f"familiarity: validation prompts familiar (≥ 0.5): {(fam.predict(X[val])[0] >= 0.5).mean():.0%}", quiet)
 
     # answer lengths
     length = LengthModel().fit(X, tr.out_chars)

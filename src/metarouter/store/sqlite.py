@@ -246,6 +246,7 @@ class SQLiteStore:
         conn = self._conn
         # bound parameters per statement (SQLite's compile-time limit: 999 before 3.32, 32,766 since)
         self._max_vars = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 32_766)
+        last_batch = 0  # records in the last transaction: more than one means load, worth gathering for
         try:
             while True:
                 try:
@@ -262,11 +263,12 @@ class SQLiteStore:
                 if item is _STOP:
                     return
                 if item[0] == "rec":
-                    # Group commit: let records gather for up to LINGER after the first, so one transaction and one
-                    # wake-up serve many requests. The thread sleeps on an event that only awaited operations (and
-                    # stop) set, not on the queue: a record put during the wait does not wake it (each wake-up
-                    # would take the GIL from the event loop).
-                    if self.linger > 0:
+                    # Group commit under load: when the last batch held several records (or more are queued), let
+                    # records gather for up to LINGER after the first, so one transaction and one wake-up serve many
+                    # requests. The thread sleeps on an event that only awaited operations (and stop) set, not on
+                    # the queue: a record put during the wait does not wake it (each wake-up would take the GIL from
+                    # the event loop). A lone record is written at once: its answer waits for it to be durable.
+                    if self.linger > 0 and (last_batch > 1 or not self._q.empty()):
                         self._urgent.wait(self.linger)
                     self._urgent.clear()
                     batch = [item]
@@ -282,6 +284,7 @@ class SQLiteStore:
                             other = nxt
                             break
                     self._write_records(conn, batch)
+                    last_batch = len(batch)
                     if other is None:
                         continue
                     if other is _STOP:
