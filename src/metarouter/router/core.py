@@ -193,7 +193,7 @@ class Router:
         self.encoder = encoder
         self.req_mean, self.req_std = np.asarray(req_mean, np.float32), np.asarray(req_std, np.float32)
         self.category, self.quality, self.prior, self.fam, self.length = category, quality, prior, familiarity, length
-        self.models = models  # lower-cased id -> {"col", "ability", "len_offset"}
+        self.models = models  # lower-cased id -> {"col", "ability", "len_offset", "coverage"}
         self.meta = meta
         self.version = str(meta.get("version", ""))
         self.default_tradeoff = float(meta.get("default_tradeoff", policy.DEFAULT_TRADEOFF))

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterable
 import orjson
 from aiohttp import web
 
+from .loop_thread import LoopThread
+
 
 @dataclass
 class FakeReply:
@@ -177,7 +179,7 @@ def openai_chat(path: str, headers: dict[str, str], body: Any, query: dict[str, 
     return FakeReply(200, sse=frames)
 
 
-class FakeUpstream:
+class FakeUpstream(LoopThread):
     """The server. ``handlers`` maps a provider name (first path segment) to its handler; ``note`` is put before
     every plain answer (``{provider}`` in it names the provider)."""
 
@@ -305,18 +307,6 @@ class FakeUpstream:
             raise errors[0]
         return self
 
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> "FakeUpstream":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def provider_config_for(fake: FakeUpstream) -> dict[str, dict[str, Any]]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+
+from .loop_thread import LoopThread
 
 
-class TcpProxy:
+class TcpProxy(LoopThread):
     def __init__(self, target_host: str, target_port: int, host: str = "127.0.0.1", port: int = 0):
         self.target = (target_host, target_port)
         self.host, self.port = host, port
@@ -109,15 +110,3 @@ class TcpProxy:
         self._call(self._listen)
         return self
 
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> "TcpProxy":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
