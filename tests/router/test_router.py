@@ -103,6 +103,39 @@ def test_route_shape_and_to_dict(router):
     assert {"model_id", "quality", "cost_usd", "prompt_tokens", "output_tokens", "reason", "score"} <= set(blob["ranked"][0])
 
 
+def test_one_request_kernel_matches_the_plain_predictors(router):
+    """What serves (the fused one-request kernel) is the predictors composed as fitted, at float32 tolerance, for
+    every kind of request of the batteries (tools, images, systems, long conversations) and with max_tokens."""
+    from pathlib import Path
+
+    from metarouter.router.core import as_request
+
+    fixtures = Path(__file__).parent / "fixtures"
+    bodies = [json.loads(line)["request"] for name in ("everyday_battery.jsonl", "request_battery.jsonl")
+              for line in (fixtures / name).read_text().splitlines() if line.strip()]
+    assert len(bodies) > 50
+    for i, body in enumerate(bodies):
+        req = as_request(body)
+        x, cov = router.features(req)
+        args = (x[None, :], np.array([cov]), MODELS, np.array([req.prompt_tokens()]), 64 if i % 2 else None)
+        fast, plain = router.predict(*args), router.predict_plain(*args)
+        for k in ("quality", "prior_weight", "cost", "output_tokens", "familiarity", "everyday"):
+            assert np.allclose(fast[k], plain[k], rtol=1e-4, atol=1e-5), (k, body)
+        assert fast["category"][0] == plain["category"][0]
+
+
+def test_screening_fast_path_agrees_with_the_checks(router):
+    """A request without filters that fits every candidate skips the per-model checks: same candidates, same
+    order, duplicates dropped; one that does not fit some falls back to them."""
+    dup = MODELS + MODELS[:3]
+    kept, excluded = router.screen(dup, Constraints(), 100, False)
+    assert [m.id for m in kept] == [m.id for m in MODELS] and excluded == []
+    small = min(m.context_length for m in MODELS)
+    kept, excluded = router.screen(dup, Constraints(max_tokens=1), small, False)
+    assert excluded and all("context" in why for _, why in excluded)
+    assert {m.id for m in kept} | {m for m, _ in excluded} == {m.id for m in MODELS}
+
+
 def test_wildcards(router):
     d = router.route(CHAT, MODELS, Constraints(allowed=["anthropic/*", "openai/gpt-4o-mini*"]))
     ids = {c.model_id for c in d.ranked}

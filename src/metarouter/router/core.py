@@ -182,6 +182,12 @@ class _ModelParams:
     pin: np.ndarray  # USD per prompt token
     pout: np.ndarray  # USD per output token
     hidden: np.ndarray  # hidden reasoning tokens per answer
+    # the quality model's rows for the learned candidates (the one-request kernel's operands)
+    learned_idx: np.ndarray  # positions of the learned candidates
+    U: np.ndarray  # (learned × H) model vectors
+    c: np.ndarray  # (learned,) model biases
+    table: np.ndarray  # (domains × learned) domain accuracy table
+    ability_term: np.ndarray  # α·ability + γ of the prior
 
 
 class Router:
@@ -202,6 +208,7 @@ class Router:
         self.cov_lo, self.cov_hi = (float(v) for v in meta.get("cov_range", (0.7, 0.95)))
         self.dim = encoder.dim
         self._params: dict[tuple, tuple[tuple, _ModelParams]] = {}
+        self._screens: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
     # -- loading ----------------------------------------------------------------------------------------------------
@@ -245,10 +252,15 @@ class Router:
             lo = row["len_offset"] if row else float("nan")
             lens.append(self.len_fill if math.isnan(lo) else lo)
         col = np.array(cols, np.int64)
-        p = _ModelParams(col, col >= 0, np.ascontiguousarray(np.stack(covs).T), np.array(abil, np.float32),
-                         np.array(lens, np.float32),
+        learned = col >= 0
+        lcols = col[learned]
+        ability = np.array(abil, np.float32)
+        p = _ModelParams(col, learned, np.ascontiguousarray(np.stack(covs).T), ability, np.array(lens, np.float32),
                          np.array([m.input_pico / 1e12 for m in models]), np.array([m.output_pico / 1e12 for m in models]),
-                         np.array([float(m.hidden_reasoning_tokens or 0) for m in models]))
+                         np.array([float(m.hidden_reasoning_tokens or 0) for m in models]),
+                         np.flatnonzero(learned), np.ascontiguousarray(self.quality.U_[lcols]), self.quality.c_[lcols],
+                         np.ascontiguousarray(self.quality.table_[:, lcols]),
+                         (self.prior.alpha_ * ability + self.prior.gamma_).astype(np.float32))
         with self._lock:
             if len(self._params) >= 256:
                 self._params.clear()
@@ -282,7 +294,19 @@ class Router:
                 max_tokens: int | None = None) -> dict[str, np.ndarray]:
         """Prompts × candidates: ``quality``, ``prior_weight``, ``cost`` (USD), ``output_tokens`` (billed, with hidden
         reasoning); per prompt ``familiarity``, ``everyday`` (how like an everyday request, 0–1) and ``category``
-        (index of the most likely training domain)."""
+        (index of the most likely training domain).
+
+        One request goes through :meth:`_kernel` (the same arithmetic, fused: what serves); many through
+        :meth:`predict_plain`, the predictors composed as they were fitted (the reference it is tested against)."""
+        X = np.asarray(X, np.float32)
+        if X.shape[0] != 1:
+            return self.predict_plain(X, coverage, models, prompt_tokens, max_tokens)
+        return self._kernel(X[0], float(np.asarray(coverage).reshape(-1)[0]), self.params(models),
+                            float(np.asarray(prompt_tokens).reshape(-1)[0]), max_tokens)
+
+    def predict_plain(self, X: np.ndarray, coverage: np.ndarray, models: Sequence[Model], prompt_tokens: np.ndarray,
+                      max_tokens: int | None = None) -> dict[str, np.ndarray]:
+        """:meth:`predict` by the predictors' own ``predict`` methods, for any number of prompts."""
         p = self.params(models)
         X = np.asarray(X, np.float32)
         P_cat = self.category.predict(X)
@@ -301,6 +325,56 @@ class Router:
         cost = np.asarray(prompt_tokens, np.float64)[:, None] * p.pin[None, :] + billed * p.pout[None, :]
         return {"quality": Q, "prior_weight": pw, "cost": cost, "output_tokens": billed, "familiarity": fam,
                 "everyday": everyday, "category": P_cat.argmax(1)}
+
+    def _fused(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every linear map of the request vector side by side — domain logits, familiarity logits, prior
+        difficulty, answer length, the quality tower's prompt part — as one matrix (and bias), so that one request
+        costs one product; and the tower's domain part (scaled)."""
+        f = self.__dict__.get("_fused_ops")
+        if f is None:
+            q, d = self.quality, self.category.W_.shape[0]
+            M = np.hstack([self.category.W_, self.fam.W_, self.prior.w_[:, None], self.length.w_[:, None], q.W_[:d]])
+            bias = np.concatenate([self.category.b_, self.fam.b_, [self.prior.w0_, self.length.w0_], q.b_])
+            f = self._fused_ops = (np.ascontiguousarray(M, np.float32), bias.astype(np.float32),
+                                   np.ascontiguousarray(q.cat_scale * q.W_[d:], np.float32))
+        return f
+
+    def _kernel(self, x: np.ndarray, coverage: float, p: _ModelParams, prompt_tokens: float,
+                max_tokens: int | None) -> dict[str, np.ndarray]:
+        """:meth:`predict_plain` of one request, fused (one product for every linear map, scalars in Python)."""
+        M, bias, Wqc = self._fused()
+        k = len(self.category.b_)
+        h = x @ M + bias
+        e = np.exp(h[:k] - h[:k].max())
+        P = e / e.sum()
+        f0, f1, f2, d, log_len = h[k:k + 5].tolist()
+        top = max(f0, f1, f2)  # the familiarity softmax over three kinds, in Python floats
+        e0, e1, e2 = math.exp(f0 - top), math.exp(f1 - top), math.exp(f2 - top)
+        lo, hi = self.fam.lo, self.fam.hi
+        fam = min(max((e0 / (e0 + e1 + e2) - lo) / (hi - lo), 0.0), 1.0)
+        everyday = min(max((e1 / (e0 + e1 + e2) - lo) / (hi - lo), 0.0), 1.0)
+        fam = min(fam, min(max((coverage - self.cov_lo) / (self.cov_hi - self.cov_lo), 0.0), 1.0))
+        trust = max(fam, everyday)
+        d = trust * d + (1.0 - trust) * self.prior.d_mean_
+        q_prior = 0.5 * (1.0 + np.tanh(0.5 * (p.ability_term + self.prior.beta_ * d)))
+        Q = q_prior.astype(np.float64)
+        pw = 1.0 - fam * (P @ p.coverageT)
+        if len(p.learned_idx):
+            q = self.quality
+            z = np.tanh(h[k + 5:] + P @ Wqc)
+            ql = 0.5 * (1.0 + np.tanh((0.5 / q.temperature_) * (p.U @ z + p.c)))
+            if q.table_weight_:
+                ql = (1.0 - q.table_weight_) * ql + q.table_weight_ * (P @ p.table)
+            li = p.learned_idx
+            Q[li] += (1.0 - pw[li]) * (ql - q_prior[li])
+        out = np.exp(log_len + p.len_offset) / CHARS_PER_TOKEN
+        if max_tokens:
+            out = np.minimum(out, max_tokens)
+        billed = out + p.hidden
+        cost = prompt_tokens * p.pin + billed * p.pout
+        return {"quality": Q[None, :], "prior_weight": pw[None, :], "cost": cost[None, :],
+                "output_tokens": billed[None, :], "familiarity": np.array([fam]), "everyday": np.array([everyday]),
+                "category": np.array([int(P.argmax())])}
 
     # -- constraints --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -326,6 +400,41 @@ class Router:
             return f"completion price ${m.output_pico / 1e6:g}/M > max_price.completion ${c.max_price_completion:g}/M"
         return None
 
+    def screen(self, models: Iterable[Model], c: Constraints, prompt_tokens: int, needs_vision: bool
+               ) -> tuple[list[Model], list[tuple[str, str]]]:
+        """The candidates that can serve the request (first of each id), and the others with why not. A request
+        with no filters whose size fits every candidate's limits skips the per-model checks (same answer)."""
+        ms = tuple(models)
+        key = tuple(map(id, ms))
+        hit = self._screens.get(key)
+        if hit is None:
+            unique, seen = [], set()
+            for m in ms:
+                if m.id not in seen:
+                    seen.add(m.id)
+                    unique.append(m)
+            min_ctx = min((m.context_length for m in unique), default=0)
+            min_out = min((m.max_output_tokens or math.inf for m in unique), default=math.inf)
+            hit = (ms, unique, min_ctx, min_out)
+            with self._lock:
+                if len(self._screens) >= 256:
+                    self._screens.clear()
+                self._screens[key] = hit  # the models keep their ids in the key alive
+        _, unique, min_ctx, min_out = hit
+        if not (c.allowed or c.excluded or c.needs_tools or needs_vision or c.needs_json
+                or c.max_price_prompt is not None or c.max_price_completion is not None) \
+                and prompt_tokens + (c.max_tokens or 0) <= min_ctx and (c.max_tokens or 0) <= min_out:
+            return list(unique), []
+        kept: list[Model] = []
+        excluded: list[tuple[str, str]] = []
+        for m in unique:
+            why = self.violation(m, c, prompt_tokens, needs_vision)
+            if why is None:
+                kept.append(m)
+            else:
+                excluded.append((m.id, why))
+        return kept, excluded
+
     # -- the decision -----------------------------------------------------------------------------------------------
     def route(self, request: RouteRequest | dict | list | str, models: Iterable[Model],
               constraints: Constraints | None = None, tradeoff: float | None = None) -> RouteDecision:
@@ -339,18 +448,7 @@ class Router:
         prompt_tokens = req.prompt_tokens()
         parsed = self.encoder.parse(req.messages)
         needs_vision = c.needs_vision if c.needs_vision is not None else parsed[5]
-        kept: list[Model] = []
-        excluded: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for m in models:
-            if m.id in seen:
-                continue
-            seen.add(m.id)
-            why = self.violation(m, c, prompt_tokens, needs_vision)
-            if why is None:
-                kept.append(m)
-            else:
-                excluded.append((m.id, why))
+        kept, excluded = self.screen(models, c, prompt_tokens, needs_vision)
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
         x, coverage = self.features(req, parsed)
