@@ -224,10 +224,13 @@ def test_priors_for_models_without_labels(router):
 
 
 def test_unfamiliar_prompts_lean_on_priors(router):
-    fam_in = router.route(user("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
-                               "clips in May. How many clips did Natalia sell altogether?"), MODELS).familiarity
+    # competition-maths problems in MATH's own shape are familiar; noise is not
+    fam_in = [router.route(user(p), MODELS).familiarity for p in (
+        "Find the number of ordered pairs $(a,b)$ of integers such that $|a + bi| \\le 5.$",
+        "If $f(x) = 3x^2 - 5$, what is the value of $f(f(1))$?",
+        "Let $x$ and $y$ be real numbers such that $x + y = 10$ and $xy = 21$. Find $x^3 + y^3$.")]
     fam_out = router.route(user("ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ zxqv wplk"), MODELS).familiarity
-    assert fam_in > 0.5 > fam_out
+    assert min(fam_in) > 0.5 > fam_out
     # a greeting is not like maths, MMLU-Pro or function-calling prompts
     hi = router.route(user("Say hi."), MODELS)
     assert hi.familiarity < 0.5 and hi.category == "everyday request"

@@ -152,7 +152,7 @@ def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_
             why = f"all candidates expected to answer well (P≥{qmin:.2f}); " + \
                 ("cheapest chosen" if i == cheapest else "best for the price")
         elif near_best[i] and i != best:
-            why = f"as good as the best ({ids[best]}, within {policy.TIE * 100:.0f} pts) and cheaper"
+            why = f"as good as the best ({ids[best]}, within {float(policy.tie(tradeoff, qbest)) * 100:.0f} pts) and cheaper"
         elif i == best:
             lead = (qi - q[cheapest]) * 100
             why = "highest expected quality" + (f", +{lead:.0f} pts over the cheapest ({ids[cheapest]})"
@@ -350,9 +350,9 @@ class Router:
         f0, f1, f2, d, log_len = h[k:k + 5].tolist()
         top = max(f0, f1, f2)  # the familiarity softmax over three kinds, in Python floats
         e0, e1, e2 = math.exp(f0 - top), math.exp(f1 - top), math.exp(f2 - top)
-        lo, hi = self.fam.lo, self.fam.hi
-        fam = min(max((e0 / (e0 + e1 + e2) - lo) / (hi - lo), 0.0), 1.0)
-        everyday = min(max((e1 / (e0 + e1 + e2) - lo) / (hi - lo), 0.0), 1.0)
+        fm, tot = self.fam, e0 + e1 + e2
+        fam = min(max((e0 / tot - fm.lo) / (fm.hi - fm.lo), 0.0), 1.0)
+        everyday = min(max((e1 / tot - fm.everyday_lo) / (fm.everyday_hi - fm.everyday_lo), 0.0), 1.0)
         fam = min(fam, min(max((coverage - self.cov_lo) / (self.cov_hi - self.cov_lo), 0.0), 1.0))
         trust = max(fam, everyday)
         d = trust * d + (1.0 - trust) * self.prior.d_mean_

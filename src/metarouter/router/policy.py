@@ -3,14 +3,21 @@ price, 10 = the cheapest model that can plausibly handle *this* request, values 
 
 Per request, with predicted quality ``q`` (P(good answer)) and cost ``c`` (USD) of each candidate, the choice maximises
 
-    score = min(q, max(q) − TIE) − λ(t) · c
+    score = min(q, max(q) − tie(t)) − λ(t) · c
 
 - ``λ(t)``: quality points given up per USD, 0 at tradeoff 0, :data:`USD_WEIGHT_AT_7` at 7, :data:`USD_WEIGHT_AT_10`
   at 10 (geometric in between). One price of quality for every request is what traces the efficient frontier of mean
   cost against mean quality (a Lagrangian of "most quality for this budget"), so each setting is a point on it.
-- ``TIE``: differences of quality smaller than this do not count: when every candidate is expected to answer well
-  (a greeting), they are equals and the cheapest wins at any setting, while a hard proof, where a capable model is
-  expected to be tens of points better, keeps it until its price outweighs that at the setting's λ.
+- ``tie(t)``: differences of quality smaller than this do not count: when every candidate is expected to answer
+  well (a greeting), they are equals and the cheapest wins, while a hard proof, where a capable model is expected to
+  be tens of points better, keeps it until its price outweighs that at the setting's λ. :data:`TIE` from 7 on,
+  shrinking linearly to none at 0, where only quality counts.
+
+At 10, λ is so high that the cheapest candidate wins unless another is better by more than there is to gain: the
+cheap end of the curve reaches the cheapest model. (A plausibility floor at 10 — the cheapest candidate within some
+points of the best — would keep hard prompts on strong models there, but every floor that did so for our hard
+battery also moved a fifth to a half of benchmark prompts off the cheapest model, and with it the cheap end of the
+curve that AIQ counts as 0 below the router's cheapest point: see bench/router/RESULTS.md.)
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 DEFAULT_TRADEOFF = 7.0  # OpenRouter's default for cost_quality_tradeoff
 TIE = 0.02  # P(good) differences below two points are ties
 USD_WEIGHT_AT_7 = 10.0  # at 7: a cent more must buy a tenth more chance of a good answer
-USD_WEIGHT_AT_10 = 1000.0  # at 10: a cent more must buy ten times more than there is: the cheapest plausible
+USD_WEIGHT_AT_10 = 10000.0  # at 10: a tenth of a cent outweighs ten times the whole P(good) scale: the cheapest
 
 
 def usd_weight(tradeoff: float) -> float:
@@ -31,11 +38,23 @@ def usd_weight(tradeoff: float) -> float:
     return USD_WEIGHT_AT_7 * (USD_WEIGHT_AT_10 / USD_WEIGHT_AT_7) ** ((t - 7.0) / 3.0)
 
 
+EASY = 0.9  # the best candidate's P(good) from which its equals are always equals
+
+
+def tie(tradeoff: float, best: np.ndarray | float = 0.0) -> np.ndarray | float:
+    """The tie margin at this setting for a request whose best candidate has P(good) ``best``: :data:`TIE` from 7 on
+    and wherever the best is :data:`EASY` (every capable model answers a greeting well, whatever the setting);
+    below 7, on harder requests, shrinking to none at 0, where only quality counts."""
+    scaled = TIE * min(max(float(tradeoff), 0.0) / 7.0, 1.0)
+    return np.where(np.asarray(best) >= EASY, TIE, scaled)
+
+
 def scores(Q: np.ndarray, C: np.ndarray, tradeoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Scores (higher is better) and whether each candidate is within :data:`TIE` of the best (… × candidates)."""
     Q = np.asarray(Q, np.float64)
     C = np.asarray(C, np.float64)
-    top = Q.max(-1, keepdims=True) - TIE
+    best = Q.max(-1, keepdims=True)
+    top = best - tie(tradeoff, best)
     S = np.minimum(Q, top) - usd_weight(tradeoff) * C
     return S, Q >= top
 

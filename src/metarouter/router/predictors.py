@@ -243,12 +243,17 @@ class PriorModel:
 class FamiliarityModel:
     """What kind of request this is, of three: like the labelled training prompts, like everyday requests (the
     anchors), or other traffic (real user prompts of no labelled domain). A multinomial classifier on the encoded
-    request (the density ratios of the three); a probability ``≥ hi`` counts as fully so, ``≤ lo`` as not, linear
-    between (0.1 and 0.4: of four settings, the best OGR on the validation slice of the training prompts).
+    request (the density ratios of the three). A probability of training-likeness ``≥ hi`` counts as fully
+    familiar, ``≤ lo`` as not, linear between; everyday-likeness likewise between ``everyday_lo`` and
+    ``everyday_hi``. 0.6/0.9 for familiarity: of five settings, the best sum of OGR on the training prompts'
+    validation slice and, leaving each source out, on that source's training prompts (bench/router/RESULTS.md);
+    0.1/0.4 for everyday-likeness: what keeps the everyday battery on cheap models.
     :meth:`predict` gives the familiarity (training-like) and the everyday-likeness."""
 
-    def __init__(self, C: float = 1.0, lo: float = 0.1, hi: float = 0.4, seed: int = 0):
+    def __init__(self, C: float = 1.0, lo: float = 0.6, hi: float = 0.9, everyday_lo: float = 0.1,
+                 everyday_hi: float = 0.4, seed: int = 0):
         self.C, self.lo, self.hi, self.seed = C, lo, hi, seed
+        self.everyday_lo, self.everyday_hi = everyday_lo, everyday_hi
 
     def fit(self, X_train: np.ndarray, X_everyday: np.ndarray, X_other: np.ndarray) -> FamiliarityModel:
         from sklearn.linear_model import LogisticRegression
@@ -274,20 +279,21 @@ class FamiliarityModel:
     def probabilities(self, X: np.ndarray) -> np.ndarray:
         return softmax(np.asarray(X, np.float32) @ self.W_ + self.b_)
 
-    def _scale(self, p: np.ndarray) -> np.ndarray:
-        return np.clip((p - self.lo) / (self.hi - self.lo), 0.0, 1.0)
-
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(familiarity, everyday-likeness) per request, from one pass of the classifier."""
-        P = self._scale(self.probabilities(X))
-        return P[:, 0], P[:, 1]
+        P = self.probabilities(X)
+        return (np.clip((P[:, 0] - self.lo) / (self.hi - self.lo), 0.0, 1.0),
+                np.clip((P[:, 1] - self.everyday_lo) / (self.everyday_hi - self.everyday_lo), 0.0, 1.0))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"W": self.W_, "b": self.b_, "range": np.array([self.lo, self.hi], np.float64)}
+        return {"W": self.W_, "b": self.b_,
+                "range": np.array([self.lo, self.hi, self.everyday_lo, self.everyday_hi], np.float64)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray]) -> FamiliarityModel:
-        p = cls(lo=float(a["range"][0]), hi=float(a["range"][1]))
+        r = [float(v) for v in a["range"]]
+        lo, hi, elo, ehi = r if len(r) == 4 else r * 2  # an artifact of two values: one range for both
+        p = cls(lo=lo, hi=hi, everyday_lo=elo, everyday_hi=ehi)
         p.W_, p.b_ = a["W"].astype(np.float32), a["b"].astype(np.float32)
         return p
 
