@@ -21,14 +21,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..catalog import Model, matches
 from . import artifact as art
 from . import policy
-from .encoder import StaticEncoder
+from .encoder import Parsed, StaticEncoder
 from .predictors import CategoryModel, FamiliarityModel, LengthModel, PriorModel, QualityModel
 from .request import RouteRequest
 
@@ -78,12 +78,19 @@ class Candidate:
                 "score": round(self.score, 6), "prior_weight": round(self.prior_weight, 3)}
 
 
+class Excluded(NamedTuple):
+    """A model that cannot serve the request, and why."""
+
+    model_id: str
+    reason: str
+
+
 @dataclass
 class RouteDecision:
     """The ranked candidates (best first), the models excluded and why, and the decision's context."""
 
     ranked: list[Candidate]
-    excluded: list[tuple[str, str]]
+    excluded: list[Excluded]
     tradeoff: float
     decision_ms: float
     familiarity: float = 1.0  # 1 = prompt like the training data, 0 = unlike it (predictions lean on the prior)
@@ -268,7 +275,7 @@ class Router:
         return p
 
     # -- features -----------------------------------------------------------------------------------------------------
-    def features(self, request: RouteRequest, parsed: tuple | None = None) -> tuple[np.ndarray, float]:
+    def features(self, request: RouteRequest, parsed: Parsed | None = None) -> tuple[np.ndarray, float]:
         """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
         ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
         x, coverage = encode_request(self.encoder, request, parsed)
@@ -401,7 +408,7 @@ class Router:
         return None
 
     def screen(self, models: Iterable[Model], c: Constraints, prompt_tokens: int, needs_vision: bool
-               ) -> tuple[list[Model], list[tuple[str, str]]]:
+               ) -> tuple[list[Model], list[Excluded]]:
         """The candidates that can serve the request (first of each id), and the others with why not. A request
         with no filters whose size fits every candidate's limits skips the per-model checks (same answer)."""
         ms = tuple(models)
@@ -426,13 +433,13 @@ class Router:
                 and prompt_tokens + (c.max_tokens or 0) <= min_ctx and (c.max_tokens or 0) <= min_out:
             return list(unique), []
         kept: list[Model] = []
-        excluded: list[tuple[str, str]] = []
+        excluded: list[Excluded] = []
         for m in unique:
             why = self.violation(m, c, prompt_tokens, needs_vision)
             if why is None:
                 kept.append(m)
             else:
-                excluded.append((m.id, why))
+                excluded.append(Excluded(m.id, why))
         return kept, excluded
 
     # -- the decision -----------------------------------------------------------------------------------------------
@@ -447,7 +454,7 @@ class Router:
             c = replace(c, max_tokens=req.max_tokens)
         prompt_tokens = req.prompt_tokens()
         parsed = self.encoder.parse(req.messages)
-        needs_vision = c.needs_vision if c.needs_vision is not None else parsed[5]
+        needs_vision = c.needs_vision if c.needs_vision is not None else parsed.has_image
         kept, excluded = self.screen(models, c, prompt_tokens, needs_vision)
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
@@ -458,7 +465,7 @@ class Router:
         if c.max_price_request is not None:
             over = cost > c.max_price_request
             for i in np.flatnonzero(over):
-                excluded.append((kept[i].id, f"predicted cost {fmt_usd(cost[i])} > max_price.request "
+                excluded.append(Excluded(kept[i].id, f"predicted cost {fmt_usd(cost[i])} > max_price.request "
                                              f"{fmt_usd(c.max_price_request)}"))
             if over.all():
                 return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
@@ -479,14 +486,14 @@ class Router:
         return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, cat)
 
 
-def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: tuple | None = None, raw: bool = False
+def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: Parsed | None = None, raw: bool = False
                    ) -> tuple[np.ndarray, float]:
     """The request's conversation — with the tools' descriptions as one more segment — as the encoder's vector
     (``raw``: hand features unstandardised, as training needs them first) and its word coverage."""
     parsed = parsed or encoder.parse(request.messages)
     tool_text = request.tool_text() if request.uses_tools else ""
     if tool_text:
-        parsed = ([*parsed[0], (tool_text, TOOL_SEGMENT_WEIGHT)], *parsed[1:])
+        parsed = parsed._replace(segments=[*parsed.segments, (tool_text, TOOL_SEGMENT_WEIGHT)])
     return encoder.encode(request.messages, parsed, raw=raw, with_coverage=True)
 
 

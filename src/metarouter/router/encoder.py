@@ -17,7 +17,7 @@ import threading
 import unicodedata
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -120,6 +120,17 @@ del _v, _i, _inv
 def _strip_accents(word: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
 
+
+
+class Parsed(NamedTuple):
+    """A conversation as the encoder reads it."""
+
+    segments: list[tuple[str, float]]  # (text, weight), the newest turn first
+    last_user: str  # the last user message's text
+    total_chars: int
+    turns: int  # user turns
+    has_system: bool
+    has_image: bool
 
 class StaticEncoder:
     """Static-embedding encoder. ``vocab`` maps table rows to strings (``##x`` = continuation piece)."""
@@ -409,14 +420,15 @@ class StaticEncoder:
         ], np.float32)
         return (f - self.feat_mean) / self.feat_std
 
-    def parse(self, messages: list[dict] | str) -> tuple[list[tuple[str, float]], str, int, int, bool, bool]:
+    def parse(self, messages: list[dict] | str) -> Parsed:
         """Messages → (text, weight) segments, the last user text, total chars, turns, has_system, has_image."""
         return self.parse_with_tokens(messages)[0]
 
     def parse_with_tokens(self, messages: list[dict] | str) -> tuple[tuple, int]:
         """:meth:`parse` and :func:`estimate_prompt_tokens` in one pass over the messages."""
         if isinstance(messages, str):
-            return ([(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False), text_prompt_tokens(messages)
+            return Parsed([(messages, LAST_USER_WEIGHT)], messages, len(messages), 1, False, False), \
+                text_prompt_tokens(messages)
         texts: list[tuple[str, str]] = []
         has_image = has_system = False
         last_user = -1
@@ -456,9 +468,9 @@ class StaticEncoder:
             budget -= len(t)
             segs.append((t, w))
         last = texts[last_user][1] if texts else ""
-        return (segs, last, total, n_turns, has_system, has_image), tokens
+        return Parsed(segs, last, total, n_turns, has_system, has_image), tokens
 
-    def encode(self, messages: list[dict] | str, parsed: tuple | None = None, raw: bool = False,
+    def encode(self, messages: list[dict] | str, parsed: Parsed | None = None, raw: bool = False,
                with_coverage: bool = False):
         """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features).
 

@@ -46,14 +46,16 @@ def tie(tradeoff: float, best: np.ndarray | float = 0.0) -> np.ndarray | float:
     and wherever the best is :data:`EASY` (every capable model answers a greeting well, whatever the setting);
     below 7, on harder requests, shrinking to none at 0, where only quality counts."""
     scaled = TIE * min(max(float(tradeoff), 0.0) / 7.0, 1.0)
+    if isinstance(best, float):
+        return TIE if best >= EASY else scaled
     return np.where(np.asarray(best) >= EASY, TIE, scaled)
 
 
 def scores(Q: np.ndarray, C: np.ndarray, tradeoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scores (higher is better) and whether each candidate is within :data:`TIE` of the best (… × candidates)."""
+    """Scores (higher is better) and whether each candidate is within the tie margin of the best (… × candidates)."""
     Q = np.asarray(Q, np.float64)
     C = np.asarray(C, np.float64)
-    best = Q.max(-1, keepdims=True)
+    best = float(Q.max()) if Q.ndim == 1 else Q.max(-1, keepdims=True)  # one request: Python floats
     top = best - tie(tradeoff, best)
     S = np.minimum(Q, top) - usd_weight(tradeoff) * C
     return S, Q >= top
@@ -61,7 +63,7 @@ def scores(Q: np.ndarray, C: np.ndarray, tradeoff: float) -> tuple[np.ndarray, n
 
 def rank(q: np.ndarray, cost: np.ndarray, tradeoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One request: candidate order (best first; equal scores: the cheaper first), scores, and which candidates
-    are within :data:`TIE` of the best."""
+    are within the tie margin of the best."""
     S, tied = scores(q, cost, tradeoff)
     return np.lexsort((np.asarray(cost), -S)), S, tied
 

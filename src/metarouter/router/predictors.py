@@ -245,9 +245,10 @@ class FamiliarityModel:
     anchors), or other traffic (real user prompts of no labelled domain). A multinomial classifier on the encoded
     request (the density ratios of the three). A probability of training-likeness ``≥ hi`` counts as fully
     familiar, ``≤ lo`` as not, linear between; everyday-likeness likewise between ``everyday_lo`` and
-    ``everyday_hi``. 0.6/0.9 for familiarity: of five settings, the best sum of OGR on the training prompts'
-    validation slice and, leaving each source out, on that source's training prompts (bench/router/RESULTS.md);
-    0.1/0.4 for everyday-likeness: what keeps the everyday battery on cheap models.
+    ``everyday_hi``. 0.6/0.9 for familiarity: of six settings on the training prompts (their validation slice, and
+    each source's prompts scored by a router trained without it), the best sum of OGR that still finds a word
+    problem in a user's own words familiar (bench/router/tune_dial.py, bench/router/RESULTS.md); 0.1/0.4 for
+    everyday-likeness: what keeps the everyday battery on cheap models.
     :meth:`predict` gives the familiarity (training-like) and the everyday-likeness."""
 
     def __init__(self, C: float = 1.0, lo: float = 0.6, hi: float = 0.9, everyday_lo: float = 0.1,
