@@ -144,22 +144,25 @@ def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_
     cheapest = min(range(len(cost)), key=cost.__getitem__)
     qmin, qbest = min(q), q[best]
     out = []
-    for rank, i in enumerate(order):
+    for rank, i in enumerate(order):  # the fallbacks' numbers are their candidates' fields, not repeated here
         qi, ci = q[i], cost[i]
-        qs = f"P(good)={qi:.2f}, ~{fmt_usd(ci)}"
         if rank:
             if i == cheapest:
-                why = f"cheapest; {(qbest - qi) * 100:.0f} pts below the best"
+                out.append(f"fallback {rank}: cheapest; {(qbest - qi) * 100:.0f} pts below the best")
+            elif i == best:
+                out.append(f"fallback {rank}: highest expected quality")
+            elif near_best[i]:
+                out.append(f"fallback {rank}: as good as the best")
             else:
-                why = "highest expected quality" if i == best else "as good as the best" if near_best[i] else \
-                    f"{(qbest - qi) * 100:.0f} pts below the best"
-            out.append(f"fallback {rank}: {why} ({qs})")
+                out.append(f"fallback {rank}: {(qbest - qi) * 100:.0f} pts below the best")
             continue
+        qs = f"P(good)={qi:.2f}, ~{fmt_usd(ci)}"
         if qmin >= SATURATED:
             why = f"all candidates expected to answer well (P≥{qmin:.2f}); " + \
                 ("cheapest chosen" if i == cheapest else "best for the price")
         elif near_best[i] and i != best:
-            why = f"as good as the best ({ids[best]}, within {float(policy.tie(tradeoff, qbest)) * 100:.0f} pts) and cheaper"
+            margin = float(policy.tie(tradeoff, qbest)) * 100
+            why = f"as good as the best ({ids[best]}, within {margin:.0f} pts) and cheaper"
         elif i == best:
             lead = (qi - q[cheapest]) * 100
             why = "highest expected quality" + (f", +{lead:.0f} pts over the cheapest ({ids[cheapest]})"
