@@ -60,7 +60,10 @@ class Constraints:
 
 @dataclass
 class Candidate:
-    """One ranked model: predicted quality (P(good answer)), cost in USD, tokens, score, and why it is where it is."""
+    """One ranked model: predicted quality (P(good answer)), cost in USD, tokens, score, and why it is where it is.
+
+    Numbers as reported: quality to 4 decimals, cost to the picodollar, score to 6, prior weight to 3 (the ranking
+    itself was made before rounding)."""
 
     model_id: str
     quality: float
@@ -73,9 +76,9 @@ class Candidate:
     reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_id": self.model_id, "quality": round(self.quality, 4), "cost_usd": float(f"{self.cost_usd:.6g}"),
+        return {"model_id": self.model_id, "quality": self.quality, "cost_usd": self.cost_usd,
                 "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens, "reason": self.reason,
-                "score": round(self.score, 6), "prior_weight": round(self.prior_weight, 3)}
+                "score": self.score, "prior_weight": self.prior_weight}
 
 
 class Excluded(NamedTuple):
@@ -481,8 +484,10 @@ class Router:
         cat = category_name(self.category.classes_[int(pred["category"][0])]) if self.category.classes_ else None
         if fam < 0.5:
             cat = "everyday request" if float(pred["everyday"][0]) >= 0.5 else None
-        ql, cl, pl, nb = q.tolist(), cost.tolist(), pw.tolist(), near_best.tolist()
-        sl, ol = S.tolist(), np.rint(out).astype(int).tolist()
+        # the candidates carry their numbers as the decision reports them (rounded once, here, for all of them)
+        ql, cl, pl, nb = np.round(q, 4).tolist(), np.round(cost, 12).tolist(), np.round(pw, 3).tolist(), \
+            near_best.tolist()
+        sl, ol = np.round(S, 6).tolist(), np.rint(out).astype(int).tolist()
         reasons = explain(ids, ql, cl, nb, order, t, fam, cat, pl)
         ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
                   for i, why in zip(order, reasons)]
