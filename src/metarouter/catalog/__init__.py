@@ -18,19 +18,6 @@ from typing import Any, Iterable
 PICO_PER_USD = 10**12
 PICO_PER_USD_PER_MTOK = 10**6  # a price of 1 USD per 1M tokens is 1e6 picodollars per token
 
-WIRE_BY_PROVIDER = {
-    "openai": "openai",
-    "deepseek": "openai",
-    "mistral": "openai",
-    "together": "openai",
-    "fireworks": "openai",
-    "deepinfra": "openai",
-    "anthropic": "anthropic",
-    "google": "gemini",
-    "cohere": "cohere",
-}
-
-
 def usd_per_mtok_to_pico(value: str | float | Decimal) -> int:
     """Convert a price in USD per 1M tokens to integer picodollars per token, exactly."""
     d = Decimal(str(value)) * PICO_PER_USD_PER_MTOK
@@ -209,6 +196,6 @@ def default_catalog() -> Catalog:
 
 
 __all__ = [
-    "Catalog", "Model", "PICO_PER_USD", "WIRE_BY_PROVIDER", "default_catalog", "load_seed_models", "matches",
+    "Catalog", "Model", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
     "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_to_pico", "replace",
 ]

@@ -281,7 +281,7 @@ class AnthropicAdapter(TableParameters):
             headers["x-api-key"] = provider.api_key
         if stream:
             headers["accept"] = "text/event-stream"
-        url = endpoint(provider.base_url or "https://api.anthropic.com", "v1", "/messages")
+        url = endpoint(provider.base_url, "v1", "/messages")
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, stream=stream)))
 
     def parse_response(self, data: bytes) -> dict[str, Any]:

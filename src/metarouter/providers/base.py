@@ -16,24 +16,12 @@ Adapters never do I/O: the pipeline sends what ``build_request`` returns and fee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..catalog import Model
+from ..config import ProviderConfig
 from ..errors import GatewayError
-
-
-@dataclass(slots=True)
-class ProviderConfig:
-    """Where one provider lives and how to authenticate there (from the config file, never from a request)."""
-
-    name: str
-    base_url: str
-    api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # resolved from api_key_env at start-up
-    wire: str = "openai"
-    headers: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

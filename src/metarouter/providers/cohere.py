@@ -163,7 +163,7 @@ class CohereAdapter(TableParameters):
                    "application/json", **provider.headers}
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
-        url = endpoint(provider.base_url or "https://api.cohere.com", "v2", "/chat")
+        url = endpoint(provider.base_url, "v2", "/chat")
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, stream=stream)))
 
     def parse_response(self, data: bytes) -> dict[str, Any]:

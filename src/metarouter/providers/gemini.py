@@ -398,9 +398,8 @@ class GeminiAdapter(TableParameters):
         headers = {"Content-Type": "application/json", **provider.headers}
         if provider.api_key:
             headers["x-goog-api-key"] = provider.api_key
-        base = provider.base_url or "https://generativelanguage.googleapis.com"
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        url = endpoint(base, "v1beta", f"/models/{model.native_model}:{method}")
+        url = endpoint(provider.base_url, "v1beta", f"/models/{model.native_model}:{method}")
         if stream:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, provider=provider)))

@@ -251,17 +251,14 @@ class LlamaHostAdapter(OpenAICompatAdapter):
     parameters = LLAMA_HOST_PARAMETERS
     param_notes: ClassVar[dict[str, str]] = {"max_completion_tokens": "→ max_tokens"}
 
-    def __init__(self, host: str):
-        self.host = host
-
     def supported_parameters(self, model: Model) -> list[str]:
         return super().supported_parameters(model) + ["max_completion_tokens"]
 
-    def native_name(self, model: Model, provider: ProviderConfig | None = None) -> str:
-        host = provider.name if provider is not None else self.host
-        if model.provider == host:
+    def native_name(self, model: Model, provider: ProviderConfig) -> str:
+        """The host's name for ``model`` (one adapter serves every host: the provider says which)."""
+        if model.provider == provider.name:
             return model.native_model
-        return LLAMA_NAMES.get(host, {}).get(model.id.lower(), model.native_model)
+        return LLAMA_NAMES.get(provider.name, {}).get(model.id.lower(), model.native_model)
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out = super().translate_body(body, model, stream=stream)
