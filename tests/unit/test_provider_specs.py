@@ -23,6 +23,7 @@ def test_the_table_lists_every_provider_once_with_a_known_wire_format():
     assert all(s.wire in WIRES and s.display for s in SPECS)
     assert set(WIRE_ADAPTERS) == set(WIRES)
     assert {m.provider for m in default_catalog()} <= set(PROVIDERS)  # the catalog names only listed providers
+    assert list(load_settings(env={}).providers) == [s.name for s in default_providers()]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
