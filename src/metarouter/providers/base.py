@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ..catalog import Model
 from ..config import ProviderConfig
 from ..errors import GatewayError
+from .common import Param
 
 
 @dataclass(slots=True)
@@ -60,6 +61,9 @@ class StreamTranslator(Protocol):
 
 class Adapter(Protocol):
     wire: str
+    #: the OpenAI request parameters it takes, as rows (``common.Param``): what ``supported_parameters`` and the
+    #: parameter docs read
+    param_table: tuple[Param, ...]
 
     def build_request(
         self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool
