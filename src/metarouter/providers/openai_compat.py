@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 
 from ..catalog import Model
-from ..errors import GatewayError, upstream_status_to_gateway
+from ..errors import GatewayError
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
-from .common import Param, TableParameters
+from .common import BaseAdapter, Param
 
 def forwarded(*names: str, needs: str | None = None) -> tuple[Param, ...]:
     """Rows of parameters an OpenAI-compatible upstream takes under their own names."""
@@ -84,7 +84,7 @@ def normalize_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-class OpenAICompatAdapter(TableParameters):
+class OpenAICompatAdapter(BaseAdapter):
     """Adapter for upstreams that speak OpenAI's chat-completions wire format."""
 
     wire = "openai"
@@ -165,29 +165,18 @@ class OpenAICompatAdapter(TableParameters):
     def stream_translator(self, model: Model) -> "OpenAIStreamTranslator":
         return OpenAIStreamTranslator(self)
 
-    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
-        message = None
-        meta: dict[str, Any] = {"provider_name": provider.name}
-        try:
-            body = orjson.loads(data)
-            err = body.get("error") if isinstance(body, dict) else None
-            if isinstance(err, dict):
-                message = err.get("message")
-                for k in ("type", "code", "param"):
-                    if err.get(k) is not None:
-                        meta[k] = err[k]
-            elif isinstance(err, str):
-                message = err
-            elif isinstance(body, dict) and isinstance(body.get("message"), str):  # Mistral, Together
-                message = body["message"]
-            elif isinstance(body, dict) and isinstance(body.get("detail"), str):
-                message = body["detail"]
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-        if not message:
-            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
-        meta["raw_status"] = status
-        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return None, {}
+        err = body.get("error")
+        if isinstance(err, dict):
+            return err.get("message"), {k: err[k] for k in ("type", "code", "param") if err.get(k) is not None}
+        if isinstance(err, str):
+            return err, {}
+        for key in ("message", "detail"):  # Mistral, Together; FastAPI-style hosts
+            if isinstance(body.get(key), str):
+                return body[key], {}
+        return None, {}
 
 
 class OpenAIStreamTranslator:
