@@ -30,6 +30,11 @@ def pico_to_usd(pico: int) -> float:
     return float(Decimal(pico) / PICO_PER_USD)
 
 
+def usd_string(pico: int) -> str:
+    """A per-token price as OpenRouter writes it: a plain decimal string, no exponent."""
+    return format((Decimal(pico) / PICO_PER_USD).normalize(), "f")
+
+
 def usd_to_pico(usd: float | str | Decimal) -> int:
     return int((Decimal(str(usd)) * PICO_PER_USD).to_integral_value())
 
@@ -197,5 +202,5 @@ def default_catalog() -> Catalog:
 
 __all__ = [
     "Catalog", "Model", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
-    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_to_pico", "replace",
+    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico", "replace",
 ]

@@ -198,6 +198,14 @@ class Gateway:
             return None
         return p
 
+    def supported_parameters(self, model: Model) -> list[str]:
+        """The request parameters forwarded to ``model`` (none when its provider is not configured)."""
+        p = self.settings.providers.get(model.provider)
+        try:
+            return list(get_adapter(p).supported_parameters(model)) if p is not None else []
+        except KeyError:  # a wire format without an adapter
+            return []
+
     def _release_later(self, key_id: str, amount: int) -> None:
         """Give a hold back without awaiting (safe in ``finally`` blocks of cancelled tasks)."""
         task = asyncio.get_running_loop().create_task(self.store.release(key_id, amount))
