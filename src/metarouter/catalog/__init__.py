@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from typing import Any, Iterable
@@ -202,5 +202,5 @@ def default_catalog() -> Catalog:
 
 __all__ = [
     "Catalog", "Model", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
-    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico", "replace",
+    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico",
 ]
