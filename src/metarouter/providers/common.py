@@ -259,7 +259,7 @@ class Param:
 
 
 def supported(table: Iterable[Param], model: Model) -> list[str]:
-    return [p.name for p in table if p.supported_by(model)]
+    return [p.name for p in table if p.needs is None or getattr(model, p.needs, False)]  # (supported_by, inlined)
 
 
 def apply_params(table: Iterable[Param], body: dict[str, Any], model: Model, out: dict[str, Any]) -> None:

@@ -61,8 +61,8 @@ class OpenAIAdapter(OpenAICompatAdapter):
     def supported_parameters(self, model: Model) -> list[str]:
         # o1 and later o-series models take a reasoning effort by name, as if their entry said `reasoning_control`
         by_name = takes_reasoning_effort(model)
-        params = [p.name for p in self.param_table
-                  if p.supported_by(model) or (by_name and p.needs == "reasoning_control")]
+        params = [p.name for p in self.param_table if p.needs is None or getattr(model, p.needs, False)
+                  or (by_name and p.needs == "reasoning_control")]
         native = model.native_model
         if not is_reasoning_model(native):
             return params
