@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -54,15 +55,14 @@ def takes_reasoning_effort(model: Model) -> bool:
 class OpenAIAdapter(OpenAICompatAdapter):
     """OpenAI itself: the reference adapter, plus the o-series rules (by native model name)."""
 
-    param_table = tuple(Param(p.name, p.target, needs=p.needs, note="o-series: → max_completion_tokens")
-                        if p.name == "max_tokens" else p for p in OPENAI_PARAMETERS) + (
+    param_table = tuple(replace(p, note="o-series: → max_completion_tokens") if p.name == "max_tokens" else p
+                        for p in OPENAI_PARAMETERS) + (
         Param("reasoning", None, needs="reasoning_control", note="→ reasoning_effort; a budget → its effort level"),)
 
     def supported_parameters(self, model: Model) -> list[str]:
-        # o1 and later o-series models take a reasoning effort by name, as if their entry said `reasoning_control`
-        by_name = takes_reasoning_effort(model)
-        params = [p.name for p in self.param_table if p.needs is None or getattr(model, p.needs, False)
-                  or (by_name and p.needs == "reasoning_control")]
+        if not model.reasoning_control and takes_reasoning_effort(model):
+            model = replace(model, reasoning_control=True)  # o1 and later o-series models: by their name
+        params = super().supported_parameters(model)
         native = model.native_model
         if not is_reasoning_model(native):
             return params
