@@ -70,6 +70,11 @@ def test_adding_a_provider_is_one_entry(monkeypatch):
     assert demo["acme"]["base_url"] == fake.url + "/acme/v2" and demo["acme"]["wire"] == "anthropic"
 
 
+def test_a_spec_names_a_known_wire_format():
+    with pytest.raises(ValueError, match="unknown wire format 'soap'"):
+        ProviderSpec("acme", "soap", "Acme")
+
+
 def test_an_unlisted_provider_takes_its_wire_formats_adapter_and_its_own_name():
     p = ProviderConfig(name="local", base_url="http://127.0.0.1:1/v1beta", wire="gemini")
     assert get_adapter(p) is WIRE_ADAPTERS["gemini"]

@@ -28,6 +28,10 @@ class ProviderSpec:
     #: ``module:Class`` (in ``metarouter.providers``) of its own adapter, for quirks; None: its wire format's
     adapter: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.wire not in WIRES:
+            raise ValueError(f"provider {self.name!r}: unknown wire format {self.wire!r} (one of {', '.join(WIRES)})")
+
 
 PROVIDERS: dict[str, ProviderSpec] = {s.name: s for s in (
     ProviderSpec("openai", "openai", "OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY"),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ..catalog import Model
-from ..catalog.providers import PROVIDERS, WIRES
+from ..catalog.providers import PROVIDERS
 from .anthropic import AnthropicAdapter
 from .base import Adapter, ProviderConfig, SSEEvent, StreamTranslator, UpstreamRequest
 from .cohere import CohereAdapter
@@ -20,12 +20,11 @@ from .gemini import GeminiAdapter
 from .openai_compat import OpenAICompatAdapter
 from .quirks import DeepSeekAdapter, LlamaHostAdapter, MistralAdapter, OpenAIAdapter
 
-#: each wire format's reference adapter (OpenAIAdapter only adds o-series rules keyed on the model name, harmless
-#: for other OpenAI-compatible upstreams)
+#: each wire format's reference adapter, one for each of ``catalog.providers.WIRES`` (OpenAIAdapter only adds
+#: o-series rules keyed on the model name, harmless for other OpenAI-compatible upstreams)
 WIRE_ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(), "anthropic": AnthropicAdapter(), "gemini": GeminiAdapter(), "cohere": CohereAdapter(),
 }
-assert set(WIRE_ADAPTERS) == set(WIRES)
 
 
 @functools.cache
