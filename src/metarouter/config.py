@@ -13,20 +13,31 @@ from typing import Any
 
 import yaml
 
-from .gateway.resilience import ResilienceSettings
-from .catalog import WIRE_BY_PROVIDER, Catalog, default_catalog
-from .providers.base import ProviderConfig
+from .catalog import Catalog, default_catalog
+from .catalog.providers import PROVIDERS, default_providers, provider_wire
 from .redact import register_secret
 
-DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
-    "openai": {"base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
-    "anthropic": {"base_url": "https://api.anthropic.com", "api_key_env": "ANTHROPIC_API_KEY"},
-    "google": {"base_url": "https://generativelanguage.googleapis.com/v1beta", "api_key_env": "GEMINI_API_KEY"},
-    "mistral": {"base_url": "https://api.mistral.ai/v1", "api_key_env": "MISTRAL_API_KEY"},
-    "deepseek": {"base_url": "https://api.deepseek.com", "api_key_env": "DEEPSEEK_API_KEY"},
-    "cohere": {"base_url": "https://api.cohere.com", "api_key_env": "COHERE_API_KEY"},
-    "together": {"base_url": "https://api.together.xyz/v1", "api_key_env": "TOGETHER_API_KEY"},
-}
+
+@dataclass(slots=True)
+class ProviderConfig:
+    """Where one provider lives and how to authenticate there (from the config file, never from a request)."""
+
+    name: str
+    base_url: str
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # resolved from api_key_env at start-up
+    wire: str = "openai"
+    headers: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResilienceSettings:
+    retries: int = 2  # extra tries of the last remaining candidate on a retryable error
+    backoff_base: float = 0.25  # seconds; full jitter: sleep U(0, base * 2**attempt), capped
+    backoff_max: float = 4.0
+    breaker_failures: int = 5  # failed requests in a row (a request and its retries: one) open a model's circuit
+    breaker_cooldown: float = 30.0  # seconds an open circuit refuses before one probe is let through
 
 
 @dataclass
@@ -96,8 +107,9 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderConfig:
-    base = DEFAULT_PROVIDERS.get(name, {})
-    merged = {**base, **(spec or {})}
+    known = PROVIDERS.get(name)
+    base = {"base_url": known.base_url, "api_key_env": known.key_env} if known is not None else {}
+    merged = {**{k: v for k, v in base.items() if v is not None}, **(spec or {})}
     if "base_url" not in merged:
         raise ValueError(f"provider {name!r} needs a base_url")
     key_env = merged.get("api_key_env")
@@ -111,7 +123,7 @@ def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderC
         base_url=str(merged["base_url"]).rstrip("/"),
         api_key_env=key_env,
         api_key=api_key,
-        wire=merged.get("wire") or WIRE_BY_PROVIDER.get(name, "openai"),
+        wire=merged.get("wire") or provider_wire(name),
         headers=dict(merged.get("headers") or {}),
         extra={k: v for k, v in merged.items() if k not in ("base_url", "api_key_env", "wire", "headers")},
     )
@@ -144,7 +156,7 @@ def load_settings(
                      ("image_fetch", ImageFetch)):
         if isinstance(raw.get(key), dict):
             setattr(s, key, cls(**{**getattr(s, key).__dict__, **raw[key]}))
-    specs: dict[str, Any] = {name: {} for name in DEFAULT_PROVIDERS}
+    specs: dict[str, Any] = {p.name: {} for p in default_providers()}
     specs.update(raw.get("providers") or {})
     s.providers = {name: _provider(name, spec or {}, env) for name, spec in specs.items() if spec is not False}
     disabled = [name for name, spec in specs.items() if spec is False]

@@ -53,10 +53,6 @@ class GatewayError(Exception):
         return f"GatewayError({self.status}, {self.message!r})"
 
 
-def bad_request(message: str, **metadata: Any) -> GatewayError:
-    return GatewayError(400, message, metadata=metadata or None)
-
-
 def upstream_status_to_gateway(status: int) -> int:
     """Map an upstream HTTP status to the status the gateway answers with (OpenRouter's set)."""
     if status in (400, 401, 402, 403, 404, 408, 413, 422, 429):

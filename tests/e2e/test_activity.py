@@ -454,3 +454,13 @@ def test_activity_page_filters_pages_exports_and_fits_a_phone(seeded, tmp_path):
         width, height = b.screenshot(shot)
         assert width == 390 and height > 844
         check_screenshot(shot, 390, b.eval(SERIES_COLORS))
+
+
+@pytest.mark.parametrize("token", [ADMIN + "x", ADMIN[:-1], ADMIN.upper(), "é" + ADMIN[1:]])
+def test_only_the_admin_key_itself_sees_everything(seeded, token):
+    """The activity API checks the admin key as the admin API does (digests compared in constant time): anything
+    else is an API key, and not a valid one."""
+    r = httpx.get(f"{seeded.url}/api/v1/activity/generations", headers={"Authorization": f"Bearer {token}".encode()},
+                  timeout=30)
+    assert r.status_code == 401, r.text
+    assert api(seeded, "/generations").status_code == 200

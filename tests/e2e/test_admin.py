@@ -136,6 +136,10 @@ def test_create_key_validation(admin_gw, body, fragment):
 def test_bad_json_and_unknown_keys(admin_gw):
     r = admin(admin_gw, "POST", "/keys", content=b"{nope", json=None)
     assert_error(r, 400, "json")
+    deep = b'{"name": "deep", "label": ' + b"[" * 100 + b"]" * 100 + b"}"  # the app's one body reader: depth too
+    assert_error(admin(admin_gw, "POST", "/keys", content=deep, json=None), 400, "nested deeper")
+    assert_error(admin(admin_gw, "POST", "/keys", content=b"[1]", json=None), 400, "JSON object")
+    assert_error(admin(admin_gw, "POST", "/credits", content=b"{" + b" " * 70_000 + b"}", json=None), 413, "too large")
     for public_id in ("0123456789ab", "' OR '1'='1", "abc", "0123456789ab; DROP TABLE keys"):
         for method in ("GET", "PATCH", "DELETE"):
             assert_error(admin(admin_gw, method, f"/keys/{public_id}", json={"disabled": True}), 404)

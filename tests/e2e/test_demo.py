@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from metarouter.config import DEFAULT_PROVIDERS
+from metarouter.catalog.providers import default_providers
 from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
 from metarouter.testing.gateway_process import free_port
 
@@ -23,7 +23,7 @@ def demo(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("demo")
     port = free_port()
     env = {k: v for k, v in os.environ.items()
-           if k not in FAKE_KEYS_ENV and k not in {p["api_key_env"] for p in DEFAULT_PROVIDERS.values()}
+           if k not in FAKE_KEYS_ENV and k not in {p.key_env for p in default_providers()}
            and not k.startswith("METAROUTER_")}
     log_path = data_dir / "serve.log"
     with open(log_path, "wb") as log:
@@ -90,7 +90,7 @@ def test_the_fakes_run_on_their_own_and_print_each_base_url():
     try:
         lines = [proc.stdout.readline() for _ in range(8)]
         urls = dict(line.split() for line in lines[1:])
-        assert set(urls) == set(DEFAULT_PROVIDERS)
+        assert set(urls) == {p.name for p in default_providers()}
         r = httpx.post(urls["openai"] + "/chat/completions", headers={"Authorization": "Bearer x"},
                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
         assert r.json()["choices"][0]["message"]["content"] == "You said: hi"

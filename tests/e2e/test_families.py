@@ -11,7 +11,8 @@ import httpx
 import openai
 import pytest
 
-from metarouter.catalog import WIRE_BY_PROVIDER, default_catalog
+from metarouter.catalog import default_catalog
+from metarouter.catalog.providers import provider_wire
 from metarouter.providers import ProviderConfig, get_adapter
 from metarouter.testing.fake_providers import ERROR_BODIES
 
@@ -267,7 +268,7 @@ def test_image_message(client, fake, fam):
 def test_json_mode(client, fake, fam):
     resp = client.chat.completions.create(model=fam.model, response_format={"type": "json_object"},
                                           messages=[{"role": "user", "content": "give json"}])
-    adapter = get_adapter(ProviderConfig(name=fam.m.provider, base_url="", wire=WIRE_BY_PROVIDER[fam.m.provider]))
+    adapter = get_adapter(ProviderConfig(name=fam.m.provider, base_url="", wire=provider_wire(fam.m.provider)))
     supported = "response_format" in adapter.supported_parameters(fam.m)
     if supported:
         assert json.loads(resp.choices[0].message.content) == {"echo": "give json"}

@@ -19,7 +19,8 @@ from provider_sdkcheck import (
     validate_model,
 )
 
-from metarouter.catalog import WIRE_BY_PROVIDER, default_catalog
+from metarouter.catalog import default_catalog
+from metarouter.catalog.providers import provider_wire
 from metarouter.providers import ProviderConfig, get_adapter
 from metarouter.testing.fake_providers import HANDLERS
 
@@ -80,7 +81,7 @@ def call(family: str, body: dict, *, stream: bool = False):
     """Adapter → fake → adapter; returns (OpenAI response or accumulated stream, native request body)."""
     model = CAT.get(MODELS[family])
     provider = ProviderConfig(name=family, base_url=f"http://fake/{family}", api_key="k",
-                              wire=WIRE_BY_PROVIDER[family])
+                              wire=provider_wire(family))
     adapter = get_adapter(provider)
     req = adapter.build_request(body, model, provider, stream=stream)
     parts = urlsplit(req.url)

@@ -9,7 +9,8 @@ import sys
 import orjson
 import pytest
 
-from metarouter.catalog import WIRE_BY_PROVIDER, default_catalog
+from metarouter.catalog import default_catalog
+from metarouter.catalog.providers import provider_wire
 from metarouter.providers import ProviderConfig, get_adapter
 from metarouter.providers.params import check_parameters, markdown
 
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def adapter_for(model):
-    return get_adapter(ProviderConfig(name=model.provider, base_url="http://upstream", wire=WIRE_BY_PROVIDER[model.provider]))
+    return get_adapter(ProviderConfig(name=model.provider, base_url="http://upstream", wire=provider_wire(model.provider)))
 
 
 def test_check_parameters_lists_only_unsupported_present_params() -> None:

@@ -234,3 +234,17 @@ def test_cached_prompt_tokens_parsed(prov: str, usage: dict) -> None:
     check_openai_completion(out)
     assert out["usage"] == {"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
                             "prompt_tokens_details": {"cached_tokens": 1920}}
+
+
+@pytest.mark.parametrize("model_id", ["deepseek/deepseek-r1", "mistralai/mistral-large-2407",
+                                      "meta-llama/llama-3.1-70b-instruct"])
+@pytest.mark.parametrize("first", ["max_tokens", "max_completion_tokens"])
+def test_a_renamed_parameter_never_overwrites_the_one_of_its_target_name(model_id, first):
+    """Upstreams with only ``max_tokens``: ``max_completion_tokens`` is sent as it, unless both came (whatever
+    their order in the body): then ``max_tokens`` is the one sent."""
+    second = "max_completion_tokens" if first == "max_tokens" else "max_tokens"
+    both = build(model_id, {"messages": MSGS, first: 10 if first == "max_tokens" else 20,
+                            second: 10 if second == "max_tokens" else 20})
+    assert both["max_tokens"] == 10 and "max_completion_tokens" not in both
+    alone = build(model_id, {"messages": MSGS, "max_completion_tokens": 20})
+    assert alone["max_tokens"] == 20 and "max_completion_tokens" not in alone

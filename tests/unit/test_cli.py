@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
+from metarouter.catalog.providers import default_providers
 from metarouter.cli import build_parser, main
-from metarouter.config import DEFAULT_PROVIDERS
 
 
 def run_cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -64,8 +64,8 @@ def test_keys_list_has_a_header(tmp_path, capsys):
 @pytest.fixture
 def only_openai(monkeypatch, tmp_path):
     """A config whose only available provider is openai, with a model added to the catalog."""
-    for spec in DEFAULT_PROVIDERS.values():
-        monkeypatch.delenv(spec["api_key_env"], raising=False)
+    for spec in default_providers():
+        monkeypatch.delenv(spec.key_env, raising=False)
     monkeypatch.setenv("MR_TEST_OPENAI_KEY", "sk-test")
     cfg = tmp_path / "metarouter.yaml"
     cfg.write_text(yaml.safe_dump({
@@ -87,8 +87,8 @@ def test_route_sees_the_configs_models_and_availability(only_openai, capsys):
 
 
 def test_route_without_any_key_says_it_uses_the_whole_catalog(monkeypatch, capsys):
-    for spec in DEFAULT_PROVIDERS.values():
-        monkeypatch.delenv(spec["api_key_env"], raising=False)
+    for spec in default_providers():
+        monkeypatch.delenv(spec.key_env, raising=False)
     assert main(["route", "hello", "--json", "--models", "anthropic/*"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["model"].startswith("anthropic/") and "whole catalog" in out.err

@@ -12,7 +12,6 @@ from __future__ import annotations
 import calendar
 import csv
 import dataclasses
-import hmac
 import io
 import math
 import time
@@ -23,10 +22,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..catalog import pico_to_usd
+from ..catalog import pico_to_usd, usd_string
 from ..errors import GatewayError
 from ..store.base import ActivityQuery, merge_breakdown
-from .app import MAX_APP_HEADER, api_routes, generation_view, json_response, usd_string
+from .admin import is_admin
+from .app import MAX_APP_HEADER, api_routes, generation_view, json_response
 
 STATUSES = ("ok", "error", "cancelled")
 MAX_PAGE = 500  # generations per page
@@ -47,15 +47,9 @@ def _day_start(value: str, name: str) -> float:
         raise GatewayError(400, f"`{name}` must be a date YYYY-MM-DD") from None
 
 
-def _admin(request: Request) -> bool:
-    admin = request.app.state.settings.admin_key
-    token = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return bool(admin and token and hmac.compare_digest(token.encode(), admin.encode()))
-
-
 async def _scope(request: Request) -> str | None:
     """The key id whose activity the caller may see; None for the admin (everything)."""
-    if _admin(request):
+    if is_admin(request):
         return _text(request, "key")
     key = await request.app.state.auth.authenticate(request)
     return key.public_id
@@ -185,7 +179,7 @@ async def summary(request: Request) -> Response:
     (over the window alone, so that choosing one does not hide the others; ``facets=false`` leaves them out).
 
     Few scans of the records: the series (per bucket and model) merge into the models and the totals."""
-    admin = _admin(request)
+    admin = is_admin(request)
     query = _filters(request, await _scope(request))
     with_facets = _flag(request, "facets")
     store = request.app.state.store

@@ -2,8 +2,9 @@
 
 - No admin key configured: every endpoint answers 403 (the API is off).
 - No ``Authorization: Bearer …``: 401. Anything but the admin key (an API key included): 403.
-- The admin key is compared in constant time (digests of equal length), and neither it nor any API key appears in
-  a log line, an error message or a listing. A new key's plaintext is returned once, by ``POST /keys``.
+- The admin key is compared in constant time (digests of equal length: :func:`is_admin`, which the activity API
+  uses too), and neither it nor any API key appears in a log line, an error message or a listing. A new key's
+  plaintext is returned once, by ``POST /keys``.
 
 Endpoints (under ``/api/v1`` and ``/v1``): ``POST /keys`` (create), ``GET /keys`` (list), ``GET /keys/{id}``,
 ``PATCH /keys/{id}`` (disable/enable, limit, rpm, tpm, label), ``DELETE /keys/{id}`` (disable; records and usage
@@ -20,7 +21,6 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,43 +28,42 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, pico_to_usd
 from ..errors import GatewayError
 from ..store import KeyRecord
-from .app import MAX_CREDITS_PICO, api_routes, credits_view
+from .app import MAX_CREDITS_PICO, api_routes, credits_view, json_response, read_json
 
 MAX_BODY = 64 * 1024
 _PUBLIC_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_USD = Decimal(10) ** 6  # one limit or top-up; in picodollars it must fit the stores' 64-bit integers
 
 
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def is_admin(request: Request) -> bool:
+    """Whether the request presents the admin key (``Authorization: Bearer …``), compared in constant time."""
+    configured = request.app.state.settings.admin_key
+    token = _bearer(request)
+    if not configured or token is None:
+        return False
+    presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+    return hmac.compare_digest(presented, hashlib.sha256(configured.encode("utf-8")).digest())
 
 
 def check_admin(request: Request) -> None:
-    configured = request.app.state.settings.admin_key
-    if not configured:
+    if not request.app.state.settings.admin_key:
         raise GatewayError(403, "The admin API is disabled: set METAROUTER_ADMIN_KEY to enable it", retryable=False)
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if _bearer(request) is None:
         raise GatewayError(401, "Missing admin key: send `Authorization: Bearer <admin key>`", retryable=False)
-    presented = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-    expected = hashlib.sha256(configured.encode("utf-8")).digest()
-    if not hmac.compare_digest(presented, expected):
+    if not is_admin(request):
         raise GatewayError(403, "This key is not the admin key", retryable=False)
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise GatewayError(413, f"Request body too large (limit {MAX_BODY} bytes)")
-    if not raw:
+    body = await read_json(request, limit=MAX_BODY, required=False)
+    if body is None:
         return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise GatewayError(400, "Invalid JSON in request body") from None
     if not isinstance(body, dict):
         raise GatewayError(400, "The request body must be a JSON object")
     return body
@@ -140,13 +139,13 @@ async def create_key(request: Request) -> Response:
     limit = _usd_pico("limit", body.get("limit"), allow_null=True)
     rpm, tpm = _per_minute("rpm", body.get("rpm")), _per_minute("tpm", body.get("tpm"))
     plaintext, rec = await request.app.state.store.create_key(label, limit_pico=limit, rpm=rpm, tpm=tpm)
-    return _json({"data": key_view(rec), "key": plaintext}, 201)
+    return json_response({"data": key_view(rec), "key": plaintext}, 201)
 
 
 async def list_keys(request: Request) -> Response:
     check_admin(request)
     keys = await request.app.state.store.list_keys()
-    return _json({"data": [key_view(k) for k in keys]})
+    return json_response({"data": [key_view(k) for k in keys]})
 
 
 async def get_key(request: Request) -> Response:
@@ -154,7 +153,7 @@ async def get_key(request: Request) -> Response:
     rec = await request.app.state.store.get_key(_public_id(request))
     if rec is None:
         raise GatewayError(404, "Key not found")
-    return _json({"data": key_view(rec)})
+    return json_response({"data": key_view(rec)})
 
 
 async def update_key(request: Request) -> Response:
@@ -180,7 +179,7 @@ async def update_key(request: Request) -> Response:
     if rec is None:
         raise GatewayError(404, "Key not found")
     request.app.state.auth.invalidate(public_id)
-    return _json({"data": key_view(rec)})
+    return json_response({"data": key_view(rec)})
 
 
 async def delete_key(request: Request) -> Response:
@@ -190,7 +189,7 @@ async def delete_key(request: Request) -> Response:
     if rec is None:
         raise GatewayError(404, "Key not found")
     request.app.state.auth.invalidate(public_id)
-    return _json({"data": key_view(rec), "deleted": True})
+    return json_response({"data": key_view(rec), "deleted": True})
 
 
 async def add_credits(request: Request) -> Response:
@@ -203,7 +202,7 @@ async def add_credits(request: Request) -> Response:
     if (current or 0) + amount > MAX_CREDITS_PICO:
         raise GatewayError(400, f"The account's credit would exceed {pico_to_usd(MAX_CREDITS_PICO):.0f} USD")
     credits, usage = await request.app.state.store.add_credits(amount)
-    return _json({"data": credits_view(credits, usage)})
+    return json_response({"data": credits_view(credits, usage)})
 
 
 def admin_routes() -> list[Route]:
@@ -217,4 +216,4 @@ def admin_routes() -> list[Route]:
     )
 
 
-__all__ = ["admin_routes", "check_admin", "key_view"]
+__all__ = ["admin_routes", "check_admin", "is_admin", "key_view"]

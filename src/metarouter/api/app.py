@@ -7,7 +7,6 @@ import contextlib
 import logging
 import sys
 import time
-from decimal import Decimal
 from typing import Any, AsyncIterator
 
 import orjson
@@ -17,11 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..catalog import PICO_PER_USD, Model, pico_to_usd
+from ..catalog import PICO_PER_USD, Model, pico_to_usd, usd_string
 from ..config import Settings
 from ..errors import GatewayError
 from ..gateway.pipeline import Gateway, RequestContext
-from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
 from ..swr import SWRCache
@@ -115,12 +113,6 @@ def store_unreachable(exc: BaseException) -> GatewayError | None:
                              "shortly.", headers={"Retry-After": "2"}, metadata={"error_type": type(exc).__name__})
 
 
-def usd_string(pico: int) -> str:
-    """A per-token price as OpenRouter writes it: a plain decimal string, no exponent."""
-    d = (Decimal(pico) / PICO_PER_USD).normalize()
-    return format(d, "f")
-
-
 class KeyAuth:
     """Resolves ``Authorization: Bearer sk-mr-…`` to a key record; records are cached briefly by public id."""
 
@@ -159,11 +151,6 @@ TOKENIZER_NAMES = {
 
 
 def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
-    provider = gateway.settings.providers.get(m.provider)
-    params: list[str] = []
-    if provider is not None:
-        with contextlib.suppress(KeyError):
-            params = list(get_adapter(provider).supported_parameters(m))
     inputs = ["text", "image"] if m.vision else ["text"]
     created = 0
     with contextlib.suppress(ValueError):
@@ -201,7 +188,7 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
             "is_moderated": False,
         },
         "per_request_limits": None,
-        "supported_parameters": params,
+        "supported_parameters": gateway.supported_parameters(m),
         "default_parameters": None,
         "supported_voices": None,
         "links": {"details": f"/api/v1/models/{m.id}/endpoints"},
@@ -209,12 +196,347 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    """The ASGI app. ``store`` may be given (tests); otherwise it is opened from ``settings.db_url``."""
-    state: dict[str, Any] = {}
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
 
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def read_json(request: Request, *, limit: int | None = None, required: bool = True) -> Any:
+    """The request's JSON body, the one reader of every endpoint: at most ``limit`` bytes (default: the settings'
+    ``max_body_bytes``), nested at most ``max_json_depth`` levels. An empty body is a 400 when ``required``, else
+    None."""
+    settings = _settings(request)
+    limit = settings.limits.max_body_bytes if limit is None else limit
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            if int(cl) > limit:
+                raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
+        except ValueError:
+            raise GatewayError(400, "Invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        if not required:
+            return None
+        raise GatewayError(400, "The request body is empty: send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
+    if not json_depth_ok(body, settings.limits.max_json_depth):
+        raise GatewayError(400, f"JSON nested deeper than {settings.limits.max_json_depth} levels")
+    return body
+
+
+def request_context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
+    h = request.headers
+    referer = header_text(h.get("http-referer") or h.get("referer") or None)
+    title = header_text(h.get("x-openrouter-title") or h.get("x-title") or None)
+    return RequestContext(
+        key=key,
+        app_referer=referer[:MAX_APP_HEADER] if referer else None,
+        app_title=title[:MAX_APP_HEADER] if title else None,
+        want_metadata=h.get("x-openrouter-metadata", "").lower() in ("enabled", "true", "1"),
+        session_id=body.get("session_id") or h.get("x-session-id") or None,
+    )
+
+
+async def authorize(request: Request, *, x_api_key: bool = False) -> KeyRecord:
+    """The key of a request (a completion request's head is bounded by the server, before routing)."""
+    return await request.app.state.auth.authenticate(request, x_api_key=x_api_key)
+
+
+async def admit(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
+    """A valid chat body's context, once the request hooks (rate limits) let it through."""
+    ctx = request_context(request, key, body)
+    for hook in request.app.state.request_hooks:
+        await hook(request, key, body, ctx)
+    return ctx
+
+
+async def open_stream(request: Request, body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
+    """The pipeline's SSE frames. Raises ``GatewayError`` while an HTTP status can still be answered (nothing
+    started within ``stream_commit_after``); after that, errors come as a terminal chunk."""
+    settings = _settings(request)
+    frames = await _gateway(request).stream(body, ctx)
+    first_task = asyncio.ensure_future(frames.__anext__())
+    done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
+    if not done:
+        return _relay(frames, settings.keepalive_interval, pending=first_task, model=body.get("model") or "")
+    try:
+        first = first_task.result()
+    except StopAsyncIteration:
+        raise GatewayError(502, "The upstream stream ended without an answer") from None
+    except GatewayError:
+        raise
+    except Exception as exc:
+        err = store_unreachable(exc)
+        if err is None:
+            raise
+        raise err from None
+    return _relay(frames, settings.keepalive_interval, first=first)
+
+
+async def _relay(
+    frames: AsyncIterator[bytes], keepalive: float, *, first: bytes | None = None,
+    pending: asyncio.Future | None = None, model: str = "",
+) -> AsyncIterator[bytes]:
+    """The frames, after ``first`` or after ``pending`` (the first, still awaited: a processing comment every
+    ``keepalive`` seconds meanwhile, and its error as a terminal chunk)."""
+    try:
+        if pending is not None:
+            yield SSE_PROCESSING
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if done:
+                    break
+                yield SSE_PROCESSING
+            try:
+                try:
+                    first = pending.result()
+                except GatewayError:
+                    raise
+                except Exception as exc:
+                    raise store_unreachable(exc) or exc from None
+            except GatewayError as err:
+                yield sse_data({  # nothing answered: a fresh id, the model as requested
+                    "id": new_generation_id(), "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": model, "system_fingerprint": None,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+                    "error": err.stream_body(),
+                })
+                yield SSE_DONE
+                return
+            except StopAsyncIteration:
+                return
+        assert first is not None
+        yield first
+        async for frame in frames:
+            yield frame
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        with contextlib.suppress(BaseException):
+            await frames.aclose()  # type: ignore[attr-defined]
+
+
+def sse_response(it: AsyncIterator[bytes]) -> StreamingResponse:
+    return LeanStreamingResponse(it, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def chat_completions(request: Request) -> Response:
+    key = await authorize(request)
+    body = validate_chat_body(await read_json(request), max_messages=_settings(request).limits.max_messages)
+    ctx = await admit(request, key, body)
+    if not body.get("stream"):
+        return json_response(await _gateway(request).complete(body, ctx))
+    return sse_response(await open_stream(request, body, ctx))
+
+
+async def messages(request: Request) -> Response:
+    """Anthropic's Messages API: translated to a chat request, run by the same pipeline, translated back."""
+    max_messages = _settings(request).limits.max_messages
+    try:
+        key = await authorize(request, x_api_key=True)
+        req = messages_api.translate_request(await read_json(request), max_messages=max_messages)
+        body = validate_chat_body(req.chat, max_messages=max_messages)
+        ctx = await admit(request, key, body)
+        if not body.get("stream"):
+            return json_response(messages_api.translate_response(await _gateway(request).complete(body, ctx), req))
+        return sse_response(messages_api.relay(await open_stream(request, body, ctx), req))
+    except GatewayError as err:
+        return json_response(messages_api.error_body(err), err.status, err.headers or None)
+
+
+async def create_response(request: Request) -> Response:
+    """``POST /responses``: OpenAI's Responses API, run as a chat request (same auth, limits, pipeline, record and
+    bill); errors in OpenAI's shape."""
+    max_items = _settings(request).limits.max_messages
+    try:
+        key = await authorize(request)
+        rbody = validate_responses_body(await read_json(request), max_items=max_items)
+        history: list[dict[str, Any]] = []
+        prev = rbody.get("previous_response_id")
+        conversations = request.app.state.conversations
+        if prev:
+            try:
+                found = await conversations.get(prev, key.public_id)
+            except Exception:
+                log.warning("could not read the conversation of %s", prev[:80], exc_info=True)
+                raise GatewayError(503, "The conversation store is unreachable; try again") from None
+            if found is None:
+                raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
+                                        "stored, or older than the retention time).", retryable=False,
+                                   metadata={"param": "previous_response_id",
+                                             "code": "previous_response_not_found"})
+            history = found
+        body = validate_chat_body(to_chat(rbody, history, max_items=max_items), max_messages=max_items)
+        ctx = await admit(request, key, body)
+        if not body.get("stream"):
+            resp = response_from_chat(rbody, await _gateway(request).complete(body, ctx))
+            if rbody.get("store") is not False:
+                await _keep(conversations, resp["id"], key, history_of(rbody, body, resp["output"]))
+            return json_response(resp)
+        frames = await open_stream(request, body, ctx)
+    except GatewayError as err:
+        return json_response(error_body(err), err.status, err.headers or None)
+    return sse_response(_response_events(rbody, body, key, frames, conversations))
+
+
+async def _keep(conversations: Any, response_id: str, key: KeyRecord, messages: list[dict[str, Any]]) -> None:
+    """Store a conversation; a store that fails costs the follow-up, never the answer already given."""
+    try:
+        await conversations.put(response_id, key.public_id, messages)
+    except Exception:
+        log.warning("could not store the conversation of %s", response_id, exc_info=True)
+
+
+async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
+                           frames: AsyncIterator[bytes], conversations: Any) -> AsyncIterator[bytes]:
+    """The chat frames as Responses events; the conversation is kept once the response is complete."""
+    translator = ResponsesStream(rbody)
+    parser = SSEParser()
+
+    def encode(events: list[dict[str, Any]]) -> bytes:
+        return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+    try:
+        async for frame in frames:
+            if frame == SSE_PROCESSING:
+                yield frame
+                continue
+            events: list[dict[str, Any]] = []
+            for ev in parser.feed(frame):
+                if ev.data and ev.data != "[DONE]":
+                    events += translator.feed(orjson.loads(ev.data))
+            if events:
+                yield encode(events)
+        last = translator.finish()
+        final = translator.final
+        if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
+            # kept before the last event goes out: a client may continue as soon as it sees it
+            await _keep(conversations, final["id"], key, history_of(rbody, body, final["output"]))
+        yield encode(last)
+    finally:
+        with contextlib.suppress(BaseException):
+            await frames.aclose()  # type: ignore[attr-defined]
+
+
+async def list_models(request: Request) -> Response:
+    gw = _gateway(request)
+    data = [model_schema(m, gw) for m in gw.catalog]
+    for hook in request.app.state.models_hooks:
+        data = hook(data)
+    return json_response({"data": data, "total_count": len(data), "links": {"next": None}})
+
+
+async def get_generation(request: Request) -> Response:
+    key = await authorize(request)
+    gen_id = request.query_params.get("id")
+    if not gen_id:
+        raise GatewayError(400, "Query parameter `id` is required")
+    st: Store = request.app.state.store
+    await st.flush()
+    rec = await st.get_generation(gen_id)
+    if rec is None or rec.get("key_id") != key.public_id:
+        raise GatewayError(404, f"Generation {gen_id} not found")
+    return json_response({"data": generation_view(rec)})
+
+
+async def get_key(request: Request) -> Response:
+    key = await authorize(request)
+    st: Store = request.app.state.store
+    await st.flush()
+    fresh = await st.get_key(key.public_id) or key
+    spent = await st.key_spend_windows(key.public_id)
+    limit = pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None
+    remaining = pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None
+    budget = None
+    if limit is not None:
+        budget = {"budget_id": None, "guardrail_id": None, "include_byok": False, "limit_usd": limit,
+                  "remaining_usd": remaining, "reset_interval": None, "resets_at": None, "scope": "key_limit",
+                  "spend_usd": pico_to_usd(fresh.usage_pico)}
+    return json_response({"data": {
+        "label": fresh.label,
+        "usage": pico_to_usd(fresh.usage_pico),
+        "usage_daily": pico_to_usd(spent["day"]),
+        "usage_weekly": pico_to_usd(spent["week"]),
+        "usage_monthly": pico_to_usd(spent["month"]),
+        "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
+        "include_byok_in_limit": False,
+        "limit": limit,
+        "limit_remaining": remaining,
+        "limit_reset": None,
+        "budgets": [budget] if budget else [],
+        "effective_budget": budget,
+        "is_free_tier": False,
+        "is_provisioning_key": False,
+        "is_management_key": False,
+        "allowed_data_regions": ["global"],
+        "creator_user_id": None,
+        "organization_id": None,
+        "workspace_id": None,
+        "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
+        "rate_limit": {"requests": fresh.rpm or -1, "interval": "1m",
+                       "note": "requests per minute for this key; -1: no limit"},
+        "tokens_per_minute": fresh.tpm,
+    }})
+
+
+async def get_credits(request: Request) -> Response:
+    await authorize(request)
+    st: Store = request.app.state.store
+    await st.flush()
+    credits, usage = await st.get_credits()
+    return json_response({"data": credits_view(credits, usage)})
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    if getattr(request.app.state, "gateway", None) is None:
+        return json_response({"status": "starting"}, 503)
+    return json_response({"status": "ready"})
+
+
+async def on_gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(GatewayError(exc.status_code, str(exc.detail)))
+
+
+async def on_error(request: Request, exc: Exception) -> Response:
+    err = store_unreachable(exc)
+    if err is not None:
+        log.warning("%s %s: the database is unreachable (%s)", request.method, request.url.path, type(exc).__name__)
+        return error_response(err)
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(GatewayError(500, "Internal server error"))
+
+
+def _lifespan(store: Store | None):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        settings: Settings = app.state.settings
         st = store or open_store(settings.db_url)
         await st.open()
         gw = Gateway(settings, st)
@@ -222,8 +544,6 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         app.state.store = st
         app.state.gateway = gw
         app.state.auth = KeyAuth(st, settings.auth_cache_ttl)
-        app.state.read_json = read_json  # the one body reader, for endpoints wired in from other modules
-        state.update(store=st, gateway=gw, auth=app.state.auth)
         for hook in app.state.startup_hooks:
             await hook(app)
         try:
@@ -235,304 +555,12 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
             await gw.close()
             await st.close()
 
-    async def read_json(request: Request) -> Any:
-        limit = settings.limits.max_body_bytes
-        cl = request.headers.get("content-length")
-        if cl is not None:
-            try:
-                if int(cl) > limit:
-                    raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
-            except ValueError:
-                raise GatewayError(400, "Invalid Content-Length header") from None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise GatewayError(413, f"Request body too large (limit {limit} bytes)")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw:
-            raise GatewayError(400, "The request body is empty: send a JSON object")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise GatewayError(400, f"Invalid JSON in request body: {exc}") from None
-        if not json_depth_ok(body, settings.limits.max_json_depth):
-            raise GatewayError(400, f"JSON nested deeper than {settings.limits.max_json_depth} levels")
-        return body
+    return lifespan
 
-    def context(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
-        h = request.headers
-        referer = header_text(h.get("http-referer") or h.get("referer") or None)
-        title = header_text(h.get("x-openrouter-title") or h.get("x-title") or None)
-        return RequestContext(
-            key=key,
-            app_referer=referer[:MAX_APP_HEADER] if referer else None,
-            app_title=title[:MAX_APP_HEADER] if title else None,
-            want_metadata=h.get("x-openrouter-metadata", "").lower() in ("enabled", "true", "1"),
-            session_id=body.get("session_id") or h.get("x-session-id") or None,
-        )
 
-    async def authorize(request: Request, *, x_api_key: bool = False) -> KeyRecord:
-        """The key of a completion request (its head's size is bounded by the server, before routing)."""
-        return await state["auth"].authenticate(request, x_api_key=x_api_key)
-
-    async def admit(request: Request, key: KeyRecord, body: dict[str, Any]) -> RequestContext:
-        """A valid chat body's context, once the request hooks (rate limits) let it through."""
-        ctx = context(request, key, body)
-        for hook in request.app.state.request_hooks:
-            await hook(request, key, body, ctx)
-        return ctx
-
-    async def open_stream(body: dict[str, Any], ctx: RequestContext) -> AsyncIterator[bytes]:
-        """The pipeline's SSE frames. Raises ``GatewayError`` while an HTTP status can still be answered (nothing
-        started within ``stream_commit_after``); after that, errors come as a terminal chunk."""
-        frames = await state["gateway"].stream(body, ctx)
-        first_task = asyncio.ensure_future(frames.__anext__())
-        done, _ = await asyncio.wait({first_task}, timeout=settings.stream_commit_after)
-        if not done:
-            return _relay(frames, pending=first_task, model=body.get("model") or "")
-        try:
-            first = first_task.result()
-        except StopAsyncIteration:
-            raise GatewayError(502, "The upstream stream ended without an answer") from None
-        except GatewayError:
-            raise
-        except Exception as exc:
-            err = store_unreachable(exc)
-            if err is None:
-                raise
-            raise err from None
-        return _relay(frames, first=first)
-    async def chat_completions(request: Request) -> Response:
-        key = await authorize(request)
-        body = validate_chat_body(await read_json(request), max_messages=settings.limits.max_messages)
-        ctx = await admit(request, key, body)
-        if not body.get("stream"):
-            return json_response(await state["gateway"].complete(body, ctx))
-        return _sse_response(await open_stream(body, ctx))
-
-    async def messages(request: Request) -> Response:
-        """Anthropic's Messages API: translated to a chat request, run by the same pipeline, translated back."""
-        try:
-            key = await authorize(request, x_api_key=True)
-            req = messages_api.translate_request(await read_json(request), max_messages=settings.limits.max_messages)
-            body = validate_chat_body(req.chat, max_messages=settings.limits.max_messages)
-            ctx = await admit(request, key, body)
-            if not body.get("stream"):
-                return json_response(messages_api.translate_response(await state["gateway"].complete(body, ctx), req))
-            return _sse_response(messages_api.relay(await open_stream(body, ctx), req))
-        except GatewayError as err:
-            return json_response(messages_api.error_body(err), err.status, err.headers or None)
-
-    async def create_response(request: Request) -> Response:
-        """``POST /responses``: OpenAI's Responses API, run as a chat request (same auth, limits, pipeline,
-        record and bill); errors in OpenAI's shape."""
-        try:
-            key = await authorize(request)
-            rbody = validate_responses_body(await read_json(request), max_items=settings.limits.max_messages)
-            history: list[dict[str, Any]] = []
-            prev = rbody.get("previous_response_id")
-            conversations = request.app.state.conversations
-            if prev:
-                try:
-                    found = await conversations.get(prev, key.public_id)
-                except Exception:
-                    log.warning("could not read the conversation of %s", prev[:80], exc_info=True)
-                    raise GatewayError(503, "The conversation store is unreachable; try again") from None
-                if found is None:
-                    raise GatewayError(404, f"Previous response with id '{prev[:80]}' not found (unknown, not "
-                                            "stored, or older than the retention time).", retryable=False,
-                                       metadata={"param": "previous_response_id",
-                                                 "code": "previous_response_not_found"})
-                history = found
-            body = validate_chat_body(to_chat(rbody, history, max_items=settings.limits.max_messages),
-                                      max_messages=settings.limits.max_messages)
-            ctx = await admit(request, key, body)
-            if not body.get("stream"):
-                resp = response_from_chat(rbody, await state["gateway"].complete(body, ctx))
-                if rbody.get("store") is not False:
-                    await keep(conversations, resp["id"], key, history_of(rbody, body, resp["output"]))
-                return json_response(resp)
-            frames = await open_stream(body, ctx)
-        except GatewayError as err:
-            return json_response(error_body(err), err.status, err.headers or None)
-        return _sse_response(_response_events(rbody, body, key, frames, conversations))
-
-    async def keep(conversations: Any, response_id: str, key: KeyRecord, messages: list[dict[str, Any]]) -> None:
-        """Store a conversation; a store that fails costs the follow-up, never the answer already given."""
-        try:
-            await conversations.put(response_id, key.public_id, messages)
-        except Exception:
-            log.warning("could not store the conversation of %s", response_id, exc_info=True)
-
-    async def _response_events(rbody: dict[str, Any], body: dict[str, Any], key: KeyRecord,
-                               frames: AsyncIterator[bytes], conversations: Any) -> AsyncIterator[bytes]:
-        """The chat frames as Responses events; the conversation is kept once the response is complete."""
-        translator = ResponsesStream(rbody)
-        parser = SSEParser()
-
-        def encode(events: list[dict[str, Any]]) -> bytes:
-            return b"".join(b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events)
-
-        try:
-            async for frame in frames:
-                if frame == SSE_PROCESSING:
-                    yield frame
-                    continue
-                events: list[dict[str, Any]] = []
-                for ev in parser.feed(frame):
-                    if ev.data and ev.data != "[DONE]":
-                        events += translator.feed(orjson.loads(ev.data))
-                if events:
-                    yield encode(events)
-            last = translator.finish()
-            final = translator.final
-            if final is not None and final["status"] != "failed" and rbody.get("store") is not False:
-                # kept before the last event goes out: a client may continue as soon as it sees it
-                await keep(conversations, final["id"], key, history_of(rbody, body, final["output"]))
-            yield encode(last)
-        finally:
-            with contextlib.suppress(BaseException):
-                await frames.aclose()  # type: ignore[attr-defined]
-
-    async def _relay(
-        frames: AsyncIterator[bytes], *, first: bytes | None = None, pending: asyncio.Future | None = None,
-        model: str = "",
-    ) -> AsyncIterator[bytes]:
-        try:
-            if pending is not None:
-                yield SSE_PROCESSING
-                while True:
-                    done, _ = await asyncio.wait({pending}, timeout=settings.keepalive_interval)
-                    if done:
-                        break
-                    yield SSE_PROCESSING
-                try:
-                    try:
-                        first = pending.result()
-                    except GatewayError:
-                        raise
-                    except Exception as exc:
-                        raise store_unreachable(exc) or exc from None
-                except GatewayError as err:
-                    yield sse_data({  # nothing answered: a fresh id, the model as requested
-                        "id": new_generation_id(), "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": model, "system_fingerprint": None,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
-                        "error": err.stream_body(),
-                    })
-                    yield SSE_DONE
-                    return
-                except StopAsyncIteration:
-                    return
-            assert first is not None
-            yield first
-            async for frame in frames:
-                yield frame
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-            with contextlib.suppress(BaseException):
-                await frames.aclose()  # type: ignore[attr-defined]
-
-    def _sse_response(it: AsyncIterator[bytes]) -> StreamingResponse:
-        return LeanStreamingResponse(
-            it, media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    async def list_models(request: Request) -> Response:
-        gw: Gateway = state["gateway"]
-        data = [model_schema(m, gw) for m in gw.catalog]
-        for hook in request.app.state.models_hooks:
-            data = hook(data)
-        return json_response({"data": data, "total_count": len(data), "links": {"next": None}})
-
-    async def get_generation(request: Request) -> Response:
-        key = await state["auth"].authenticate(request)
-        gen_id = request.query_params.get("id")
-        if not gen_id:
-            raise GatewayError(400, "Query parameter `id` is required")
-        st: Store = state["store"]
-        await st.flush()
-        rec = await st.get_generation(gen_id)
-        if rec is None or rec.get("key_id") != key.public_id:
-            raise GatewayError(404, f"Generation {gen_id} not found")
-        return json_response({"data": generation_view(rec)})
-
-    async def get_key(request: Request) -> Response:
-        key = await state["auth"].authenticate(request)
-        st: Store = state["store"]
-        await st.flush()
-        fresh = await st.get_key(key.public_id) or key
-        spent = await st.key_spend_windows(key.public_id)
-        limit = pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None
-        remaining = pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None
-        budget = None
-        if limit is not None:
-            budget = {"budget_id": None, "guardrail_id": None, "include_byok": False, "limit_usd": limit,
-                      "remaining_usd": remaining, "reset_interval": None, "resets_at": None, "scope": "key_limit",
-                      "spend_usd": pico_to_usd(fresh.usage_pico)}
-        return json_response({"data": {
-            "label": fresh.label,
-            "usage": pico_to_usd(fresh.usage_pico),
-            "usage_daily": pico_to_usd(spent["day"]),
-            "usage_weekly": pico_to_usd(spent["week"]),
-            "usage_monthly": pico_to_usd(spent["month"]),
-            "byok_usage": 0.0, "byok_usage_daily": 0.0, "byok_usage_weekly": 0.0, "byok_usage_monthly": 0.0,
-            "include_byok_in_limit": False,
-            "limit": limit,
-            "limit_remaining": remaining,
-            "limit_reset": None,
-            "budgets": [budget] if budget else [],
-            "effective_budget": budget,
-            "is_free_tier": False,
-            "is_provisioning_key": False,
-            "is_management_key": False,
-            "allowed_data_regions": ["global"],
-            "creator_user_id": None,
-            "organization_id": None,
-            "workspace_id": None,
-            "free_model_daily_requests": {"limit": 0, "remaining": 0, "used": 0},
-            "rate_limit": {"requests": fresh.rpm or -1, "interval": "1m",
-                           "note": "requests per minute for this key; -1: no limit"},
-            "tokens_per_minute": fresh.tpm,
-        }})
-
-    async def get_credits(request: Request) -> Response:
-        await state["auth"].authenticate(request)
-        await state["store"].flush()
-        credits, usage = await state["store"].get_credits()
-        return json_response({"data": credits_view(credits, usage)})
-
-    async def health(request: Request) -> Response:
-        return json_response({"status": "ok"})
-
-    async def ready(request: Request) -> Response:
-        if "gateway" not in state:
-            return json_response({"status": "starting"}, 503)
-        return json_response({"status": "ready"})
-
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
-        return error_response(exc)
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return error_response(GatewayError(exc.status_code, str(exc.detail)))
-
-    async def on_error(request: Request, exc: Exception) -> Response:
-        err = store_unreachable(exc)
-        if err is not None:
-            log.warning("%s %s: the database is unreachable (%s)", request.method, request.url.path, type(exc).__name__)
-            return error_response(err)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(GatewayError(500, "Internal server error"))
-
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The ASGI app. ``store`` may be given (tests); otherwise it is opened from ``settings.db_url``. Handlers are
+    module functions that find the settings, store, gateway and key auth on ``request.app.state``."""
     routes = [Route("/health", health), Route("/ready", ready)] + api_routes(
         ("/chat/completions", chat_completions, ["POST"]),
         ("/messages", messages, ["POST"]),
@@ -545,10 +573,11 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     )
     app = Starlette(
         routes=routes,
-        lifespan=lifespan,
+        lifespan=_lifespan(store),
         exception_handlers={GatewayError: on_gateway_error, HTTPException: on_http_error, Exception: on_error},
     )
     app.state.settings = settings
+    app.state.gateway = None  # set, with ``store`` and ``auth``, once the app has started
     #: the conversations of stored responses (``previous_response_id``); Redis-backed when ``redis_url`` is set
     app.state.conversations = ConversationStore(*conversation_limits(settings.raw))
     # Extension points, filled by ``build_full_app``:

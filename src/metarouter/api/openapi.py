@@ -26,13 +26,6 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    t = schema.get("type")
-    if isinstance(t, str):
-        return {**schema, "type": [t, "null"]}
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -671,8 +664,8 @@ _OPENAI_ERROR = {
     "properties": {"error": {
         "type": "object",
         "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": _nullable({"type": "string"}),
-                       "code": _nullable({"type": "string"})},
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "param": {"type": ["string", "null"]},
+                       "code": {"type": ["string", "null"]}},
     }},
 }
 

@@ -18,14 +18,14 @@ from starlette.routing import Route
 from ..errors import GatewayError
 from ..gateway.auto import AUTO_IDS
 from ..gateway.pipeline import RequestContext
-from .app import json_response
+from .app import authorize, json_response, read_json
 from .validation import validate_chat_body
 
 
 async def route_request(request: Request) -> Response:
     state = request.app.state
-    key = await state.auth.authenticate(request)
-    body = await state.read_json(request)
+    key = await authorize(request)
+    body = await read_json(request)
     if isinstance(body, dict):
         body.setdefault("model", "auto")
         if not isinstance(body["model"], str) or body["model"].lower() not in AUTO_IDS:

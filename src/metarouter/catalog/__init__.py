@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from typing import Any, Iterable
@@ -17,19 +17,6 @@ from typing import Any, Iterable
 #: so costs are exact and sums never drift.
 PICO_PER_USD = 10**12
 PICO_PER_USD_PER_MTOK = 10**6  # a price of 1 USD per 1M tokens is 1e6 picodollars per token
-
-WIRE_BY_PROVIDER = {
-    "openai": "openai",
-    "deepseek": "openai",
-    "mistral": "openai",
-    "together": "openai",
-    "fireworks": "openai",
-    "deepinfra": "openai",
-    "anthropic": "anthropic",
-    "google": "gemini",
-    "cohere": "cohere",
-}
-
 
 def usd_per_mtok_to_pico(value: str | float | Decimal) -> int:
     """Convert a price in USD per 1M tokens to integer picodollars per token, exactly."""
@@ -41,6 +28,11 @@ def usd_per_mtok_to_pico(value: str | float | Decimal) -> int:
 
 def pico_to_usd(pico: int) -> float:
     return float(Decimal(pico) / PICO_PER_USD)
+
+
+def usd_string(pico: int) -> str:
+    """A per-token price as OpenRouter writes it: a plain decimal string, no exponent."""
+    return format((Decimal(pico) / PICO_PER_USD).normalize(), "f")
 
 
 def usd_to_pico(usd: float | str | Decimal) -> int:
@@ -209,6 +201,6 @@ def default_catalog() -> Catalog:
 
 
 __all__ = [
-    "Catalog", "Model", "PICO_PER_USD", "WIRE_BY_PROVIDER", "default_catalog", "load_seed_models", "matches",
-    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_to_pico", "replace",
+    "Catalog", "Model", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
+    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico",
 ]

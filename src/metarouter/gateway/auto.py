@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from ..catalog import Catalog, Model
+from ..catalog import Catalog, Model, usd_string
 from ..config import Settings
 from ..errors import GatewayError
 from ..logutil import ThrottledWarning
@@ -306,8 +306,6 @@ def _nothing_left_message(c: Constraints, controls: dict[str, Any], decision: Ro
 def auto_model_schema(resolver: AutoResolver) -> dict[str, Any]:
     """The ``auto`` entry of ``GET /models``: variable price, shown as the pool's highest per-token prices (an
     upper bound, never a negative sentinel), and the largest context of the pool."""
-    from ..api.app import usd_string
-
     pool = resolver.pool() or list(resolver.catalog)
     return {
         "id": AUTO_MODEL_ID,

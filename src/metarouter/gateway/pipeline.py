@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import orjson
 
 from ..catalog import Model
-from ..config import Settings
+from ..catalog.providers import provider_display
+from ..config import ResilienceSettings, Settings
 from ..errors import GatewayError
 from ..providers import get_adapter
 from ..providers.common import excludes_reasoning
@@ -29,7 +30,7 @@ from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
 from .images import ImageFetcher, remote_image_urls
 from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
-from .resilience import HALF_OPEN, OPEN, CircuitBreaker, ResilienceSettings, backoff_delay, counts_against_provider
+from .resilience import HALF_OPEN, OPEN, CircuitBreaker, backoff_delay, counts_against_provider
 from .accounting import (
     charged_parts,
     cost_parts,
@@ -54,16 +55,6 @@ LEDGER_WAIT = 30.0
 BUDGET_POLL = 0.5
 #: characters a token at which a stream that ignores its ``max_tokens`` is cut (English averages 4 to 5)
 CUT_CHARS_PER_TOKEN = 8
-
-PROVIDER_DISPLAY = {
-    "openai": "OpenAI", "anthropic": "Anthropic", "google": "Google", "mistral": "Mistral", "deepseek": "DeepSeek",
-    "cohere": "Cohere", "together": "Together", "fireworks": "Fireworks", "deepinfra": "DeepInfra",
-}
-
-
-def provider_display(name: str) -> str:
-    return PROVIDER_DISPLAY.get(name, name)
-
 
 @dataclass
 class RequestContext:
@@ -206,6 +197,14 @@ class Gateway:
         if p is None or not self.settings.provider_available(model.provider):
             return None
         return p
+
+    def supported_parameters(self, model: Model) -> list[str]:
+        """The request parameters forwarded to ``model`` (none when its provider is not configured)."""
+        p = self.settings.providers.get(model.provider)
+        try:
+            return list(get_adapter(p).supported_parameters(model)) if p is not None else []
+        except KeyError:  # a wire format without an adapter
+            return []
 
     def _release_later(self, key_id: str, amount: int) -> None:
         """Give a hold back without awaiting (safe in ``finally`` blocks of cancelled tasks)."""

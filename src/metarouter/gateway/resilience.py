@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 
 from ..errors import GatewayError
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-
-
-@dataclass
-class ResilienceSettings:
-    retries: int = 2  # extra tries of the last remaining candidate on a retryable error
-    backoff_base: float = 0.25  # seconds; full jitter: sleep U(0, base * 2**attempt), capped
-    backoff_max: float = 4.0
-    breaker_failures: int = 5  # failed requests in a row (a request and its retries: one) open a model's circuit
-    breaker_cooldown: float = 30.0  # seconds an open circuit refuses before one probe is let through
 
 
 def counts_against_provider(err: GatewayError) -> bool:

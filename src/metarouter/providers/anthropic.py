@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 
 from ..catalog import Model
-from ..errors import GatewayError, upstream_status_to_gateway
+from ..errors import GatewayError
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
     Param,
     Reasoning,
-    TableParameters,
+    BaseAdapter,
     apply_params,
     content_parts,
     dumps,
@@ -225,7 +225,7 @@ def _think(out: dict[str, Any], reasoning: Reasoning, system: list[dict[str, Any
                            retryable=False)
 
 
-class AnthropicAdapter(TableParameters):
+class AnthropicAdapter(BaseAdapter):
     wire = "anthropic"
     param_table = PARAMS
 
@@ -281,7 +281,7 @@ class AnthropicAdapter(TableParameters):
             headers["x-api-key"] = provider.api_key
         if stream:
             headers["accept"] = "text/event-stream"
-        url = endpoint(provider.base_url or "https://api.anthropic.com", "v1", "/messages")
+        url = endpoint(provider.base_url, "v1", "/messages")
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, stream=stream)))
 
     def parse_response(self, data: bytes) -> dict[str, Any]:
@@ -323,23 +323,14 @@ class AnthropicAdapter(TableParameters):
     def stream_translator(self, model: Model) -> AnthropicStreamTranslator:
         return AnthropicStreamTranslator()
 
-    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
-        meta: dict[str, Any] = {"provider_name": provider.name, "raw_status": status}
-        message = None
-        try:
-            body = orjson.loads(data)
-            err = body.get("error") if isinstance(body, dict) else None
-            if isinstance(err, dict):
-                message = err.get("message")
-                if err.get("type"):
-                    meta["type"] = err["type"]
-            if isinstance(body, dict) and body.get("request_id"):
-                meta["request_id"] = body["request_id"]
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-        if not message:
-            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
-        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return None, {}
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        meta = {"type": err["type"]} if err.get("type") else {}
+        if body.get("request_id"):
+            meta["request_id"] = body["request_id"]
+        return err.get("message"), meta
 
 
 def _usage(u: dict[str, Any], output_tokens: int | None = None) -> dict[str, Any]:

@@ -16,24 +16,13 @@ Adapters never do I/O: the pipeline sends what ``build_request`` returns and fee
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..catalog import Model
+from ..config import ProviderConfig
 from ..errors import GatewayError
-
-
-@dataclass(slots=True)
-class ProviderConfig:
-    """Where one provider lives and how to authenticate there (from the config file, never from a request)."""
-
-    name: str
-    base_url: str
-    api_key_env: str | None = None
-    api_key: str | None = field(default=None, repr=False)  # resolved from api_key_env at start-up
-    wire: str = "openai"
-    headers: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+from .common import Param
 
 
 @dataclass(slots=True)
@@ -72,6 +61,9 @@ class StreamTranslator(Protocol):
 
 class Adapter(Protocol):
     wire: str
+    #: the OpenAI request parameters it takes, as rows (``common.Param``): what ``supported_parameters`` and the
+    #: parameter docs read
+    param_table: tuple[Param, ...]
 
     def build_request(
         self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 
 from ..catalog import Model
-from ..errors import GatewayError, upstream_status_to_gateway
+from ..errors import GatewayError
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
-    TableParameters,
+    BaseAdapter,
     Param,
     apply_params,
     content_parts,
@@ -120,7 +120,7 @@ def translate_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-class CohereAdapter(TableParameters):
+class CohereAdapter(BaseAdapter):
     wire = "cohere"
     param_table = PARAMS
 
@@ -163,7 +163,7 @@ class CohereAdapter(TableParameters):
                    "application/json", **provider.headers}
         if provider.api_key:
             headers["Authorization"] = f"Bearer {provider.api_key}"
-        url = endpoint(provider.base_url or "https://api.cohere.com", "v2", "/chat")
+        url = endpoint(provider.base_url, "v2", "/chat")
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, stream=stream)))
 
     def parse_response(self, data: bytes) -> dict[str, Any]:
@@ -188,21 +188,16 @@ class CohereAdapter(TableParameters):
     def stream_translator(self, model: Model) -> CohereStreamTranslator:
         return CohereStreamTranslator()
 
-    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
-        meta: dict[str, Any] = {"provider_name": provider.name, "raw_status": status}
-        message = None
-        try:
-            body = orjson.loads(data)
-            if isinstance(body, dict):
-                message = body.get("message") or body.get("detail")
-                if isinstance(body.get("error"), dict):
-                    message = message or body["error"].get("message")
-        except orjson.JSONDecodeError:
-            pass
-        if not isinstance(message, str) or not message:
-            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
-        status_out = _STATUS.get(status) or upstream_status_to_gateway(status)
-        return GatewayError(status_out, f"{provider.name}: {message}", metadata=meta)
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return None, {}
+        message = body.get("message") or body.get("detail")
+        if not message and isinstance(body.get("error"), dict):
+            message = body["error"].get("message")
+        return (message if isinstance(message, str) else None), {}
+
+    def error_status(self, status: int) -> int:
+        return _STATUS.get(status) or super().error_status(status)
 
 
 def _usage(u: dict[str, Any] | None) -> dict[str, Any] | None:

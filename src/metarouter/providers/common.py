@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import GatewayError
+from ..errors import GatewayError, upstream_status_to_gateway
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import Model
+    from ..config import ProviderConfig
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)$", re.DOTALL)
 
@@ -258,7 +259,7 @@ class Param:
 
 
 def supported(table: Iterable[Param], model: Model) -> list[str]:
-    return [p.name for p in table if p.supported_by(model)]
+    return [p.name for p in table if p.needs is None or getattr(model, p.needs, False)]  # (supported_by, inlined)
 
 
 def apply_params(table: Iterable[Param], body: dict[str, Any], model: Model, out: dict[str, Any]) -> None:
@@ -283,11 +284,32 @@ def set_path(obj: dict[str, Any], path: str, value: Any) -> None:
     obj[leaf] = value
 
 
-class TableParameters:
-    """For adapters whose parameters are a ``param_table`` of :class:`Param` rows: what a model supports follows
-    from the table (the rows' capability conditions), so no adapter re-implements it."""
+class BaseAdapter:
+    """What every adapter shares. Its parameters are a ``param_table`` of :class:`Param` rows: what a model supports
+    follows from the table (the rows' capability conditions). An upstream's error answer becomes a
+    ``GatewayError`` in one way (:meth:`parse_error`); each adapter says only how its body names the message and
+    what else it tells (:meth:`error_details`)."""
 
     param_table: tuple[Param, ...] = ()
 
     def supported_parameters(self, model: Model) -> list[str]:
         return supported(self.param_table, model)
+
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        """(message, metadata) from an error answer's JSON ``body``; a message of None: the body's raw text."""
+        raise NotImplementedError
+
+    def error_status(self, status: int) -> int:
+        """The gateway's status for an upstream's HTTP error ``status``."""
+        return upstream_status_to_gateway(status)
+
+    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
+        message, meta = None, {}
+        try:
+            message, meta = self.error_details(orjson.loads(data))
+        except orjson.JSONDecodeError:
+            pass
+        if not message:
+            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
+        return GatewayError(self.error_status(status), f"{provider.name}: {message}",
+                            metadata={"provider_name": provider.name, "raw_status": status, **meta})

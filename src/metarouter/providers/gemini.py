@@ -18,7 +18,7 @@ from .base import ProviderConfig, SSEEvent, UpstreamRequest
 from .common import (
     Param,
     Reasoning,
-    TableParameters,
+    BaseAdapter,
     apply_params,
     content_parts,
     content_text,
@@ -345,7 +345,7 @@ def _safety_settings(provider: ProviderConfig) -> list[dict[str, Any]] | None:
     return None
 
 
-class GeminiAdapter(TableParameters):
+class GeminiAdapter(BaseAdapter):
     wire = "gemini"
     param_table = PARAMS
     #: fileData takes Files API and Cloud Storage URIs only: the pipeline inlines web images (gateway/images.py)
@@ -398,9 +398,8 @@ class GeminiAdapter(TableParameters):
         headers = {"Content-Type": "application/json", **provider.headers}
         if provider.api_key:
             headers["x-goog-api-key"] = provider.api_key
-        base = provider.base_url or "https://generativelanguage.googleapis.com"
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
-        url = endpoint(base, "v1beta", f"/models/{model.native_model}:{method}")
+        url = endpoint(provider.base_url, "v1beta", f"/models/{model.native_model}:{method}")
         if stream:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", url, headers, orjson.dumps(self.translate_body(body, model, provider=provider)))
@@ -429,23 +428,13 @@ class GeminiAdapter(TableParameters):
     def stream_translator(self, model: Model) -> GeminiStreamTranslator:
         return GeminiStreamTranslator()
 
-    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
-        meta: dict[str, Any] = {"provider_name": provider.name, "raw_status": status}
-        message = None
-        try:
-            body = orjson.loads(data)
-            if isinstance(body, list) and body:  # the non-SSE stream endpoint wraps errors in an array
-                body = body[0]
-            err = body.get("error") if isinstance(body, dict) else None
-            if isinstance(err, dict):
-                message = err.get("message")
-                if err.get("status"):
-                    meta["status"] = err["status"]
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-        if not message:
-            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
-        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        if isinstance(body, list) and body:  # the non-SSE stream endpoint wraps errors in an array
+            body = body[0]
+        err = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(err, dict):
+            return None, {}
+        return err.get("message"), ({"status": err["status"]} if err.get("status") else {})
 
 
 def _error_from(err: dict[str, Any], default: int) -> GatewayError:

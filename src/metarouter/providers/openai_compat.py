@@ -13,17 +13,26 @@ from typing import Any
 import orjson
 
 from ..catalog import Model
-from ..errors import GatewayError, upstream_status_to_gateway
+from ..errors import GatewayError
 from .base import ProviderConfig, SSEEvent, UpstreamRequest
+from .common import BaseAdapter, Param
 
-#: OpenAI chat-completions parameters forwarded to OpenAI-compatible upstreams. ``messages``, ``model`` and
-#: ``stream`` are handled separately; everything not listed (OpenRouter's ``models``, ``provider``, ``plugins``,
-#: ``transforms``, ``route``, ``session_id``…) stays in the gateway.
-OPENAI_PARAMETERS: tuple[str, ...] = (
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "presence_penalty",
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "user", "stream_options", "reasoning_effort", "metadata", "store", "service_tier",
-    "prediction", "modalities", "audio",
+def forwarded(*names: str, needs: str | None = None) -> tuple[Param, ...]:
+    """Rows of parameters an OpenAI-compatible upstream takes under their own names."""
+    return tuple(Param(n, n, needs=needs) for n in names)
+
+
+#: OpenAI chat-completions parameters forwarded to OpenAI-compatible upstreams (a row's ``target`` is the field it
+#: is sent as). ``messages``, ``model`` and ``stream`` are handled separately; everything not listed (OpenRouter's
+#: ``models``, ``provider``, ``plugins``, ``transforms``, ``route``, ``session_id``…) stays in the gateway.
+OPENAI_PARAMETERS: tuple[Param, ...] = (
+    *forwarded("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "presence_penalty",
+               "frequency_penalty", "logit_bias", "logprobs", "top_logprobs"),
+    *forwarded("tools", "tool_choice", "parallel_tool_calls", needs="tools"),
+    *forwarded("response_format", needs="json_output"),
+    *forwarded("user"),
+    *forwarded("reasoning_effort", needs="reasoning_control"),
+    *forwarded("metadata", "store", "service_tier", "prediction", "modalities", "audio"),
 )
 
 #: The fields each message role may carry (OpenAI's ``ChatCompletion*MessageParam`` types). Anything else on a
@@ -75,33 +84,37 @@ def normalize_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-class OpenAICompatAdapter:
+class OpenAICompatAdapter(BaseAdapter):
     """Adapter for upstreams that speak OpenAI's chat-completions wire format."""
 
     wire = "openai"
 
-    #: parameters this upstream family takes; subclasses narrow it for their quirks
-    parameters: tuple[str, ...] = OPENAI_PARAMETERS
+    #: parameters this upstream family takes; subclasses narrow it (and rename or map values) for their quirks
+    param_table = OPENAI_PARAMETERS
     #: the fields a message of each role may carry upstream
     message_fields: dict[str, frozenset[str]] = OPENAI_MESSAGE_FIELDS
     #: whether a stream must ask for its usage chunk (``stream_options.include_usage``); upstreams that always
     #: send usage and refuse the field set this to False
     stream_usage_option: bool = True
 
-    def supported_parameters(self, model: Model) -> list[str]:
-        params = [p for p in self.parameters if p != "stream_options"]
-        if not model.tools:
-            params = [p for p in params if p not in ("tools", "tool_choice", "parallel_tool_calls")]
-        if not model.json_output:
-            params = [p for p in params if p != "response_format"]
-        return params
+    def __init__(self) -> None:
+        self._rows = {p.name: p for p in self.param_table}
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
+        """The body for upstream: each supported parameter's value (mapped by its row) under its row's target; a
+        renamed parameter never overwrites the one of that name (``max_tokens`` wins over ``max_completion_tokens``
+        where the upstream has only the first)."""
         allowed = set(self.supported_parameters(model))
         out: dict[str, Any] = {"model": model.native_model, "messages": self.translate_messages(body["messages"])}
         for key, value in body.items():
-            if key in allowed and value is not None:
-                out[key] = value
+            if key not in allowed or value is None:
+                continue
+            row = self._rows[key]
+            if row.target is None or (row.target != key and row.target in out):
+                continue
+            if row.transform is not None and (value := row.transform(value)) is None:
+                continue
+            out[row.target] = value
         if stream:
             out["stream"] = True
             if self.stream_usage_option:
@@ -152,29 +165,18 @@ class OpenAICompatAdapter:
     def stream_translator(self, model: Model) -> "OpenAIStreamTranslator":
         return OpenAIStreamTranslator(self)
 
-    def parse_error(self, status: int, data: bytes, provider: ProviderConfig) -> GatewayError:
-        message = None
-        meta: dict[str, Any] = {"provider_name": provider.name}
-        try:
-            body = orjson.loads(data)
-            err = body.get("error") if isinstance(body, dict) else None
-            if isinstance(err, dict):
-                message = err.get("message")
-                for k in ("type", "code", "param"):
-                    if err.get(k) is not None:
-                        meta[k] = err[k]
-            elif isinstance(err, str):
-                message = err
-            elif isinstance(body, dict) and isinstance(body.get("message"), str):  # Mistral, Together
-                message = body["message"]
-            elif isinstance(body, dict) and isinstance(body.get("detail"), str):
-                message = body["detail"]
-        except (orjson.JSONDecodeError, AttributeError):
-            pass
-        if not message:
-            message = data[:500].decode("utf-8", errors="replace") or f"upstream returned HTTP {status}"
-        meta["raw_status"] = status
-        return GatewayError(upstream_status_to_gateway(status), f"{provider.name}: {message}", metadata=meta)
+    def error_details(self, body: Any) -> tuple[Any, dict[str, Any]]:
+        if not isinstance(body, dict):
+            return None, {}
+        err = body.get("error")
+        if isinstance(err, dict):
+            return err.get("message"), {k: err[k] for k in ("type", "code", "param") if err.get(k) is not None}
+        if isinstance(err, str):
+            return err, {}
+        for key in ("message", "detail"):  # Mistral, Together; FastAPI-style hosts
+            if isinstance(body.get(key), str):
+                return body[key], {}
+        return None, {}
 
 
 class OpenAIStreamTranslator:

@@ -1,8 +1,9 @@
 """Request parameters as data: which OpenAI parameter each adapter forwards, where it goes, and the check behind
 OpenRouter's ``provider.require_parameters``.
 
-Each native adapter describes its parameters with a table of :class:`Param` rows (OpenAI name → native field,
-optional transform, the capability a model needs for it), in the manner of Portkey's provider configs. The same
+Each adapter describes its parameters with a table of :class:`Param` rows (OpenAI name → native field,
+optional transform, the capability a model needs for it), in the manner of Portkey's provider configs; the
+OpenAI-compatible families' rows mostly forward a parameter under its own name. The same
 rows drive the request translation, ``supported_parameters`` and the generated ``docs/parameters.md``
 (``python -m metarouter.providers.params --markdown``), so the documentation cannot disagree with the code.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .common import Param, apply_params, reasoning_of, set_path, supported  # noqa: F401  (re-exported: the table's types)
+from .common import Param, reasoning_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..catalog import Model
@@ -64,29 +65,22 @@ def parameter_table() -> tuple[list[str], list[str], dict[str, dict[str, str]]]:
     params: list[str] = []
     for family, adapter, example in family_adapters():
         families.append(family)
-        rows = {p.name: p for p in getattr(adapter, "param_table", ())}
-        notes = {name: p.note for name, p in rows.items()}
-        notes.update(getattr(adapter, "param_notes", {}))
+        rows = {p.name: p for p in adapter.param_table}
         in_full = adapter.supported_parameters(example(full) if example else full)
         in_bare = set(adapter.supported_parameters(example(bare) if example else bare))
         col: dict[str, str] = {}
         for name in in_full:
             if name not in params:
                 params.append(name)
-            cell = "yes" if name in in_bare else f"{_needs(rows.get(name), name)} models"
-            note = notes.get(name, "")
+            cell = "yes" if name in in_bare else f"{_needs(rows[name])} models"
+            note = rows[name].note
             col[name] = f"{cell} ({note})" if note else cell
         cells[family] = col
     return families, params, cells
 
 
-_NEEDS_BY_NAME = {"tools": "tools", "tool_choice": "tools", "parallel_tool_calls": "tools",
-                  "response_format": "json_output", "reasoning": "reasoning_control",
-                  "reasoning_effort": "reasoning_control"}
-
-
-def _needs(p: Param | None, name: str) -> str:
-    needs = p.needs if p else _NEEDS_BY_NAME.get(name)
+def _needs(p: Param) -> str:
+    needs = p.needs
     return {"tools": "tool-capable", "json_output": "JSON-capable", "vision": "vision",
             "reasoning": "reasoning", "reasoning_control": "`reasoning_control`"}.get(needs or "", "some")
 

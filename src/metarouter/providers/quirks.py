@@ -15,14 +15,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any
 
 import orjson
 
 from ..catalog import Model
 from .base import ProviderConfig, UpstreamRequest
-from .common import reasoning_of
-from .openai_compat import OpenAICompatAdapter
+from .common import Param, reasoning_of
+from .openai_compat import OPENAI_PARAMETERS, OpenAICompatAdapter, forwarded
 
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
              "top_logprobs", "n")
@@ -54,15 +55,14 @@ def takes_reasoning_effort(model: Model) -> bool:
 class OpenAIAdapter(OpenAICompatAdapter):
     """OpenAI itself: the reference adapter, plus the o-series rules (by native model name)."""
 
-    param_notes: ClassVar[dict[str, str]] = {"max_tokens": "o-series: → max_completion_tokens",
-                                             "reasoning": "→ reasoning_effort; a budget → its effort level"}
+    param_table = tuple(replace(p, note="o-series: → max_completion_tokens") if p.name == "max_tokens" else p
+                        for p in OPENAI_PARAMETERS) + (
+        Param("reasoning", None, needs="reasoning_control", note="→ reasoning_effort; a budget → its effort level"),)
 
     def supported_parameters(self, model: Model) -> list[str]:
+        if not model.reasoning_control and takes_reasoning_effort(model):
+            model = replace(model, reasoning_control=True)  # o1 and later o-series models: by their name
         params = super().supported_parameters(model)
-        if takes_reasoning_effort(model):
-            params.append("reasoning")
-        else:
-            params = [p for p in params if p != "reasoning_effort"]
         native = model.native_model
         if not is_reasoning_model(native):
             return params
@@ -74,7 +74,6 @@ class OpenAIAdapter(OpenAICompatAdapter):
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out = super().translate_body(body, model, stream=stream)
-        out.pop("reasoning", None)  # OpenRouter's, not OpenAI's: mapped to reasoning_effort here
         reasoning = reasoning_of(body) if takes_reasoning_effort(model) else None
         if reasoning is not None and "reasoning_effort" not in out:
             limit = body.get("max_completion_tokens") or body.get("max_tokens") or model.max_output()
@@ -102,9 +101,14 @@ class OpenAIAdapter(OpenAICompatAdapter):
 
 # ------------------------------------------------------------------------------------------------- DeepSeek
 
-DEEPSEEK_PARAMETERS: tuple[str, ...] = (
-    "temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "logprobs",
-    "top_logprobs", "tools", "tool_choice", "response_format", "stream_options",
+DEEPSEEK_PARAMETERS: tuple[Param, ...] = (
+    *forwarded("temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "logprobs",
+               "top_logprobs"),
+    *forwarded("tools", "tool_choice", needs="tools"),
+    Param("response_format", "response_format", lambda rf: {"type": "json_object"}
+          if isinstance(rf, dict) and rf.get("type") == "json_schema" else rf,  # JSON mode, not schemas
+          needs="json_output", note="json_schema → json_object"),
+    Param("max_completion_tokens", "max_tokens", note="→ max_tokens"),
 )
 _REASONER_UNSUPPORTED = {"temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs",
                          "top_logprobs", "tools", "tool_choice", "response_format"}
@@ -115,28 +119,16 @@ def is_deepseek_reasoner(native: str) -> bool:
 
 
 class DeepSeekAdapter(OpenAICompatAdapter):
-    parameters = DEEPSEEK_PARAMETERS
-    param_notes: ClassVar[dict[str, str]] = {
-        "max_completion_tokens": "→ max_tokens", "response_format": "json_schema → json_object",
-    }
+    """(The reasoner answers 400 when its own ``reasoning_content`` comes back in the history: the message fields
+    kept are OpenAI's, which leave it out.)"""
+
+    param_table = DEEPSEEK_PARAMETERS
 
     def supported_parameters(self, model: Model) -> list[str]:
-        params = super().supported_parameters(model) + ["max_completion_tokens"]
+        params = super().supported_parameters(model)
         if is_deepseek_reasoner(model.native_model):
             params = [p for p in params if p not in _REASONER_UNSUPPORTED]
         return params
-
-    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
-        out = super().translate_body(body, model, stream=stream)
-        if "max_completion_tokens" in out:
-            out.setdefault("max_tokens", out.pop("max_completion_tokens"))
-            out.pop("max_completion_tokens", None)
-        rf = out.get("response_format")
-        if isinstance(rf, dict) and rf.get("type") == "json_schema":
-            out["response_format"] = {"type": "json_object"}  # DeepSeek has JSON mode, not schemas
-        # (the reasoner answers 400 when its own `reasoning_content` comes back in the history: the message fields
-        # kept are OpenAI's, which leave it out)
-        return out
 
     def _fix_message(self, message: dict[str, Any]) -> None:
         if "reasoning_content" in message:
@@ -147,9 +139,23 @@ class DeepSeekAdapter(OpenAICompatAdapter):
 
 # -------------------------------------------------------------------------------------------------- Mistral
 
-MISTRAL_PARAMETERS: tuple[str, ...] = (
-    "temperature", "top_p", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
-    "tools", "tool_choice", "parallel_tool_calls", "response_format", "safe_prompt", "prediction",
+def _mistral_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mistral's Function requires ``parameters``, OpenAI's does not."""
+    return [t if t["function"].get("parameters") is not None else
+            {**t, "function": {**t["function"], "parameters": {"type": "object", "properties": {}}}} for t in tools]
+
+
+MISTRAL_PARAMETERS: tuple[Param, ...] = (
+    *forwarded("temperature", "top_p", "max_tokens", "stop"),
+    Param("seed", "random_seed", note="→ random_seed"),
+    *forwarded("n", "presence_penalty", "frequency_penalty"),
+    Param("tools", "tools", lambda t: _mistral_tools(t) if t else t, needs="tools"),
+    Param("tool_choice", "tool_choice", lambda c: "any" if c == "required" else c, needs="tools",
+          note="required → any"),
+    *forwarded("parallel_tool_calls", needs="tools"),
+    *forwarded("response_format", needs="json_output"),
+    *forwarded("safe_prompt", "prediction"),
+    Param("max_completion_tokens", "max_tokens", note="→ max_tokens"),
 )
 #: what Mistral's message types take (``mistralai`` SDK: SystemMessage, UserMessage, AssistantMessage,
 #: ToolMessage); its API refuses anything else (422 ``extra_forbidden``): a user's ``name``, an assistant's
@@ -178,28 +184,12 @@ def mistral_tool_id(tool_call_id: str) -> str:
 
 
 class MistralAdapter(OpenAICompatAdapter):
-    parameters = MISTRAL_PARAMETERS
+    param_table = MISTRAL_PARAMETERS
     message_fields = MISTRAL_MESSAGE_FIELDS
     stream_usage_option = False  # Mistral puts usage on a stream's last chunk unasked, and refuses the field
-    param_notes: ClassVar[dict[str, str]] = {"seed": "→ random_seed", "max_completion_tokens": "→ max_tokens",
-                                             "tool_choice": "required → any"}
-
-    def supported_parameters(self, model: Model) -> list[str]:
-        return super().supported_parameters(model) + ["max_completion_tokens"]
 
     def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
         out = super().translate_body(body, model, stream=stream)
-        if "max_completion_tokens" in out:
-            out.setdefault("max_tokens", out["max_completion_tokens"])
-            del out["max_completion_tokens"]
-        if "seed" in out:
-            out["random_seed"] = out.pop("seed")
-        if out.get("tool_choice") == "required":
-            out["tool_choice"] = "any"
-        if out.get("tools"):  # Mistral's Function requires `parameters`, OpenAI's does not
-            out["tools"] = [t if t["function"].get("parameters") is not None else
-                            {**t, "function": {**t["function"], "parameters": {"type": "object", "properties": {}}}}
-                            for t in out["tools"]]
         for m in out["messages"]:
             if m.get("tool_calls"):
                 m["tool_calls"] = [{**tc, "id": mistral_tool_id(tc.get("id") or "")} for tc in m["tool_calls"]]
@@ -240,35 +230,24 @@ LLAMA_NAMES: dict[str, dict[str, str]] = {
     },
 }
 
-LLAMA_HOST_PARAMETERS: tuple[str, ...] = (
-    "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "min_p", "logit_bias", "logprobs", "top_logprobs", "tools", "tool_choice",
-    "response_format", "user", "stream_options",
+LLAMA_HOST_PARAMETERS: tuple[Param, ...] = (
+    *forwarded("temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "presence_penalty",
+               "frequency_penalty", "repetition_penalty", "min_p", "logit_bias", "logprobs", "top_logprobs"),
+    *forwarded("tools", "tool_choice", needs="tools"),
+    *forwarded("response_format", needs="json_output"),
+    *forwarded("user"),
+    Param("max_completion_tokens", "max_tokens", note="→ max_tokens"),
 )
 
 
 class LlamaHostAdapter(OpenAICompatAdapter):
-    parameters = LLAMA_HOST_PARAMETERS
-    param_notes: ClassVar[dict[str, str]] = {"max_completion_tokens": "→ max_tokens"}
+    param_table = LLAMA_HOST_PARAMETERS
 
-    def __init__(self, host: str):
-        self.host = host
-
-    def supported_parameters(self, model: Model) -> list[str]:
-        return super().supported_parameters(model) + ["max_completion_tokens"]
-
-    def native_name(self, model: Model, provider: ProviderConfig | None = None) -> str:
-        host = provider.name if provider is not None else self.host
-        if model.provider == host:
+    def native_name(self, model: Model, provider: ProviderConfig) -> str:
+        """The host's name for ``model`` (one adapter serves every host: the provider says which)."""
+        if model.provider == provider.name:
             return model.native_model
-        return LLAMA_NAMES.get(host, {}).get(model.id.lower(), model.native_model)
-
-    def translate_body(self, body: dict[str, Any], model: Model, *, stream: bool) -> dict[str, Any]:
-        out = super().translate_body(body, model, stream=stream)
-        if "max_completion_tokens" in out:
-            out.setdefault("max_tokens", out["max_completion_tokens"])
-            del out["max_completion_tokens"]
-        return out
+        return LLAMA_NAMES.get(provider.name, {}).get(model.id.lower(), model.native_model)
 
     def build_request(
         self, body: dict[str, Any], model: Model, provider: ProviderConfig, *, stream: bool

@@ -20,10 +20,12 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
 
+from ..catalog.providers import PROVIDERS, default_providers
 from .loop_thread import LoopThread
 
 
@@ -185,8 +187,7 @@ class FakeUpstream(LoopThread):
 
     def __init__(self, handlers: dict[str, Handler] | None = None, host: str = "127.0.0.1", port: int = 0,
                  note: str = ""):
-        self.handlers: dict[str, Handler] = {"openai": openai_chat, "deepseek": openai_chat, "mistral": openai_chat,
-                                             "together": openai_chat}
+        self.handlers: dict[str, Handler] = {s.name: openai_chat for s in PROVIDERS.values() if s.wire == "openai"}
         self.handlers.update(handlers or {})
         self.host, self.port = host, port
         self.note = note
@@ -308,36 +309,31 @@ class FakeUpstream(LoopThread):
         return self
 
 
+def _key_env(name: str) -> str:
+    return f"FAKE_{name.upper()}_KEY"
+
 
 def provider_config_for(fake: FakeUpstream) -> dict[str, dict[str, Any]]:
-    """A ``providers:`` config section pointing every provider at ``fake``, as each one's base URL is shaped."""
-    return {
-        "openai": {"base_url": fake.base_url("openai", "/v1"), "api_key_env": "FAKE_OPENAI_KEY"},
-        "anthropic": {"base_url": fake.base_url("anthropic"), "api_key_env": "FAKE_ANTHROPIC_KEY"},
-        "google": {"base_url": fake.base_url("google", "/v1beta"), "api_key_env": "FAKE_GOOGLE_KEY"},
-        "mistral": {"base_url": fake.base_url("mistral", "/v1"), "api_key_env": "FAKE_MISTRAL_KEY"},
-        "deepseek": {"base_url": fake.base_url("deepseek"), "api_key_env": "FAKE_DEEPSEEK_KEY"},
-        "cohere": {"base_url": fake.base_url("cohere"), "api_key_env": "FAKE_COHERE_KEY"},
-        "together": {"base_url": fake.base_url("together", "/v1"), "api_key_env": "FAKE_TOGETHER_KEY"},
-    }
+    """A ``providers:`` config section pointing every default provider at ``fake``, each base URL shaped as the
+    provider's own (``…/openai/v1``, ``…/anthropic``, ``…/google/v1beta``)."""
+    return {s.name: {"base_url": fake.base_url(s.name, urlsplit(s.base_url or "").path.rstrip("/")),
+                     "api_key_env": _key_env(s.name)} for s in default_providers()}
 
 
 def demo_providers(fake: FakeUpstream, configured: dict[str, Any]) -> dict[str, Any]:
     """A ``providers:`` section for ``metarouter serve --demo``: every configured provider (name → its
-    ``ProviderConfig``) pointed at ``fake`` — at the fake of its own name where there is one, else at its wire
-    format's — with the keys of :data:`FAKE_KEYS_ENV`; default providers the config disabled stay disabled."""
-    from ..config import DEFAULT_PROVIDERS
-
+    ``ProviderConfig``) pointed at ``fake`` — at the fake of its own name where there is one, else at that of the
+    first default provider of its wire format — with the keys of :data:`FAKE_KEYS_ENV`; default providers the
+    config disabled stay disabled."""
     fakes = provider_config_for(fake)
-    by_wire = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "cohere": "cohere"}
-    out: dict[str, Any] = {name: False for name in DEFAULT_PROVIDERS if name not in configured}
+    by_wire: dict[str, str] = {}
+    for spec in default_providers():
+        by_wire.setdefault(spec.wire, spec.name)
+    out: dict[str, Any] = {name: False for name in fakes if name not in configured}
     for name, p in configured.items():
         out[name] = {**fakes[name if name in fakes else by_wire.get(p.wire, "openai")], "wire": p.wire}
     return out
 
 
-FAKE_KEYS_ENV = {
-    "FAKE_OPENAI_KEY": "sk-fake-openai", "FAKE_ANTHROPIC_KEY": "sk-ant-fake", "FAKE_GOOGLE_KEY": "fake-google",
-    "FAKE_MISTRAL_KEY": "fake-mistral", "FAKE_DEEPSEEK_KEY": "sk-fake-deepseek", "FAKE_COHERE_KEY": "fake-cohere",
-    "FAKE_TOGETHER_KEY": "fake-together",
-}
+#: the fakes' provider keys (any value works; they only need one sent)
+FAKE_KEYS_ENV = {_key_env(s.name): f"sk-fake-{s.name}" for s in default_providers()}
