@@ -1,4 +1,4 @@
-"""The pipeline in-process: fallback, retries, breakers, budgets, records, with the
+"""The pipeline in-process: fallback, retries, breakers, budgets, records and zero completion insurance, with the
 upstream an in-process :class:`MockTransport` (no subprocess, no socket) and a real SQLite store."""
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ async def test_a_stream_that_fails_before_its_first_chunk_falls_back(store):
     assert all(c["model"] == SMALL for c in chunks)
     assert chunks[-1]["usage"]["completion_tokens"] == 5 and chunks[-1]["usage"]["cost"] > 0
     rows = await store.list_generations()
-    assert len(rows) == 1 and rows[0]["streamed"] and rows[0]["status"] == "ok"
+    assert len(rows) == 1 and rows[0]["streamed"] and rows[0]["status"] == "ok" and not rows[0]["insured"]
     assert [a["status"] for a in rows[0]["attempts"]] == [502, 200]
     await settled(gw)
     fresh = await store.get_key(k.public_id)
@@ -292,7 +292,7 @@ async def test_a_stream_broken_after_content_is_recorded_and_charged_once(store)
     assert chunks[-2]["choices"][0]["finish_reason"] == "error" and "broke" in chunks[-2]["error"]["message"]
     assert len(up.seen) == 1  # content went out: no retry, no fallback
     rows = await store.list_generations()
-    assert len(rows) == 1 and rows[0]["status"] == "error"
+    assert len(rows) == 1 and rows[0]["status"] == "error" and not rows[0]["insured"]
     assert rows[0]["cost_pico"] > 0 and rows[0]["usage_estimated"]
     await settled(gw)
     fresh = await store.get_key(k.public_id)
@@ -313,6 +313,57 @@ async def test_a_client_gone_mid_stream_is_recorded_as_cancelled(store):
     await store.flush()
     await settled(gw)
     assert (await store.get_key(k.public_id)).reserved_pico == 0
+    await gw.close()
+
+
+# --- zero completion insurance ---------------------------------------------------------------------------------
+async def test_an_empty_answer_with_no_output_tokens_is_not_charged(store):
+    up = Upstream(**{GPT4O: [answer(text="", completion=0)]})
+    gw = await gateway(store, up)
+    k = await key(store)
+    r = await gw.complete(body(BIG), RequestContext(key=k))
+    assert r["usage"]["cost"] == 0 and r["usage"]["prompt_tokens"] == 10  # the tokens are shown, not billed
+    rec = await store.get_generation(r["id"])
+    assert rec["insured"] is True and rec["cost_pico"] == 0 and rec["prompt_tokens"] == 10
+    await settled(gw)
+    fresh = await store.get_key(k.public_id)
+    assert fresh.usage_pico == 0 and fresh.reserved_pico == 0
+    await gw.close()
+
+
+async def test_an_answer_with_content_or_output_tokens_is_charged(store):
+    up = Upstream(**{GPT4O: [answer(text="", completion=3, finish="length"), answer(text="x", completion=0)]})
+    gw = await gateway(store, up)
+    for _ in range(2):  # hidden reasoning that used output tokens; content with a zero count
+        r = await gw.complete(body(BIG), RequestContext(key=None))
+        rec = await store.get_generation(r["id"])
+        assert not rec["insured"] and rec["cost_pico"] > 0 and r["usage"]["cost"] > 0
+    await gw.close()
+
+
+async def test_a_stream_that_errs_before_any_content_is_not_charged(store):
+    up = Upstream(**{GPT4O: [lambda: MockResponse(200, stream=sse(delta(), {"error": {"message": "melted"}}))]})
+    gw = await gateway(store, up)
+    k = await key(store)
+    chunks = await read_stream(gw, body(BIG), RequestContext(key=k))
+    assert chunks[-2]["choices"][0]["finish_reason"] == "error"
+    assert chunks[-1]["usage"]["cost"] == 0
+    rows = await store.list_generations()
+    assert len(rows) == 1 and rows[0]["insured"] and rows[0]["status"] == "error" and rows[0]["cost_pico"] == 0
+    await settled(gw)
+    fresh = await store.get_key(k.public_id)
+    assert fresh.usage_pico == 0 and fresh.reserved_pico == 0
+    await gw.close()
+
+
+async def test_a_stream_that_ends_empty_with_no_output_tokens_is_not_charged(store):
+    up = Upstream(**{GPT4O: [lambda: MockResponse(200, stream=sse(delta(), delta("", "stop"), usage_chunk(12, 0),
+                                                                   b"[DONE]"))]})
+    gw = await gateway(store, up)
+    chunks = await read_stream(gw, body(BIG), RequestContext(key=None))
+    assert chunks[-1]["usage"]["cost"] == 0 and chunks[-1]["usage"]["prompt_tokens"] == 12
+    rows = await store.list_generations()
+    assert rows[0]["insured"] and rows[0]["status"] == "ok"
     await gw.close()
 
 

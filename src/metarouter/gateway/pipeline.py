@@ -348,6 +348,7 @@ class Gateway:
             pt, ct = estimate_prompt_tokens(req.body), estimate_text_tokens(output_chars)
             usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
         parts = cost_parts(hop.model, usage)
+        insured = zero_completion(usage, output_chars, status, finish_reason)
         now = time.perf_counter()
         plan, ctx = req.plan, req.ctx
         record = dict(
@@ -358,7 +359,7 @@ class Gateway:
             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
             reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
             cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-            usage_estimated=estimated, cost_pico=sum(parts),
+            usage_estimated=estimated, cost_pico=0 if insured else sum(parts), insured=insured,
             latency_ms=round((now - req.started) * 1000, 2),
             ttft_ms=round(((first_at or now) - req.started) * 1000, 2),
             finish_reason=finish_reason, native_finish_reason=native_finish_reason, upstream_id=upstream_id,
@@ -610,6 +611,14 @@ class _Hop:
     max_tokens: int  # output tokens allowed (sent upstream, and where a stream is cut)
     t0: float
     answered: bool = False  # the answer is the client's: its generation record settles the hold
+
+
+def zero_completion(usage: dict[str, Any], output_chars: int, status: str, finish_reason: str | None) -> bool:
+    """Zero completion insurance (as OpenRouter's): an answer that delivered no content (no text, reasoning or tool
+    call) and either ended in an error or came with no output tokens is not charged."""
+    if output_chars > 0:
+        return False
+    return status == "error" or finish_reason == "error" or not usage.get("completion_tokens")
 
 
 def _message_chars(choices: list[dict[str, Any]]) -> int:
