@@ -30,10 +30,12 @@ def settings(**resilience: Any):
     })
 
 
-def answer(text: str = "hello", prompt: int = 10, completion: int = 5, finish: str = "stop") -> MockResponse:
+def answer(text: str | None = "hello", prompt: int = 10, completion: int = 5, finish: str = "stop",
+           **message: Any) -> MockResponse:
     return MockResponse(200, json={
         "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, **message},
+                     "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     })
 
@@ -332,9 +334,11 @@ async def test_an_empty_answer_with_no_output_tokens_is_not_charged(store):
 
 
 async def test_an_answer_with_content_or_output_tokens_is_charged(store):
-    up = Upstream(**{GPT4O: [answer(text="", completion=3, finish="length"), answer(text="x", completion=0)]})
+    call = answer(text=None, completion=0, finish="tool_calls",
+                  tool_calls=[{"id": "c1", "type": "function", "function": {"name": "find", "arguments": "{}"}}])
+    up = Upstream(**{GPT4O: [answer(text="", completion=3, finish="length"), answer(text="x", completion=0), call]})
     gw = await gateway(store, up)
-    for _ in range(2):  # hidden reasoning that used output tokens; content with a zero count
+    for _ in range(3):  # hidden reasoning that used output tokens; content, or a tool call, with a zero count
         r = await gw.complete(body(BIG), RequestContext(key=None))
         rec = await store.get_generation(r["id"])
         assert not rec["insured"] and rec["cost_pico"] > 0 and r["usage"]["cost"] > 0

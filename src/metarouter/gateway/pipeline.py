@@ -403,9 +403,9 @@ class Gateway:
         return meta
 
     # --- fallback ----------------------------------------------------------------------------------------------
-    def _unfit(self, model: Model, provider: ProviderConfig, body: dict[str, Any]) -> tuple[str, GatewayError] | None:
+    def _unfit(self, model: Model, provider: ProviderConfig, body: dict[str, Any],
+               needs_vision: bool) -> tuple[str, GatewayError] | None:
         """Why ``model`` cannot serve this request at all (the attempt's note, the error), or None."""
-        needs_vision = message_text_and_images(body["messages"])[1] > 0
         gap = ("image input" if needs_vision and not model.vision else
                "tool use" if body.get("tools") and not model.tools else None)
         if gap:
@@ -443,13 +443,14 @@ class Gateway:
         deadline = loop.time() + total  # one bound for the whole request: every try, backoff and fallback
         last_error: GatewayError | None = None
         fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
+        needs_vision = message_text_and_images(req.body["messages"])[1] > 0
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
                 attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
                 last_error = last_error or _not_configured(model)
                 continue
-            unfit = self._unfit(model, provider, req.body)
+            unfit = self._unfit(model, provider, req.body, needs_vision)
             if unfit is not None:
                 attempts.append(Attempt(model.id, provider.name, unfit[1].status, unfit[0]))
                 last_error = unfit[1]
@@ -545,7 +546,7 @@ class Gateway:
         choices = out.get("choices") or []
         choice0 = choices[0] if choices else {}
         record, usage, durable = self._record_answer(
-            req, hop, gen_id, out.get("usage"), _message_chars(choices), status="ok",
+            req, hop, gen_id, out.get("usage"), sum(_output_chars(c.get("message") or {}) for c in choices), status="ok",
             finish_reason=choice0.get("finish_reason"), native_finish_reason=choice0.get("native_finish_reason"),
             first_at=None, upstream_id=out.get("id"))
         if plan.on_served is not None:
@@ -621,17 +622,15 @@ def zero_completion(usage: dict[str, Any], output_chars: int, status: str, finis
     return status == "error" or finish_reason == "error" or not usage.get("completion_tokens")
 
 
-def _message_chars(choices: list[dict[str, Any]]) -> int:
-    """Characters of content a JSON answer delivered: text, reasoning and tool calls of every choice."""
+def _output_chars(part: dict[str, Any]) -> int:
+    """Characters of output in a message or a stream's delta: its text, reasoning and tool calls."""
     n = 0
-    for c in choices:
-        msg = c.get("message") or {}
-        for k in ("content", "reasoning"):
-            if isinstance(msg.get(k), str):
-                n += len(msg[k])
-        for tc in msg.get("tool_calls") or ():
-            fn = (tc or {}).get("function") or {}
-            n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+    for k in ("content", "reasoning"):
+        if isinstance(part.get(k), str):
+            n += len(part[k])
+    for tc in part.get("tool_calls") or ():
+        fn = (tc or {}).get("function") or {}
+        n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
     return n
 
 
@@ -710,12 +709,7 @@ class _StreamRun:
                 delta = c.get("delta") or {}
                 if self.drop_reasoning:
                     delta.pop("reasoning", None)
-                for k in ("content", "reasoning"):
-                    if isinstance(delta.get(k), str):
-                        n += len(delta[k])
-                for tc in delta.get("tool_calls") or ():
-                    fn = (tc or {}).get("function") or {}
-                    n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+                n += _output_chars(delta)
             if self.text_chars + n > self.max_chars:
                 self.cut = True
                 break
