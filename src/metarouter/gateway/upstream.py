@@ -93,7 +93,6 @@ class _Conn(asyncio.Protocol):
         self.lost = False
         self.active = False  # an exchange is in progress (set by the client, cleared when the response is released)
         self.idle_since = 0.0
-        self.exchanges = 0  # answers received on this connection
         self.pauses = 0  # times reading was paused for a slow consumer
         self._reset()
 
@@ -188,7 +187,6 @@ class _Conn(asyncio.Protocol):
         if not self.headers_done:
             return  # end of an interim response
         self.complete = True
-        self.exchanges += 1
         self._wake()
 
     # --- for the client -------------------------------------------------------------------------------------------
