@@ -13,7 +13,7 @@ from metarouter.config import load_settings
 from metarouter.errors import GatewayError
 from metarouter.gateway.pipeline import Gateway, RequestContext
 from metarouter.gateway.resilience import OPEN
-from metarouter.gateway.upstream import MockResponse, MockTransport, UpstreamError, UpstreamRequest
+from metarouter.gateway.upstream import MockResponse, MockTransport, UpstreamError, UpstreamRequest, UpstreamTimeout
 from metarouter.store.sqlite import SQLiteStore
 
 BIG = "openai/gpt-4o-2024-08-06"  # $2.50 / $10 per 1M tokens
@@ -166,6 +166,23 @@ async def test_retries_run_out_and_the_most_telling_error_is_raised_with_the_att
     assert e.value.status == 502 and [a["status"] for a in e.value.metadata["attempts"]] == [502, 502, 502]
     assert "unreachable (ConnectionRefusedError)" in e.value.metadata["attempts"][0]["error"]
     assert await store.list_generations() == []
+    await gw.close()
+
+
+async def test_timeouts_total_bounds_the_whole_request_and_no_fallback_follows(store):
+    async def hang_past_the_deadline(req: UpstreamRequest) -> MockResponse:
+        await asyncio.sleep(0.3)  # longer than timeouts.total: the deadline has passed whatever the clock does
+        raise UpstreamTimeout("upstream timed out", "TimeoutError")
+
+    s = settings()
+    s.timeouts.total = 0.2
+    transport = MockTransport(hang_past_the_deadline)
+    gw = Gateway(s, store, client=transport)
+    await gw.start()
+    with pytest.raises(GatewayError) as e:
+        await gw.complete(body(BIG, SMALL), RequestContext(key=None))
+    assert e.value.status == 408 and "timeouts.total" in e.value.message and not e.value.retryable
+    assert len(transport.requests) == 1  # neither a retry nor the fallback
     await gw.close()
 
 
