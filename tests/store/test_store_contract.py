@@ -179,7 +179,7 @@ async def test_record_generation_is_synchronous_and_survives_cancellation(store)
 async def test_generation_roundtrip_and_listing(store):
     _, rec = await store.create_key("k")
     old = gen(rec.public_id, 5, created_at=time.time() - 100, streamed=True, usage_estimated=True, overage_pico=3,
-              app_title="My App", app_referer="https://example.com", user_tag="u1", session_id="s1")
+              insured=True, app_title="My App", app_referer="https://example.com", user_tag="u1", session_id="s1")
     new = gen(rec.public_id, 6)
     other = gen(None, 1)
     for r in (old, new, other):
@@ -188,7 +188,8 @@ async def test_generation_roundtrip_and_listing(store):
     got = await store.get_generation(old["id"])
     for f, v in old.items():
         assert got[f] == (pytest.approx(v) if isinstance(v, float) else v), f
-    assert got["streamed"] is True and got["usage_estimated"] is True
+    assert got["streamed"] is True and got["usage_estimated"] is True and got["insured"] is True
+    assert (await store.get_generation(new["id"]))["insured"] is False  # a record that does not say: charged
     assert got["attempts"] == [{"model": "openai/gpt-4o-mini", "status": 200}]
     assert got["routing"] == {"reason": "test", "scores": [0.5, 0.25]}
     assert await store.get_generation("gen-nope") is None

@@ -605,6 +605,7 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
         "usage": cost,
         "upstream_inference_cost": pico_to_usd((rec["cost_pico"] or 0) + (rec.get("overage_pico") or 0)),
         "overage": pico_to_usd(rec.get("overage_pico") or 0),  # beyond the hold: the upstream's, not the key's
+        "insured": bool(rec.get("insured")),  # zero completion insurance: nothing delivered, nothing charged
         "cache_discount": None,
         "is_byok": False,
         "data_region": "global",

@@ -302,6 +302,9 @@ _GENERATION = {
         "app": {"type": "object", "properties": {"title": _NSTR, "referer": _NSTR}},
         "session_id": _NSTR, "external_user": _NSTR,
         "attempts": {"type": "array"},
+        "insured": {"type": "boolean", "description": "Zero completion insurance: the answer delivered no content and "
+                    "ended in an error or with no output tokens, so it was not charged (`total_cost` 0; the tokens "
+                    "are still shown)"},
     },
 }
 

@@ -12,10 +12,8 @@ import collections
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
-
-import orjson
 
 from ..catalog import Model
 from ..catalog.providers import provider_display
@@ -29,7 +27,7 @@ from ..providers.sse import SSE_DONE, SSEParser, SSETooLarge, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
 from .images import ImageFetcher, remote_image_urls
-from .upstream import UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
+from .upstream import Upstream, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import HALF_OPEN, OPEN, CircuitBreaker, backoff_delay, counts_against_provider
 from .accounting import (
     charged_parts,
@@ -96,11 +94,15 @@ class _Fallback(Exception):
 
 
 class Gateway:
-    def __init__(self, settings: Settings, store: Store):
+    """The pipeline of one process. ``client`` sends to the upstreams: by default the keep-alive
+    :class:`~.upstream.UpstreamClient` made by :meth:`start`; tests may pass an in-process one
+    (:class:`~.upstream.MockTransport`) and drive fallback, retries, breakers and budgets without a socket."""
+
+    def __init__(self, settings: Settings, store: Store, client: Upstream | None = None):
         self.settings = settings
         self.store = store
         self.catalog = settings.catalog
-        self._client: UpstreamClient | None = None
+        self._client: Upstream | None = client
         self.resilience: ResilienceSettings = settings.resilience
         self.breakers: dict[str, CircuitBreaker] = {}
         self._credit_cache: SWRCache[tuple[int | None, int]] = SWRCache(self._load_credit, ttl=1.0)
@@ -150,8 +152,9 @@ class Gateway:
             self._budget_changed(record["key_id"])
 
     async def start(self) -> None:
-        t = self.settings.timeouts
-        self._client = UpstreamClient(connect_timeout=t.connect, read_timeout=t.first_byte, total_timeout=t.total)
+        if self._client is None:
+            t = self.settings.timeouts
+            self._client = UpstreamClient(connect_timeout=t.connect, read_timeout=t.first_byte, total_timeout=t.total)
 
     async def close(self) -> None:
         if self._background:
@@ -301,10 +304,13 @@ class Gateway:
 
     # --- sending -----------------------------------------------------------------------------------------------
     async def _open(self, model: Model, provider: ProviderConfig, body: dict[str, Any], stream: bool,
-                    deadline: float, total: float):
+                    deadline: float, total: float, reserved: int, max_tokens: int) -> "_Hop":
+        """Send one attempt; returns once the upstream answered 200 (its body still to read). Any other outcome
+        raises ``_Fallback`` with the error it makes."""
         adapter = get_adapter(provider)
         req = adapter.build_request(body, model, provider, stream=stream)
         assert self._client is not None, "gateway not started"
+        t0 = time.perf_counter()
         try:
             resp = await self._client.request(req.url, req.body, req.headers, req.method, deadline=deadline)
         except UpstreamTimeout:
@@ -325,21 +331,42 @@ class Gateway:
             if retry_after.isdigit():  # seconds, passed on; anything else an upstream sends there is not
                 err.headers = {**err.headers, "Retry-After": retry_after}
             raise _Fallback(err)
-        return adapter, resp
+        resp.limit = max_response_bytes(max_tokens * (body.get("n") or 1), stream=stream,
+                                        logprobs=bool(body.get("logprobs")))
+        return _Hop(model, provider, adapter, resp, reserved, max_tokens, t0)
 
-    def _base_record(self, plan: Plan, ctx: RequestContext, gen_id: str, started: float, stream: bool) -> dict:
-        return {
-            "id": gen_id,
-            "created_at": time.time(),
-            "key_id": ctx.key.public_id if ctx.key else None,
-            "app_referer": ctx.app_referer,
-            "app_title": ctx.app_title,
-            "requested_model": plan.requested_model,
-            "router": plan.router,
-            "routing": plan.routing,
-            "streamed": stream,
-            "session_id": ctx.session_id,
-        }
+    def _record_answer(self, req: "_Request", hop: "_Hop", gen_id: str, usage: dict[str, Any] | None,
+                       output_chars: int, *, status: str, finish_reason: str | None,
+                       native_finish_reason: str | None, first_at: float | None, upstream_id: str | None = None,
+                       error: GatewayError | None = None) -> tuple[dict[str, Any], dict[str, Any], asyncio.Future | None]:
+        """The generation record of an answer (JSON or stream), queued with its charge. ``usage`` is what the
+        upstream reported (None: estimated from the prompt and the ``output_chars`` delivered). Returns the record,
+        the usage the client is shown (with the cost charged) and the store's durability future."""
+        estimated = usage is None
+        if usage is None:
+            pt, ct = estimate_prompt_tokens(req.body), estimate_text_tokens(output_chars)
+            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        parts = cost_parts(hop.model, usage)
+        insured = zero_completion(usage, output_chars, status, finish_reason)
+        now = time.perf_counter()
+        plan, ctx = req.plan, req.ctx
+        record = dict(
+            id=gen_id, created_at=time.time(), key_id=ctx.key.public_id if ctx.key else None,
+            app_referer=ctx.app_referer, app_title=ctx.app_title, requested_model=plan.requested_model,
+            router=plan.router, routing=plan.routing, streamed=req.stream, session_id=ctx.session_id,
+            model=hop.model.id, provider=hop.provider.name, status=status,
+            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
+            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+            usage_estimated=estimated, cost_pico=0 if insured else sum(parts), insured=insured,
+            latency_ms=round((now - req.started) * 1000, 2),
+            ttft_ms=round(((first_at or now) - req.started) * 1000, 2),
+            finish_reason=finish_reason, native_finish_reason=native_finish_reason, upstream_id=upstream_id,
+            user_tag=req.body.get("user"), error=error.message if error else None,
+            attempts=[a.as_dict() for a in req.attempts],
+        )
+        durable = self.record(record, hop.reserved)  # the key pays at most the hold
+        return record, usage_with_cost(usage, charged_parts(parts, record["cost_pico"])), durable
 
     def _metadata(self, plan: Plan, attempts: list[Attempt], selected: Model | None) -> dict[str, Any]:
         """``openrouter_metadata`` in OpenRouter's shape (requested, strategy, summary, endpoints, attempts), plus
@@ -374,55 +401,59 @@ class Gateway:
             meta.update({k: v for k, v in plan.routing.items() if k not in meta})
         return meta
 
-    # --- non-streaming -----------------------------------------------------------------------------------------
-    async def _tries(self, plan: Plan, ctx: RequestContext, body: dict[str, Any], stream: bool,
-                     attempts: list[Attempt]) -> AsyncIterator["_Try"]:
-        """The upstream responses to try, in order: each candidate (skipping unconfigured, circuit-open and
-        unaffordable ones), the last one retried with jittered backoff on retryable errors.
+    # --- fallback ----------------------------------------------------------------------------------------------
+    def _unfit(self, model: Model, provider: ProviderConfig, body: dict[str, Any],
+               needs_vision: bool) -> tuple[str, GatewayError] | None:
+        """Why ``model`` cannot serve this request at all (the attempt's note, the error), or None."""
+        gap = ("image input" if needs_vision and not model.vision else
+               "tool use" if body.get("tools") and not model.tools else None)
+        if gap:
+            return f"does not support {gap}", GatewayError(
+                404, f"No endpoints found that support {gap} (tried {model.id})", metadata={"model": model.id},
+                retryable=False)
+        adapter = get_adapter(provider)
+        if (body.get("n") or 1) > 1 and "n" not in adapter.supported_parameters(model):
+            # never dropped silently: the client would get one choice where it asked for several
+            msg = (f"n > 1 (several choices) is not supported by {model.id} (provider {provider.name}); "
+                   "send n: 1, or use a model whose provider supports n")
+            return msg, GatewayError(400, msg, metadata={"model": model.id, "provider_name": provider.name,
+                                                         "param": "n"}, retryable=False)
+        if (body.get("provider") or {}).get("require_parameters"):
+            unsupported = check_parameters(body, adapter, model)
+            if unsupported:
+                msg = f"{model.id} does not support {', '.join(unsupported)} (provider.require_parameters)"
+                return msg, GatewayError(400, msg, metadata={"model": model.id, "unsupported": unsupported},
+                                         retryable=False)
+        return None
 
-        The consumer reads each yielded ``_Try``; if that fails before the first byte it calls ``t.failed(err)``
-        and asks for the next; when it succeeds it stops iterating. Raises the most telling error when none is left.
+    async def _answer(self, req: "_Request", read: Callable[["_Hop"], Awaitable[Any]]) -> tuple["_Hop", Any]:
+        """Try the candidates in order until one answers; returns the hop that did and ``read(hop)``, its answer.
+
+        Candidates that are unconfigured, unfit for the request, circuit-open or unaffordable are skipped; the
+        others are sent one at a time, the last one retried with jittered backoff on retryable errors. ``read``
+        raises ``_Fallback`` when the answer fails before its first byte (the next candidate is tried) and sets
+        ``hop.answered`` once the answer is the client's: from then on its generation record settles the hold;
+        before, a failure or cancellation gives the hold back here. The breaker hears once per candidate (a
+        request and its retries), when the upstream had its say. Raises the most telling error when none answered.
         """
-        res = self.resilience
+        res, plan, attempts = self.resilience, req.plan, req.attempts
         loop = asyncio.get_running_loop()
         total = self.settings.timeouts.total
         deadline = loop.time() + total  # one bound for the whole request: every try, backoff and fallback
         last_error: GatewayError | None = None
-        n = len(plan.candidates)
-        needs_vision = message_text_and_images(body["messages"])[1] > 0
-        needs_tools = bool(body.get("tools"))
-        several_choices = (body.get("n") or 1) > 1
-        require_params = bool((body.get("provider") or {}).get("require_parameters"))
         fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
+        needs_vision = message_text_and_images(req.body["messages"])[1] > 0
         for i, model in enumerate(plan.candidates):
             provider = self.provider_for(model)
             if provider is None:
                 attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
                 last_error = last_error or _not_configured(model)
                 continue
-            gap = ("image input" if needs_vision and not model.vision else
-                   "tool use" if needs_tools and not model.tools else None)
-            if gap:
-                attempts.append(Attempt(model.id, provider.name, 404, f"does not support {gap}"))
-                last_error = GatewayError(404, f"No endpoints found that support {gap} (tried {model.id})",
-                                          metadata={"model": model.id}, retryable=False)
+            unfit = self._unfit(model, provider, req.body, needs_vision)
+            if unfit is not None:
+                attempts.append(Attempt(model.id, provider.name, unfit[1].status, unfit[0]))
+                last_error = unfit[1]
                 continue
-            if several_choices and "n" not in get_adapter(provider).supported_parameters(model):
-                # never dropped silently: the client would get one choice where it asked for several
-                msg = (f"n > 1 (several choices) is not supported by {model.id} (provider {provider.name}); "
-                       "send n: 1, or use a model whose provider supports n")
-                attempts.append(Attempt(model.id, provider.name, 400, msg))
-                last_error = GatewayError(400, msg, metadata={"model": model.id, "provider_name": provider.name,
-                                                              "param": "n"}, retryable=False)
-                continue
-            if require_params:
-                unsupported = check_parameters(body, get_adapter(provider), model)
-                if unsupported:
-                    msg = f"{model.id} does not support {', '.join(unsupported)} (provider.require_parameters)"
-                    attempts.append(Attempt(model.id, provider.name, 400, msg))
-                    last_error = GatewayError(400, msg, metadata={"model": model.id, "unsupported": unsupported},
-                                              retryable=False)
-                    continue
             if loop.time() >= deadline:
                 last_error = last_error or _out_of_time(provider, total)
                 break
@@ -433,18 +464,12 @@ class Gateway:
                 last_error = last_error or err  # an upstream's own error of this request says more than a refusal
                 continue
             probe = breaker.state == HALF_OPEN
-            send = body
-            if getattr(get_adapter(provider), "inline_images_only", False) and remote_image_urls(body):
-                try:
-                    send = await self.images.inline(body, fetched)
-                except GatewayError as exc:  # this candidate cannot have the image; the next may fetch it itself
-                    attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
-                    last_error = exc
-                    breaker.release(probe)
-                    continue
             try:
-                reserved, capped, max_tokens = await self._reserve(ctx, model, send)
-            except GatewayError as exc:  # this candidate is unaffordable; a cheaper fallback may not be
+                send = req.body
+                if getattr(get_adapter(provider), "inline_images_only", False) and remote_image_urls(send):
+                    send = await self.images.inline(send, fetched)
+                reserved, capped, max_tokens = await self._reserve(req.ctx, model, send)
+            except GatewayError as exc:  # this candidate cannot have the image or is unaffordable; the next may not
                 attempts.append(Attempt(model.id, provider.name, exc.status, exc.message))
                 last_error = exc
                 breaker.release(probe)
@@ -452,23 +477,22 @@ class Gateway:
             except BaseException:  # the store is unreachable, or the request was cancelled
                 breaker.release(probe)
                 raise
-            tries = 1 + (res.retries if i == n - 1 else 0)  # fall back first; retry only the last candidate
-            t: _Try | None = None
-            verdict = False  # the breaker hears once per request, after its retries
+            tries = 1 + (res.retries if i == len(plan.candidates) - 1 else 0)  # fall back first; retry the last
+            hop: _Hop | None = None
+            verdict = False
             try:
                 for k in range(tries):
                     t0 = time.perf_counter()
                     try:
-                        adapter, resp = await self._open(model, provider, capped or send, stream, deadline, total)
-                        resp.limit = max_response_bytes(max_tokens * (send.get("n") or 1), stream=stream,
-                                                        logprobs=bool(send.get("logprobs")))
-                        t = _Try(model, provider, adapter, resp, reserved, max_tokens, t0, breaker)
-                        yield t  # the consumer calls t.ok() and stops, or t.failed(err) and asks for the next
-                        if t.error is None:
-                            return
-                        err = t.error
+                        hop = await self._open(model, provider, capped or send, req.stream, deadline, total,
+                                               reserved, max_tokens)
+                        answer = await read(hop)
                     except _Fallback as fb:
                         err = fb.error
+                    else:
+                        breaker.success()
+                        verdict = True
+                        return hop, answer
                     self._failed(attempts, Attempt(model.id, provider.name, err.status, err.message,
                                                    round((time.perf_counter() - t0) * 1000, 2)))
                     last_error = err
@@ -485,71 +509,49 @@ class Gateway:
                 else:  # the upstream answered, refusing this request: nothing said about its health
                     breaker.release(probe)
             finally:
-                if not verdict and not (t is not None and t.succeeded):  # cancelled before the upstream had its say
+                if not verdict:  # cancelled before the upstream had its say
                     breaker.release(probe)
-                # A hold is settled by the generation record once an answer was handed over; otherwise — failure,
-                # or cancellation while waiting on the upstream — it is given back here.
-                if reserved and not (t is not None and t.succeeded):
-                    self._release_later(ctx.key.public_id, reserved)
+                if reserved and not (hop is not None and hop.answered):
+                    self._release_later(req.ctx.key.public_id, reserved)
             if loop.time() >= deadline:
                 break  # the whole request's time is up: no fallback is tried
         raise _final_error(last_error, attempts)
 
+    # --- non-streaming -----------------------------------------------------------------------------------------
+    async def _read_json(self, hop: "_Hop") -> dict[str, Any]:
+        try:
+            try:
+                data = await hop.resp.read()
+            finally:
+                hop.resp.release()
+            out = hop.adapter.parse_response(data)
+        except UpstreamTimeout:
+            raise _Fallback(GatewayError(408, f"{hop.provider.name}: upstream timed out mid-response")) from None
+        except UpstreamError as exc:
+            raise _Fallback(GatewayError(502, f"{hop.provider.name}: upstream failed mid-response ({exc.kind})")) \
+                from None
+        except GatewayError as exc:
+            raise _Fallback(exc) from None
+        hop.answered = True
+        return out
+
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
         plan = await self.plan(body, ctx)
-        started = time.perf_counter()
-        attempts: list[Attempt] = []
-        tries = self._tries(plan, ctx, body, False, attempts)
-        async for t in tries:
-            try:
-                try:
-                    data = await t.resp.read()
-                finally:
-                    t.resp.release()
-                out = t.adapter.parse_response(data)
-            except UpstreamTimeout:
-                t.failed(GatewayError(408, f"{t.provider.name}: upstream timed out mid-response"))
-                continue
-            except UpstreamError as exc:
-                t.failed(GatewayError(502, f"{t.provider.name}: upstream failed mid-response ({exc.kind})"))
-                continue
-            except GatewayError as exc:
-                t.failed(exc)
-                continue
-            t.ok()
-            await tries.aclose()
-            attempts.append(Attempt(t.model.id, t.provider.name, 200, None,
-                                    round((time.perf_counter() - t.t0) * 1000, 2)))
-            if plan.on_served is not None:
-                await plan.on_served(t.model.id)
-            return await self._finish_complete(out, body, plan, ctx, t.model, t.provider, attempts, t.reserved, started)
-        raise AssertionError("unreachable: _tries raises when nothing answered")
-
-    async def _finish_complete(self, out, body, plan, ctx, model, provider, attempts, reserved, started) -> dict:
+        req = _Request(plan, ctx, body, stream=False)
+        hop, out = await self._answer(req, self._read_json)
+        model, provider = hop.model, hop.provider
+        req.attempts.append(Attempt(model.id, provider.name, 200, None, round((time.perf_counter() - hop.t0) * 1000, 2)))
         gen_id = new_generation_id()
-        usage = out.get("usage")
-        estimated = usage is None
-        if usage is None:
-            text = "".join(str((c.get("message") or {}).get("content") or "") for c in out.get("choices", []))
-            pt, ct = estimate_prompt_tokens(body), estimate_text_tokens(len(text))
-            usage = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-        parts = cost_parts(model, usage)
-        cost = sum(parts)  # the key pays at most the hold
-        latency_ms = (time.perf_counter() - started) * 1000
-        choice0 = (out.get("choices") or [{}])[0]
-        record = self._base_record(plan, ctx, gen_id, started, False)
-        record.update(
-            model=model.id, provider=provider.name, status="ok",
-            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
-            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-            usage_estimated=estimated, cost_pico=cost, latency_ms=round(latency_ms, 2), ttft_ms=round(latency_ms, 2),
+        choices = out.get("choices") or []
+        choice0 = choices[0] if choices else {}
+        record, usage, durable = self._record_answer(
+            req, hop, gen_id, out.get("usage"), sum(_output_chars(c.get("message") or {}) for c in choices), status="ok",
             finish_reason=choice0.get("finish_reason"), native_finish_reason=choice0.get("native_finish_reason"),
-            upstream_id=out.get("id"), user_tag=body.get("user"), attempts=[a.as_dict() for a in attempts],
-        )
-        durable = self.record(record, reserved)
+            first_at=None, upstream_id=out.get("id"))
+        if plan.on_served is not None:
+            await plan.on_served(model.id)
         if excludes_reasoning(body):
-            for c in out.get("choices") or ():
+            for c in choices:
                 (c.get("message") or {}).pop("reasoning", None)
         response = {
             "id": gen_id,
@@ -559,11 +561,11 @@ class Gateway:
             "provider": provider_display(provider.name),
             # required (nullable) in OpenRouter's schema: its SDK rejects an answer without it
             "system_fingerprint": out.get("system_fingerprint"),
-            "choices": out.get("choices") or [],
-            "usage": usage_with_cost(usage, charged_parts(parts, record["cost_pico"])),
+            "choices": choices,
+            "usage": usage,
         }
         if ctx.want_metadata:
-            response["openrouter_metadata"] = self._metadata(plan, attempts, model)
+            response["openrouter_metadata"] = self._metadata(plan, req.attempts, model)
         await self.durable(durable, record)  # no answer leaves before its record is written
         return response
 
@@ -573,48 +575,62 @@ class Gateway:
         be started, so the caller can still answer with a real HTTP status; after the first frame, errors become
         a terminal chunk."""
         plan = await self.plan(body, ctx)
-        return self._stream(body, ctx, plan)
+        return self._stream(_Request(plan, ctx, body, stream=True))
 
-    async def _stream(self, body: dict[str, Any], ctx: RequestContext, plan: Plan) -> AsyncIterator[bytes]:
-        started = time.perf_counter()
-        attempts: list[Attempt] = []
-        tries = self._tries(plan, ctx, body, True, attempts)
+    async def _stream(self, req: _Request) -> AsyncIterator[bytes]:
+        _, (first, rest) = await self._answer(req, lambda hop: _StreamRun(self, req, hop).peek())
         try:
-            async for t in tries:
-                run = _StreamRun(self, body, ctx, plan, t.model, t.provider, t.adapter, t.resp, attempts,
-                                 t.reserved, t.max_tokens, started, t.t0)
-                try:
-                    async for frame in run.frames():
-                        if not t.succeeded:
-                            t.ok()  # handed over at the first byte: from here the record settles the hold
-                        yield frame
-                except _Fallback as fb:
-                    t.failed(fb.error)
-                    continue
-                return
+            yield first
+            async for frame in rest:
+                yield frame
         finally:
-            await tries.aclose()
+            await rest.aclose()  # a client gone mid-stream: the run records what was served
 
 
 @dataclass
-class _Try:
+class _Request:
+    """One request on its way through the pipeline: what every attempt and the generation record share."""
+
+    plan: Plan
+    ctx: RequestContext
+    body: dict[str, Any]
+    stream: bool
+    attempts: list[Attempt] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class _Hop:
+    """An attempt the upstream answered with 200, its body still to read."""
+
     model: Model
     provider: ProviderConfig
     adapter: Any
     resp: UpstreamResponse
-    reserved: int
+    reserved: int  # picodollars held for it
     max_tokens: int  # output tokens allowed (sent upstream, and where a stream is cut)
     t0: float
-    breaker: CircuitBreaker
-    error: GatewayError | None = None
-    succeeded: bool = False
+    answered: bool = False  # the answer is the client's: its generation record settles the hold
 
-    def ok(self) -> None:
-        self.succeeded = True
-        self.breaker.success()
 
-    def failed(self, error: GatewayError) -> None:
-        self.error = error
+def zero_completion(usage: dict[str, Any], output_chars: int, status: str, finish_reason: str | None) -> bool:
+    """Zero completion insurance (as OpenRouter's): an answer that delivered no content (no text, reasoning or tool
+    call) and either ended in an error or came with no output tokens is not charged."""
+    if output_chars > 0:
+        return False
+    return status == "error" or finish_reason == "error" or not usage.get("completion_tokens")
+
+
+def _output_chars(part: dict[str, Any]) -> int:
+    """Characters of output in a message or a stream's delta: its text, reasoning and tool calls."""
+    n = 0
+    for k in ("content", "reasoning"):
+        if isinstance(part.get(k), str):
+            n += len(part[k])
+    for tc in part.get("tool_calls") or ():
+        fn = (tc or {}).get("function") or {}
+        n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+    return n
 
 
 def _retry_after(seconds: float) -> dict[str, str]:
@@ -636,12 +652,10 @@ class _StreamRun:
     more is cut once its text passes ``CUT_CHARS_PER_TOKEN`` characters a token (more than honest text has, so an
     upstream that keeps to ``max_tokens`` is never cut), and the stream ends there with ``finish_reason: "length"``."""
 
-    def __init__(self, gw: Gateway, body, ctx, plan, model, provider, adapter, resp, attempts, reserved, max_tokens,
-                 started, t0):
-        self.gw, self.body, self.ctx, self.plan = gw, body, ctx, plan
-        self.model, self.provider, self.adapter, self.resp = model, provider, adapter, resp
-        self.attempts, self.reserved, self.started, self.t0 = attempts, reserved, started, t0
-        self.max_chars = CUT_CHARS_PER_TOKEN * max_tokens
+    def __init__(self, gw: Gateway, req: _Request, hop: _Hop):
+        self.gw, self.req, self.hop = gw, req, hop
+        self.model, self.provider = hop.model, hop.provider
+        self.max_chars = CUT_CHARS_PER_TOKEN * hop.max_tokens
         self.gen_id = new_generation_id()
         self.created = int(time.time())
         self.first_at: float | None = None
@@ -649,11 +663,25 @@ class _StreamRun:
         self.cut = False  # the output reached what was allowed: the rest of the upstream's answer is dropped
         self.finish_reason: str | None = None
         self.native_finish_reason: str | None = None
-        self.upstream_id: str | None = None
         self.fingerprint: str | None = None  # the upstream's system_fingerprint, once it sent one
         self.error: GatewayError | None = None
-        self.provider_name = provider_display(provider.name)
-        self.drop_reasoning = excludes_reasoning(body)
+        self.provider_name = provider_display(hop.provider.name)
+        self.drop_reasoning = excludes_reasoning(req.body)
+
+    async def peek(self) -> tuple[bytes, AsyncIterator[bytes]]:
+        """(The first frames, the rest): raises ``_Fallback`` if the stream fails before its first chunk."""
+        frames = self.frames()
+        first = await frames.__anext__()  # frames() ends with its usage chunk, or raises before its first
+        return first, frames
+
+    async def _began(self) -> None:
+        """The first chunk came: the answer is the client's from here (its record settles the hold)."""
+        self.first_at = time.perf_counter()
+        self.hop.answered = True
+        self.req.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
+                                         round((self.first_at - self.hop.t0) * 1000, 2)))
+        if self.req.plan.on_served is not None:
+            await self.req.plan.on_served(self.model.id)
 
     def _stamp(self, chunk: dict[str, Any]) -> dict[str, Any]:
         if chunk.get("system_fingerprint"):
@@ -669,8 +697,10 @@ class _StreamRun:
                 self.native_finish_reason = c.get("native_finish_reason", c["finish_reason"])
         return out
 
-    def _frames(self, chunks) -> list[bytes]:
+    async def _frames(self, chunks) -> list[bytes]:
         """The frames of translated chunks, up to the output allowed (past it ``cut`` is set and the rest dropped)."""
+        if chunks and self.first_at is None:
+            await self._began()
         out: list[bytes] = []
         for chunk in chunks:
             n = 0
@@ -678,12 +708,7 @@ class _StreamRun:
                 delta = c.get("delta") or {}
                 if self.drop_reasoning:
                     delta.pop("reasoning", None)
-                for k in ("content", "reasoning"):
-                    if isinstance(delta.get(k), str):
-                        n += len(delta[k])
-                for tc in delta.get("tool_calls") or ():
-                    fn = (tc or {}).get("function") or {}
-                    n += len(str(fn.get("arguments") or "")) + len(str(fn.get("name") or ""))
+                n += _output_chars(delta)
             if self.text_chars + n > self.max_chars:
                 self.cut = True
                 break
@@ -693,24 +718,18 @@ class _StreamRun:
 
     async def frames(self) -> AsyncIterator[bytes]:
         parser = SSEParser()
-        translator = self.adapter.stream_translator(self.model)
+        translator = self.hop.adapter.stream_translator(self.model)
+        resp = self.hop.resp
         recorded = False
         try:
             try:
-                async for raw in self.resp.iter_any():
+                async for raw in resp.iter_any():
                     # every frame of one upstream read goes out in one write (one ASGI send, one syscall)
                     out: list[bytes] = []
                     failed: GatewayError | None = None
                     try:
                         for event in parser.feed(raw):
-                            chunks = translator.feed(event)
-                            if chunks and self.first_at is None:
-                                self.first_at = time.perf_counter()
-                                self.attempts.append(Attempt(self.model.id, self.provider.name, 200, None,
-                                                             round((self.first_at - self.t0) * 1000, 2)))
-                                if self.plan.on_served is not None:
-                                    await self.plan.on_served(self.model.id)
-                            out += self._frames(chunks)
+                            out += await self._frames(translator.feed(event))
                             if self.cut:
                                 break
                     except GatewayError as exc:  # frames before an in-stream error still go out first
@@ -725,10 +744,10 @@ class _StreamRun:
                         break
                 if not self.cut:
                     for event in parser.close():
-                        for frame in self._frames(translator.feed(event)):
+                        for frame in await self._frames(translator.feed(event)):
                             yield frame
                 if not self.cut:
-                    for frame in self._frames(translator.finish()):
+                    for frame in await self._frames(translator.finish()):
                         yield frame
                 if not (translator.done or self.cut) and self.first_at is not None and self.finish_reason is None:
                     raise GatewayError(502, f"{self.provider.name}: upstream stream ended before it was complete")
@@ -744,7 +763,7 @@ class _StreamRun:
                     raise _Fallback(err) from None
                 self.error = err
             finally:
-                self.resp.release()
+                resp.release()
             if self.first_at is None:
                 raise _Fallback(GatewayError(502, f"{self.provider.name}: upstream stream ended without an answer"))
             if self.cut:
@@ -756,47 +775,24 @@ class _StreamRun:
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "error", "native_finish_reason": "error"}],
                     "error": self.error.stream_body(),
                 }))
-            usage = self._usage(None if self.cut else translator.usage)  # a cut answer's upstream usage is partial
-            parts = cost_parts(self.model, usage)
-            record, durable = self._record(usage, sum(parts), status="ok" if self.error is None else "error")
+            # a cut answer's upstream usage is partial: estimated from what was sent
+            record, usage, durable = self._record(None if self.cut else translator.usage,
+                                                  "ok" if self.error is None else "error")
             recorded = True
-            final: dict[str, Any] = {"choices": [], "usage": usage_with_cost(usage, charged_parts(parts,
-                                                                                                record["cost_pico"]))}
-            if self.ctx.want_metadata:
-                final["openrouter_metadata"] = self.gw._metadata(self.plan, self.attempts, self.model)
+            final: dict[str, Any] = {"choices": [], "usage": usage}
+            if self.req.ctx.want_metadata:
+                final["openrouter_metadata"] = self.gw._metadata(self.req.plan, self.req.attempts, self.model)
             await self.gw.durable(durable, record)  # the last byte leaves only once the record is written
             yield sse_data(self._stamp(final)) + SSE_DONE  # the usage chunk and the end: one write
         finally:
             if not recorded and self.first_at is not None:
                 # the client went away (or we were cancelled) after the answer began: record what was served
-                usage = self._usage(None if self.cut else translator.usage)
-                self._record(usage, sum(cost_parts(self.model, usage)), status="cancelled")
+                self._record(None if self.cut else translator.usage, "cancelled")
 
-    def _usage(self, usage: dict[str, Any] | None) -> dict[str, Any]:
-        if usage is not None:
-            self.estimated = False
-            return usage
-        self.estimated = True
-        pt = estimate_prompt_tokens(self.body)
-        ct = estimate_text_tokens(self.text_chars)
-        return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
-
-    def _record(self, usage: dict[str, Any], cost: int, status: str) -> tuple[dict[str, Any], asyncio.Future | None]:
-        now = time.perf_counter()
-        record = self.gw._base_record(self.plan, self.ctx, self.gen_id, self.started, True)
-        record.update(
-            model=self.model.id, provider=self.provider.name, status=status,
-            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
-            reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),
-            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-            usage_estimated=self.estimated, cost_pico=cost,
-            latency_ms=round((now - self.started) * 1000, 2),
-            ttft_ms=round(((self.first_at or now) - self.started) * 1000, 2),
-            finish_reason=self.finish_reason, native_finish_reason=self.native_finish_reason,
-            user_tag=self.body.get("user"), error=self.error.message if self.error else None,
-            attempts=[a.as_dict() for a in self.attempts],
-        )
-        return record, self.gw.record(record, self.reserved)
+    def _record(self, usage: dict[str, Any] | None, status: str):
+        return self.gw._record_answer(
+            self.req, self.hop, self.gen_id, usage, self.text_chars, status=status, finish_reason=self.finish_reason,
+            native_finish_reason=self.native_finish_reason, first_at=self.first_at, error=self.error)
 
 
 def _with_max_tokens(body: dict[str, Any], tokens: int) -> dict[str, Any]:
@@ -852,6 +848,3 @@ def _final_error(last: GatewayError | None, attempts: list[Attempt]) -> GatewayE
         last.metadata = {**last.metadata, "attempts": [a.as_dict() for a in attempts]}
     return last
 
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)

@@ -10,23 +10,29 @@ an answer (:attr:`UpstreamResponse.limit`, before and after decompression), and 
 slow client lets the body pile up). It never re-sends a request by itself: that is the gateway's retry policy.
 
 Failures are raised as :class:`UpstreamError` (:class:`UpstreamTimeout` for timeouts) naming what went wrong.
+
+:class:`Upstream` is what the gateway needs of a client; :class:`MockTransport` is one that answers in-process
+from a callable (the idea of httpx's ``MockTransport``), for tests of the pipeline without a socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl as _ssl
 import zlib
 from collections import deque
-from typing import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Protocol
 from urllib.parse import urlsplit
 
 import httptools
+import orjson
 
-__all__ = ["UpstreamClient", "UpstreamResponse", "UpstreamError", "UpstreamTimeout"]
+__all__ = ["MockResponse", "MockTransport", "Upstream", "UpstreamClient", "UpstreamError", "UpstreamRequest",
+           "UpstreamResponse", "UpstreamTimeout"]
 
 HIGH_WATER = 256 * 1024  # bytes buffered from a stream before reading from the socket pauses
-LOW_WATER = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 MAX_IDLE_PER_ORIGIN = 512
 
@@ -87,7 +93,6 @@ class _Conn(asyncio.Protocol):
         self.lost = False
         self.active = False  # an exchange is in progress (set by the client, cleared when the response is released)
         self.idle_since = 0.0
-        self.exchanges = 0  # answers received on this connection
         self.pauses = 0  # times reading was paused for a slow consumer
         self._reset()
 
@@ -182,7 +187,6 @@ class _Conn(asyncio.Protocol):
         if not self.headers_done:
             return  # end of an interim response
         self.complete = True
-        self.exchanges += 1
         self._wake()
 
     # --- for the client -------------------------------------------------------------------------------------------
@@ -513,3 +517,106 @@ def _latin1_header(k: str, v: str) -> bytes:
     except UnicodeEncodeError:
         raise UpstreamError(f"header {k!r} has characters HTTP/1.1 cannot carry", "InvalidHeader") from None
 
+
+
+# --- the seam ---------------------------------------------------------------------------------------------------
+class Upstream(Protocol):
+    """What the gateway needs of an upstream client: :class:`UpstreamClient`, or :class:`MockTransport` in tests.
+    ``request`` returns once status and headers are in, as an object with ``status``, ``headers`` (``.get``), a
+    settable ``limit`` and ``read()`` / ``iter_any()`` / ``release()`` as :class:`UpstreamResponse` has them; it
+    raises :class:`UpstreamError` when there is no answer."""
+
+    async def request(self, url: str, body: bytes, headers: dict[str, str], method: str = "POST",
+                      deadline: float | None = None) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class UpstreamRequest:
+    """A request as a :class:`MockTransport` handler sees it."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    method: str = "POST"
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+class MockResponse:
+    """A handler's answer: a status, headers, and a body given whole (``content`` bytes, or ``json``) or as it
+    arrives (``stream``: an iterable or async iterable of bytes; an :class:`UpstreamError` raised in it reaches the
+    reader as a broken connection would). Keeps :attr:`limit` as :class:`UpstreamResponse` does."""
+
+    def __init__(self, status: int = 200, *, json: Any = None, content: bytes = b"",
+                 stream: Iterable[bytes] | AsyncIterable[bytes] | None = None, headers: dict[str, str] | None = None):
+        self.status = status
+        self.headers = _Headers({k.lower(): v for k, v in (headers or {}).items()})
+        self._content = orjson.dumps(json) if json is not None else content
+        self._stream = stream
+        self.limit: int | None = None
+        self.released = False
+
+    def _check(self, n: int) -> None:
+        if self.limit is not None and n > self.limit:
+            raise _too_large(self.limit)
+
+    async def read(self) -> bytes:
+        try:
+            if self._stream is None:
+                data = self._content
+            else:
+                data = b"".join([piece async for piece in self._pieces()])
+            self._check(len(data))
+            return data
+        finally:
+            self.release()
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        if isinstance(self._stream, AsyncIterable):
+            async for piece in self._stream:
+                yield piece
+        else:
+            for piece in self._stream or (self._content,):
+                yield piece
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        received = 0
+        try:
+            async for piece in self._pieces():
+                received += len(piece)
+                self._check(received)
+                if piece:
+                    yield piece
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        self.released = True
+
+
+class MockTransport:
+    """An in-process :class:`Upstream`: each request goes to ``handler(UpstreamRequest)``, which returns a
+    :class:`MockResponse` (or awaits one), or raises :class:`UpstreamError` / :class:`UpstreamTimeout` to stand
+    for an upstream that cannot be reached or does not answer. ``requests`` keeps every request sent."""
+
+    def __init__(self, handler: Callable[[UpstreamRequest], MockResponse | Awaitable[MockResponse]]):
+        self.handler = handler
+        self.requests: list[UpstreamRequest] = []
+        self.responses: list[MockResponse] = []
+
+    async def request(self, url: str, body: bytes, headers: dict[str, str], method: str = "POST",
+                      deadline: float | None = None) -> MockResponse:
+        req = UpstreamRequest(url, body, dict(headers), method)
+        self.requests.append(req)
+        resp = self.handler(req)
+        if inspect.isawaitable(resp):
+            resp = await resp
+        self.responses.append(resp)
+        return resp
+
+    async def close(self) -> None:
+        pass

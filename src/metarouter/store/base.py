@@ -153,7 +153,7 @@ GENERATION_FIELDS: tuple[str, ...] = (
     "id", "created_at", "key_id", "app_referer", "app_title", "requested_model", "model", "provider", "router",
     "streamed", "status", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
     "usage_estimated", "cost_pico", "overage_pico", "latency_ms", "ttft_ms", "finish_reason", "native_finish_reason",
-    "upstream_id", "user_tag", "session_id", "error", "attempts", "routing",
+    "upstream_id", "user_tag", "session_id", "error", "attempts", "routing", "insured",
 )
 JSON_FIELDS = ("attempts", "routing")
 

@@ -129,6 +129,10 @@ MIGRATIONS: list[str] = [
         lease_until TIMESTAMPTZ NOT NULL
     );
     """,
+    # 3: an answer not charged under zero completion insurance (no content; an error or no output tokens)
+    """
+    ALTER TABLE generations ADD COLUMN insured BOOLEAN NOT NULL DEFAULT FALSE;
+    """,
 ]
 
 #: advisory lock taken while migrating, so replicas starting together apply each migration once
@@ -137,7 +141,7 @@ _BATCH = 512
 _KEY_COLS = "public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, rpm, tpm, created_at"
 _GEN_COLS = ", ".join(GENERATION_FIELDS)
 _GEN_TYPES = {
-    "created_at": "float8", "streamed": "bool", "usage_estimated": "bool", "prompt_tokens": "int8",
+    "created_at": "float8", "streamed": "bool", "usage_estimated": "bool", "insured": "bool", "prompt_tokens": "int8",
     "completion_tokens": "int8", "reasoning_tokens": "int8", "cached_tokens": "int8", "cost_pico": "int8",
     "overage_pico": "int8", "latency_ms": "float8", "ttft_ms": "float8", "attempts": "jsonb", "routing": "jsonb",
 }
@@ -188,7 +192,7 @@ def _columns(records: list[dict[str, Any]]) -> list[list[Any]]:
             v = r.get(f)
             if f in JSON_FIELDS:
                 v = orjson.dumps(v).decode() if v is not None else None
-            elif f in ("streamed", "usage_estimated"):
+            elif f in ("streamed", "usage_estimated", "insured"):
                 v = bool(v)
             elif f in _INT_FIELDS:
                 v = int(v or 0)

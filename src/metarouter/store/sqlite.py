@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
         lease_until REAL NOT NULL
     );
     """,
+    # 4: an answer not charged under zero completion insurance (no content; an error or no output tokens)
+    """
+    ALTER TABLE generations ADD COLUMN insured INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _BATCH = 512
@@ -156,6 +160,8 @@ def generation_row(record: dict[str, Any]) -> tuple:
             v = orjson.dumps(v).decode()
         elif f == "overage_pico":
             v = int(v or 0)
+        elif f == "insured":
+            v = int(bool(v))
         elif isinstance(v, bool):
             v = int(v)
         vals.append(v)
@@ -167,7 +173,7 @@ def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
     for f in JSON_FIELDS:
         if d.get(f):
             d[f] = orjson.loads(d[f])
-    for f in ("streamed", "usage_estimated"):
+    for f in ("streamed", "usage_estimated", "insured"):
         if f in d:
             d[f] = bool(d[f])
     return d
