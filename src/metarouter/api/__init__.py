@@ -19,7 +19,27 @@ def build_full_app(settings: Settings, store=None):
     _wire_breaker_metrics(app)
     _wire_store_metrics(app)
     _wire_conversations(app, settings)
+    _wire_response_cache(app, settings)
     return app
+
+
+def _wire_response_cache(app, settings: Settings) -> None:
+    """Response caching, asked for per request (``X-OpenRouter-Cache``) or by the config: gateway/cache.py."""
+    from ..gateway.cache import CacheSettings, make_cache
+
+    CacheSettings.from_config(settings.raw)  # a bad setting fails here, not at the first request
+
+    async def start(app) -> None:
+        app.state.response_cache = make_cache(settings)
+        app.state.request_hooks.append(app.state.response_cache.request_hook)
+
+    async def stop(app) -> None:
+        cache = getattr(app.state, "response_cache", None)
+        if cache is not None:
+            await cache.close()
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
 
 
 def _wire_conversations(app, settings: Settings) -> None:

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, Model, pico_to_usd
 from ..config import Settings
 from ..errors import GatewayError
+from ..gateway.cache import is_cache_hit
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers import get_adapter
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
@@ -577,6 +578,7 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
         "upstream_inference_cost": pico_to_usd((rec["cost_pico"] or 0) + (rec.get("overage_pico") or 0)),
         "overage": pico_to_usd(rec.get("overage_pico") or 0),  # beyond the hold: the upstream's, not the key's
         "cache_discount": None,
+        "cache_hit": is_cache_hit(rec),  # answered from the response cache (gateway/cache.py): cost 0
         "is_byok": False,
         "data_region": "global",
         "tokens_prompt": rec["prompt_tokens"],

@@ -72,6 +72,7 @@ class RequestContext:
     app_title: str | None = None
     want_metadata: bool = False
     session_id: str | None = None
+    cache: Any = None  # the response cache's part in this request, when it asked for it (gateway/cache.py)
 
 
 @dataclass
@@ -497,6 +498,8 @@ class Gateway:
         raise _final_error(last_error, attempts)
 
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        if ctx.cache is not None:  # a hit answers there; a miss comes back here without it
+            return await ctx.cache.complete(self, body, ctx)
         plan = await self.plan(body, ctx)
         started = time.perf_counter()
         attempts: list[Attempt] = []
@@ -573,6 +576,8 @@ class Gateway:
         """SSE frames. Raises ``GatewayError`` here (resolution) or from the first ``__anext__`` if nothing could
         be started, so the caller can still answer with a real HTTP status; after the first frame, errors become
         a terminal chunk."""
+        if ctx.cache is not None:  # a hit replays there; a miss comes back here without it
+            return await ctx.cache.stream(self, body, ctx)
         plan = await self.plan(body, ctx)
         return self._stream(body, ctx, plan)
 
