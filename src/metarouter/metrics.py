@@ -481,7 +481,7 @@ def _archive(directory: Path, dead: list[Path]) -> None:
         except BlockingIOError:
             return
         merged: dict[tuple, list] = {}
-        for name, key, kind, mode, values in _read_archive(directory / ARCHIVE):
+        for name, key, kind, _mode, values in _read_archive(directory / ARCHIVE):
             merged[(name, key, kind)] = values
         gone = []
         for path in dead:

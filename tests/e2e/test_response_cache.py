@@ -16,6 +16,7 @@ from metarouter.testing.fake_upstream import FAKE_KEYS_ENV
 from metarouter.testing.gateway_process import GatewayProcess
 
 from ..conftest import gateway_config
+from .test_metrics import parse, total
 
 MODEL = "openai/gpt-4o-mini-2024-07-18"
 REDIS_URL = os.environ.get("METAROUTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -81,6 +82,9 @@ def test_a_repeated_request_is_a_free_hit(gw, fake):
     rows = httpx.get(gw.url + "/api/v1/activity/generations",
                      headers={"Authorization": f"Bearer {gw.api_key}"}).json()["data"]
     assert {r["id"]: r["cache_hit"] for r in rows}[second.id] is True
+    _, samples = parse(httpx.get(gw.url + "/metrics").text)
+    assert total(samples, "metarouter_response_cache_requests_total", result="hit") >= 1
+    assert total(samples, "metarouter_response_cache_requests_total", result="miss") >= 1
 
 
 def test_only_when_asked(gw, fake):

@@ -38,6 +38,13 @@ def _wire_response_cache(app, settings: Settings) -> None:
         if cache is not None:
             await cache.close()
 
+    def results() -> list:
+        cache = getattr(app.state, "response_cache", None)
+        return [] if cache is None else [({"result": "hit"}, cache.hits), ({"result": "miss"}, cache.misses)]
+
+    app.state.metrics.registry.counter_callback(
+        "metarouter_response_cache_requests_total",
+        "Requests that asked for the response cache, by result (hit: answered from it at no cost).", results)
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
 
@@ -167,9 +174,9 @@ def _wire_rate_limits(app, settings: Settings) -> None:
 
 def _wire_admin_and_metrics(app) -> None:
     """The admin API (``/api/v1/keys``, ``POST /api/v1/credits``) and Prometheus ``/metrics``."""
-    from starlette.routing import Route
-
     import asyncio
+
+    from starlette.routing import Route
 
     from ..metrics import GatewayMetrics, Registry
     from .admin import admin_routes

@@ -144,6 +144,7 @@ class ResponseCache:
     def __init__(self, settings: CacheSettings, backend: MemoryBackend | RedisBackend):
         self.settings, self.backend = settings, backend
         self._warned = 0.0
+        self.hits = self.misses = 0  # for /metrics
 
     async def request_hook(self, request, key, body: dict[str, Any], ctx) -> None:
         """Run where every chat request is admitted (chat, Messages, Responses): decide whether this one uses the
@@ -157,10 +158,8 @@ class ResponseCache:
         ttl = self.settings.ttl
         raw_ttl = h.get("x-openrouter-cache-ttl")
         if raw_ttl is not None:
-            try:
-                ttl = int(raw_ttl.strip())
-            except ValueError:
-                ttl = 0
+            digits = raw_ttl.strip()  # plain ASCII digits: not "1_0", "+5", "١٢" or 5,000 digits
+            ttl = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 6 else 0
             if not 1 <= ttl <= MAX_TTL:
                 raise GatewayError(400, f"X-OpenRouter-Cache-TTL must be a whole number of seconds, 1 to {MAX_TTL}")
         stream = bool(body.get("stream"))
@@ -220,6 +219,7 @@ class CacheRequest:
         if model is None or gateway.provider_for(model) is None:
             return None  # its model is gone: ask again
         self.status, self.age = "HIT", max(0, int(time.time() - entry["stored_at"]))
+        self.cache.hits += 1
         entry["provider"] = model.provider
         return entry
 
@@ -230,10 +230,12 @@ class CacheRequest:
         if entry is not None:
             response = _fresh(entry["response"], new_generation_id(), int(time.time()))
             choice0 = (response.get("choices") or [{}])[0]
-            await _record_hit(gateway, body, ctx, entry, response["id"], started, False,
-                              choice0.get("finish_reason"), choice0.get("native_finish_reason"))
+            record = _hit_record(body, ctx, entry, response["id"], started, False, choice0.get("finish_reason"),
+                                 choice0.get("native_finish_reason"))
+            await gateway.durable(gateway.record(record, 0), record)  # written before the answer leaves
             return response
         self.status = "MISS"
+        self.cache.misses += 1
         response = await gateway.complete(body, dataclasses.replace(ctx, cache=None))
         choice0 = (response.get("choices") or [{}])[0]
         if _complete_answer(body, choice0.get("finish_reason")):
@@ -247,20 +249,26 @@ class CacheRequest:
         if entry is not None:
             return self._replay(gateway, body, ctx, entry, started)
         self.status = "MISS"
+        self.cache.misses += 1
         return self._capture(await gateway.stream(body, dataclasses.replace(ctx, cache=None)), body)
 
     async def _replay(self, gateway, body, ctx, entry, started) -> AsyncIterator[bytes]:
         gen_id, created = new_generation_id(), int(time.time())
         chunks = [_fresh(c, gen_id, created) for c in entry["chunks"]]
-        finish = next((c.get("finish_reason") for chunk in chunks for c in chunk.get("choices") or ()
-                       if c.get("finish_reason")), None)
-        native = next((c.get("native_finish_reason") for chunk in chunks for c in chunk.get("choices") or ()
-                       if c.get("finish_reason")), None)
+        ends = [c for chunk in chunks for c in chunk.get("choices") or () if c.get("finish_reason")]
+        finish = (ends[0].get("finish_reason"), ends[0].get("native_finish_reason")) if ends else (None, None)
         *body_chunks, last = chunks
-        if body_chunks:
-            yield b"".join(sse_data(c) for c in body_chunks)
-        await _record_hit(gateway, body, ctx, entry, gen_id, started, True, finish, native)
-        yield sse_data(last) + SSE_DONE  # as the pipeline: the last chunk leaves once the record is written
+        recorded = False
+        try:
+            if body_chunks:
+                yield b"".join(sse_data(c) for c in body_chunks)
+            record = _hit_record(body, ctx, entry, gen_id, started, True, *finish)
+            recorded = True
+            await gateway.durable(gateway.record(record, 0), record)
+            yield sse_data(last) + SSE_DONE  # as the pipeline: the last chunk leaves once the record is written
+        finally:
+            if not recorded:  # the client left during the replay: what it was sent is recorded all the same
+                gateway.record(_hit_record(body, ctx, entry, gen_id, started, True, *finish, status="cancelled"), 0)
 
     async def _capture(self, frames: AsyncIterator[bytes], body: dict[str, Any]) -> AsyncIterator[bytes]:
         """The frames as they go, kept; stored once the last one (``[DONE]``) has come, before it is passed on
@@ -321,12 +329,12 @@ def _zeroed(value: Any) -> Any:
     return value
 
 
-async def _record_hit(gateway, body, ctx, entry, gen_id: str, started: float, streamed: bool,
-                      finish: str | None, native: str | None) -> None:
-    """A hit is a generation of its own: cost 0, flagged, written before its answer leaves."""
+def _hit_record(body, ctx, entry, gen_id: str, started: float, streamed: bool, finish: str | None,
+                native: str | None, status: str = "ok") -> dict[str, Any]:
+    """The record of a hit, a generation of its own: cost 0, no tokens billed, flagged as the cache's."""
     latency = round((time.perf_counter() - started) * 1000, 2)
     requested = body.get("model") or (body.get("models") or [None])[0]
-    record = {
+    return {
         "id": gen_id, "created_at": time.time(), "key_id": ctx.key.public_id if ctx.key else None,
         "app_referer": ctx.app_referer, "app_title": ctx.app_title, "requested_model": requested, "router": None,
         "routing": {"reason": f"served from the response cache: the answer of {entry['original_id']}, "
@@ -334,12 +342,11 @@ async def _record_hit(gateway, body, ctx, entry, gen_id: str, started: float, st
                     "cache": {"hit": True, "original_id": entry["original_id"],
                               "age_s": max(0, round(time.time() - entry["stored_at"], 3))}},
         "streamed": streamed, "session_id": ctx.session_id, "model": entry["model"], "provider": entry["provider"],
-        "status": "ok", "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cached_tokens": 0,
+        "status": status, "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0, "cached_tokens": 0,
         "usage_estimated": False, "cost_pico": 0, "latency_ms": latency, "ttft_ms": latency,
         "finish_reason": finish, "native_finish_reason": native, "upstream_id": None, "user_tag": body.get("user"),
         "attempts": [],
     }
-    await gateway.durable(gateway.record(record, 0), record)
 
 
 def is_cache_hit(record: dict[str, Any]) -> bool:
