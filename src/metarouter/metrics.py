@@ -426,8 +426,12 @@ def _read_file(path: Path) -> tuple[list | None, bool]:
             live = False  # nobody holds it: its worker has exited
         except BlockingIOError:
             live = True
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-            if mm[0:4] != MAGIC:
+        try:
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except ValueError:  # still empty: a worker that is just creating it
+            return None, False
+        with mm:
+            if len(mm) < HEADER or mm[0:4] != MAGIC:
                 return None, False
             (used,) = struct.unpack_from("<Q", mm, 8)
             data = mm[:used]

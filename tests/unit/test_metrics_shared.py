@@ -3,6 +3,7 @@ scrape; a dead worker's counters still count, its gauges do not."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,31 @@ def test_registry_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv(M.METRICS_DIR_ENV, str(tmp_path / "m"))
     r = Registry.from_environment()
     assert r.shared is not None and r.shared.path.parent == tmp_path / "m"
+
+
+def test_serve_gives_several_workers_a_fresh_directory(tmp_path, monkeypatch):
+    from metarouter.cli import _shared_metrics_dir
+
+    monkeypatch.delenv(M.METRICS_DIR_ENV, raising=False)
+    made = _shared_metrics_dir()  # a directory of this start's own, named to the workers; serve removes it at exit
+    try:
+        assert made and os.environ[M.METRICS_DIR_ENV] == made and os.path.isdir(made) and not os.listdir(made)
+    finally:
+        os.rmdir(made)
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "worker-1-old.bin").write_bytes(b"x")
+    (given / M.ARCHIVE).write_bytes(b"[]")
+    (given / "keep.txt").write_text("not ours")
+    monkeypatch.setenv(M.METRICS_DIR_ENV, str(given))
+    assert _shared_metrics_dir() is None  # the operator's directory: emptied of an earlier run's files, kept
+    assert sorted(p.name for p in given.iterdir()) == ["keep.txt"]
+
+
+def test_a_file_being_created_is_skipped(tmp_path):
+    r = GatewayMetrics(Registry(SharedSlots(tmp_path)))
+    r.observer("generation", record(0))
+    (tmp_path / "worker-9-new.bin").write_bytes(b"")  # created, not yet sized: a worker starting
+    (tmp_path / "worker-9-half.bin").write_bytes(bytes(64))  # sized, header not yet written
+    _, s = parse(r.registry.render())
+    assert total(s, "metarouter_generations_total") == 1
