@@ -150,7 +150,10 @@ class ResponseCache:
         """Run where every chat request is admitted (chat, Messages, Responses): decide whether this one uses the
         cache; if it does, ``ctx.cache`` carries it to the pipeline and the request's scope to the headers."""
         h = request.headers
-        asked = (h.get("x-openrouter-cache") or "").strip().lower()
+        raw = h.get("x-openrouter-cache")
+        if raw is None and not self.settings.enabled:
+            return  # the common case, at the cost of one header lookup
+        asked = (raw or "").strip().lower()
         if asked and asked not in _ON + _OFF:
             raise GatewayError(400, "X-OpenRouter-Cache must be true or false")
         if not (asked in _ON or (self.settings.enabled and asked not in _OFF)):
