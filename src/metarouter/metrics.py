@@ -13,6 +13,8 @@
   an upstream that reported more usage than the request could have used)
 - ``metarouter_circuit_breaker_state`` (gauge; by provider and model: 0 closed, 1 half-open, 2 open) and
   ``metarouter_circuit_breaker_opened_total`` (counter): read from the breakers at scrape time
+- ``metarouter_ledger_pending_records`` (gauge) and ``metarouter_response_cache_requests_total`` (counter; hit or
+  miss), read at scrape time too (wired in ``api/__init__.py``)
 
 The GenAI attributes become labels as the OpenTelemetry → Prometheus mapping writes them (``gen_ai.request.model``
 → ``gen_ai_request_model``). Labels carry model, provider, status and router names only: never a key, a key id,

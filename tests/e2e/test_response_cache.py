@@ -210,3 +210,20 @@ def test_config_caches_every_request_and_redis_shares_it(fake, tmp_path):
         assert h["x-openrouter-cache-status"] == "HIT" and upstream_calls(fake) == calls
         assert second.choices[0].message.content == first.choices[0].message.content
         assert second.usage.model_extra["cost"] == 0
+
+
+def test_the_responses_api_replays_its_stream(gw, fake):
+    c = client(gw)
+    finals, statuses = [], []
+    for _ in range(2):
+        with c.responses.with_streaming_response.create(model=MODEL, input="responses, cached", stream=True,
+                                                        extra_headers=CACHE) as raw:
+            statuses.append(raw.headers["x-openrouter-cache-status"])
+            events = list(raw.parse())
+        assert events[0].type == "response.created" and events[-1].type == "response.completed"
+        finals.append(events[-1].response)
+    assert statuses == ["MISS", "HIT"]
+    first, second = finals
+    assert second.output_text == first.output_text and second.id != first.id
+    assert first.usage.output_tokens > 0 and second.usage.output_tokens == 0
+    assert generation(gw, second.id)["cache_hit"] is True
