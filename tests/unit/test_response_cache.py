@@ -332,3 +332,16 @@ def test_redis_backend():
             await backend.close()
 
     run(go())
+
+
+def test_two_accounts_on_one_redis_never_share():
+    """Deployments with their own stores (accounts) sharing one cache backend: the same key id and body are
+    different entries."""
+    backend = C.MemoryBackend(10, 10_000)
+    a, b = (C.ResponseCache(C.CacheSettings(), backend, account=n) for n in ("store-a", "store-b"))
+    gw = FakeGateway()
+    _, ctx = request_for(a, BODY)
+    run(ctx.cache.complete(gw, BODY, ctx))
+    _, ctx = request_for(b, BODY)
+    run(ctx.cache.complete(gw, BODY, ctx))
+    assert ctx.cache.status == "MISS" and gw.calls == 2 and len(backend) == 2

@@ -6,7 +6,7 @@ from the cache for ``ttl`` seconds, at no cost, without calling a model.
   long a new entry lives (default ``response_cache.ttl``, 300). The answer says ``X-OpenRouter-Cache-Status: HIT`` or
   ``MISS`` and ``X-OpenRouter-Cache-TTL``; a hit also ``Age`` (seconds since the entry was stored).
 - **Identical** means, hashed together (:func:`cache_key`): the API key (never another key's, let alone another
-  account's: the Redis keys are also namespaced), the chat body as validated — canonical JSON, so property order does
+  account's: the key is named with its store's identity, so deployments that share a Redis never share entries), the chat body as validated — canonical JSON, so property order does
   not matter — streaming or not, ``X-OpenRouter-Metadata`` and the session id. The Messages and Responses APIs run as
   chat requests and share the cache through the chat body they translate to.
 - **What is stored.** Only answers that completed: a JSON answer, or a stream that reached ``[DONE]`` without an error
@@ -141,8 +141,9 @@ class RedisBackend:
 
 
 class ResponseCache:
-    def __init__(self, settings: CacheSettings, backend: MemoryBackend | RedisBackend):
+    def __init__(self, settings: CacheSettings, backend: MemoryBackend | RedisBackend, account: str = ""):
         self.settings, self.backend = settings, backend
+        self.account = account  # the store's identity: deployments sharing one Redis never share entries
         self._warned = 0.0
         self.hits = self.misses = 0  # for /metrics
 
@@ -167,7 +168,7 @@ class ResponseCache:
                 raise GatewayError(400, f"X-OpenRouter-Cache-TTL must be a whole number of seconds, 1 to {MAX_TTL}")
         stream = bool(body.get("stream"))
         ctx.cache = request.scope[SCOPE_KEY] = CacheRequest(
-            self, cache_key(key.public_id, body, stream=stream, metadata=ctx.want_metadata,
+            self, cache_key(f"{self.account}/{key.public_id}", body, stream=stream, metadata=ctx.want_metadata,
                             session_id=ctx.session_id), ttl)
 
     async def _get(self, key: str) -> dict[str, Any] | None:
@@ -360,11 +361,12 @@ def is_cache_hit(record: dict[str, Any]) -> bool:
 def make_cache(settings) -> ResponseCache:
     """The cache the settings ask for: Redis with ``redis_url``, else in this process."""
     cs = CacheSettings.from_config(settings.raw)
+    account = hashlib.sha256(settings.db_url.encode()).hexdigest()[:16]  # the keys' store: the account
     if settings.redis_url:
         from ..ratelimit import redis_client
 
-        return ResponseCache(cs, RedisBackend(redis_client(settings.redis_url)))
-    return ResponseCache(cs, MemoryBackend(cs.max_entries, cs.max_bytes))
+        return ResponseCache(cs, RedisBackend(redis_client(settings.redis_url)), account)
+    return ResponseCache(cs, MemoryBackend(cs.max_entries, cs.max_bytes), account)
 
 
 def with_cache_headers(app, every_request: bool):
