@@ -44,12 +44,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not settings.redis_url:
         print("metarouter: note: with several workers and no redis_url, rate limits and sticky sessions are kept "
               "per worker; set METAROUTER_REDIS_URL to share them", file=sys.stderr)
+    metrics_dir = _shared_metrics_dir() if args.workers > 1 else None
     try:
         _run_uvicorn(settings, args)
     finally:
         if demo is not None:
             demo.stop()
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _shared_metrics_dir() -> str | None:
+    """With several workers, /metrics adds up every worker's values from files in a directory named to the workers
+    by the environment: ``METAROUTER_METRICS_DIR`` if set (emptied of an earlier run's files now), else one of this
+    start's own (removed at exit; the returned path)."""
+    import tempfile
+
+    from .metrics import METRICS_DIR_ENV, clear_shared_dir
+
+    if os.environ.get(METRICS_DIR_ENV):
+        clear_shared_dir(os.environ[METRICS_DIR_ENV])
+        return None
+    path = tempfile.mkdtemp(prefix="metarouter-metrics-")
+    os.environ[METRICS_DIR_ENV] = path
+    return path
 
 
 #: put before every answer of the demo's fake upstreams

@@ -300,6 +300,23 @@ def test_content_type_lies(gw, fake, ctype, content, expect):
         assert fake.requests == [] and ledger(gw) == before
 
 
+@pytest.mark.parametrize("headers", [
+    {"X-OpenRouter-Cache": "true, false"}, {"X-OpenRouter-Cache": "t" * 20_000},
+    {"X-OpenRouter-Cache": "tru\xe9".encode("latin-1")},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": "1_000"},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": "+5"},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": "-1"},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": "9" * 5000},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": "1e3"},
+    {"X-OpenRouter-Cache": "true", "X-OpenRouter-Cache-TTL": ""},
+])
+def test_odd_response_cache_headers(gw, refused, headers):
+    """The response cache's headers (gateway/cache.py): anything but what they document is a 400 that names the
+    header, before anything is sent or stored."""
+    r = refused(400)(chat(gw, {"model": MODEL, "messages": MSG}, headers=headers))
+    assert "X-OpenRouter-Cache" in r.json()["error"]["message"]
+
+
 # --- headers stored as text --------------------------------------------------------------------------------------
 
 INJECTIONS = [

@@ -11,6 +11,7 @@ import schemathesis
 from metarouter.api.openapi import chat_request_schema, openapi_document
 from metarouter.api.validation import validate_chat_body
 from metarouter.errors import GatewayError
+from metarouter.gateway.cache import MAX_TTL
 
 
 def test_document_is_valid_openapi_3_1():
@@ -132,3 +133,15 @@ def test_responses_schema_and_validation_accept_the_same_bodies(extra):
     body = {"model": "m", "input": "hi", **extra}
     assert jsonschema_rs.Draft202012Validator(responses_request_schema(max_items=5)).is_valid(body)
     validate_responses_body(body, max_items=5)
+
+
+def test_response_cache_headers_are_described():
+    doc = openapi_document()
+    for path in ("/chat/completions", "/messages", "/responses"):
+        op = doc["paths"][path]["post"]
+        names = {p["name"] for p in op["parameters"] if p["in"] == "header"}
+        assert {"X-OpenRouter-Cache", "X-OpenRouter-Cache-TTL"} <= names
+        assert set(op["responses"]["200"]["headers"]) == {"X-OpenRouter-Cache-Status", "X-OpenRouter-Cache-TTL", "Age"}
+    ttl = next(p for p in doc["paths"]["/chat/completions"]["post"]["parameters"] if p["name"] == "X-OpenRouter-Cache-TTL")
+    assert (ttl["schema"]["minimum"], ttl["schema"]["maximum"]) == (1, MAX_TTL)
+    assert doc["components"]["schemas"]["Generation"]["properties"]["cache_hit"]["type"] == "boolean"

@@ -19,7 +19,34 @@ def build_full_app(settings: Settings, store=None):
     _wire_breaker_metrics(app)
     _wire_store_metrics(app)
     _wire_conversations(app, settings)
+    _wire_response_cache(app, settings)
     return app
+
+
+def _wire_response_cache(app, settings: Settings) -> None:
+    """Response caching, asked for per request (``X-OpenRouter-Cache``) or by the config: gateway/cache.py."""
+    from ..gateway.cache import CacheSettings, make_cache
+
+    CacheSettings.from_config(settings.raw)  # a bad setting fails here, not at the first request
+
+    async def start(app) -> None:
+        app.state.response_cache = make_cache(settings)
+        app.state.request_hooks.append(app.state.response_cache.request_hook)
+
+    async def stop(app) -> None:
+        cache = getattr(app.state, "response_cache", None)
+        if cache is not None:
+            await cache.close()
+
+    def results() -> list:
+        cache = getattr(app.state, "response_cache", None)
+        return [] if cache is None else [({"result": "hit"}, cache.hits), ({"result": "miss"}, cache.misses)]
+
+    app.state.metrics.registry.counter_callback(
+        "metarouter_response_cache_requests_total",
+        "Requests that asked for the response cache, by result (hit: answered from it at no cost).", results)
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
 
 
 def _wire_conversations(app, settings: Settings) -> None:
@@ -64,6 +91,7 @@ def _wire_breaker_metrics(app) -> None:
     """Circuit-breaker state per model of each provider in ``/metrics``, read from the gateway's breakers at scrape
     time."""
     from ..gateway.resilience import HALF_OPEN, OPEN
+    from ..metrics import MAX
 
     registry = app.state.metrics.registry
     state_code = {OPEN: 2, HALF_OPEN: 1}
@@ -72,10 +100,10 @@ def _wire_breaker_metrics(app) -> None:
         gw = getattr(app.state, "gateway", None)
         return sorted(dict(getattr(gw, "breakers", None) or {}).items())
 
-    registry.gauge_callback(
+    registry.gauge_callback(  # with several workers: the worst state any worker's breaker is in
         "metarouter_circuit_breaker_state",
         "Circuit breaker state per model and provider: 0 closed, 1 half-open, 2 open.",
-        lambda: [({"provider": p, "model": m}, state_code.get(b.state, 0)) for (p, m), b in breakers()])
+        lambda: [({"provider": p, "model": m}, state_code.get(b.state, 0)) for (p, m), b in breakers()], mode=MAX)
     registry.counter_callback(
         "metarouter_circuit_breaker_opened_total", "Times each model's circuit breaker opened.",
         lambda: [({"provider": p, "model": m}, b.opened_count) for (p, m), b in breakers()])
@@ -146,20 +174,31 @@ def _wire_rate_limits(app, settings: Settings) -> None:
 
 def _wire_admin_and_metrics(app) -> None:
     """The admin API (``/api/v1/keys``, ``POST /api/v1/credits``) and Prometheus ``/metrics``."""
+    import asyncio
+
     from starlette.routing import Route
 
-    from ..metrics import GatewayMetrics
+    from ..metrics import GatewayMetrics, Registry
     from .admin import admin_routes
 
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(Registry.from_environment())  # shared by the workers under serve --workers N
     app.state.metrics = metrics
     app.router.routes.extend(admin_routes())
     app.router.routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))
 
     async def start(app) -> None:
         app.state.gateway.observers.append(metrics.observer)
+        if metrics.registry.shared is not None:
+            app.state.metrics_task = asyncio.get_running_loop().create_task(metrics.share_callbacks())
+
+    async def stop(app) -> None:
+        task = getattr(app.state, "metrics_task", None)
+        if task is not None:
+            task.cancel()
+            metrics.registry.shared.close()
 
     app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
 
 
 __all__ = ["build_full_app", "create_app"]

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, Model, pico_to_usd, usd_string
 from ..config import Settings
 from ..errors import GatewayError
+from ..gateway.cache import is_cache_hit
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
@@ -607,6 +608,7 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
         "overage": pico_to_usd(rec.get("overage_pico") or 0),  # beyond the hold: the upstream's, not the key's
         "insured": bool(rec.get("insured")),  # zero completion insurance: nothing delivered, nothing charged
         "cache_discount": None,
+        "cache_hit": is_cache_hit(rec),  # answered from the response cache (gateway/cache.py): cost 0
         "is_byok": False,
         "data_region": "global",
         "tokens_prompt": rec["prompt_tokens"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..gateway.cache import MAX_TTL
 
 
 def _version() -> str:
@@ -305,6 +306,7 @@ _GENERATION = {
         "insured": {"type": "boolean", "description": "Zero completion insurance: the answer delivered no content and "
                     "ended in an error or with no output tokens, so it was not charged (`total_cost` 0; the tokens "
                     "are still shown)"},
+        "cache_hit": {"type": "boolean", "description": "Answered from the response cache: cost 0, no model called"},
     },
 }
 
@@ -677,6 +679,26 @@ def _data(schema: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["data"], "properties": {"data": schema}}
 
 
+#: the response cache (gateway/cache.py): asked for per request, and what the answer says about it
+_CACHE_PARAMS = [
+    {"name": "X-OpenRouter-Cache", "in": "header", "required": False,
+     "schema": {"type": "string", "enum": ["true", "false"]},
+     "description": "`true`: answer an identical earlier request of this key from the response cache (free, "
+                    "`X-OpenRouter-Cache-Status: HIT`), else call the model and store its answer; `false`: not "
+                    "this request, where the config caches every request (`response_cache.enabled`)."},
+    {"name": "X-OpenRouter-Cache-TTL", "in": "header", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TTL},
+     "description": "Seconds a newly stored answer is kept (default `response_cache.ttl`, 300)."},
+]
+_CACHE_HEADERS = {
+    "X-OpenRouter-Cache-Status": {"description": "With the cache asked for: `HIT` (answered from it, every usage "
+                                                 "figure 0, nothing charged) or `MISS`.",
+                                  "schema": {"type": "string", "enum": ["HIT", "MISS"]}},
+    "X-OpenRouter-Cache-TTL": {"description": "The entry's TTL in seconds.", "schema": {"type": "integer"}},
+    "Age": {"description": "On a hit: seconds since the answer was stored.", "schema": {"type": "integer"}},
+}
+
+
 def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
     """The document (a fresh dict each call). Paths are under ``/api/v1``; the same routes answer under ``/v1``."""
     user = [{"apiKey": []}]
@@ -732,9 +754,10 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                      "description": "The calling app's URL (Activity's app ranking)."},
                     {"name": "X-Title", "in": "header", "required": False, "schema": {"type": "string"},
                      "description": "The calling app's name (also `X-OpenRouter-Title`)."},
+                    *_CACHE_PARAMS,
                 ],
                 "responses": _responses(
-                    {"description": "The answer",
+                    {"description": "The answer", "headers": _CACHE_HEADERS,
                      "content": {"application/json": {"schema": _CHAT_RESPONSE},
                                  "text/event-stream": {"schema": _SSE_EVENT}}},
                     400, 401, 402, 403, 408, 413, 429, 431, 502, 503),
@@ -753,8 +776,9 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "security": [{"apiKey": []}, {"anthropicKey": []}],
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": messages_request_schema(max_messages)}}},
+                "parameters": _CACHE_PARAMS,
                 "responses": {
-                    "200": {"description": "The answer",
+                    "200": {"description": "The answer", "headers": _CACHE_HEADERS,
                             "content": {"application/json": {"schema": _AN_RESPONSE},
                                         "text/event-stream": {"schema": _AN_SSE_EVENT}}},
                     **{str(c): {"$ref": f"#/components/responses/AE{c}"}
@@ -767,8 +791,9 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                            "recorded and billed as a chat request",
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": responses_request_schema(max_messages)}}},
+                "parameters": _CACHE_PARAMS,
                 "responses": {
-                    "200": {"description": "The response",
+                    "200": {"description": "The response", "headers": _CACHE_HEADERS,
                             "content": {"application/json": {"schema": _RESPONSE},
                                         "text/event-stream": {"schema": _RESPONSE_EVENT}}},
                     **{str(c): {"$ref": f"#/components/responses/RE{c}"}

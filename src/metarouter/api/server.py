@@ -16,7 +16,10 @@ def build_app():
 
     args = orjson.loads(os.environ.get(ENV_ARGS, "{}"))
     settings = load_settings(args.get("config"), overrides=args.get("overrides"))
-    return _fast_chat(build_full_app(settings))
+    from ..gateway.cache import CacheSettings, with_cache_headers
+
+    every_request = CacheSettings.from_config(settings.raw).enabled
+    return with_cache_headers(_fast_chat(build_full_app(settings)), every_request)
 
 
 def _fast_chat(app):

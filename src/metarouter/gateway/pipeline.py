@@ -61,6 +61,7 @@ class RequestContext:
     app_title: str | None = None
     want_metadata: bool = False
     session_id: str | None = None
+    cache: Any = None  # the response cache's part in this request, when it asked for it (gateway/cache.py)
 
 
 @dataclass
@@ -536,6 +537,8 @@ class Gateway:
         return out
 
     async def complete(self, body: dict[str, Any], ctx: RequestContext) -> dict[str, Any]:
+        if ctx.cache is not None:  # a hit answers there; a miss comes back here without it
+            return await ctx.cache.complete(self, body, ctx)
         plan = await self.plan(body, ctx)
         req = _Request(plan, ctx, body, stream=False)
         hop, out = await self._answer(req, self._read_json)
@@ -574,6 +577,8 @@ class Gateway:
         """SSE frames. Raises ``GatewayError`` here (resolution) or from the first ``__anext__`` if nothing could
         be started, so the caller can still answer with a real HTTP status; after the first frame, errors become
         a terminal chunk."""
+        if ctx.cache is not None:  # a hit replays there; a miss comes back here without it
+            return await ctx.cache.stream(self, body, ctx)
         plan = await self.plan(body, ctx)
         return self._stream(_Request(plan, ctx, body, stream=True))
 
