@@ -77,7 +77,7 @@ def main() -> int:
             policy.tie = tie_rule(tie)
             for lo, hi in FAMILIARITY:
                 ogr = {"in": [], "out": []}
-                for kind, s, r, pool, (X, cov) in cases:
+                for kind, _, r, pool, (X, cov) in cases:
                     r.fam.lo, r.fam.hi = lo, hi
                     ptok = np.array([q.prompt_tokens() for q in pool.prompts], float)
                     pred = r.predict(X, cov, pool.models, ptok)

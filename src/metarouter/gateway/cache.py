@@ -6,8 +6,9 @@ from the cache for ``ttl`` seconds, at no cost, without calling a model.
   long a new entry lives (default ``response_cache.ttl``, 300). The answer says ``X-OpenRouter-Cache-Status: HIT`` or
   ``MISS`` and ``X-OpenRouter-Cache-TTL``; a hit also ``Age`` (seconds since the entry was stored).
 - **Identical** means, hashed together (:func:`cache_key`): the API key (never another key's, let alone another
-  account's: the key is named with its store's identity, so deployments that share a Redis never share entries), the chat body as validated — canonical JSON, so property order does
-  not matter — streaming or not, ``X-OpenRouter-Metadata`` and the session id. The Messages and Responses APIs run as
+  account's: the key is named with its store's identity, so deployments that share a Redis never share entries),
+  the chat body as validated — canonical JSON, so property order does not matter — streaming or not,
+  ``X-OpenRouter-Metadata`` and the session id. The Messages and Responses APIs run as
   chat requests and share the cache through the chat body they translate to.
 - **What is stored.** Only answers that completed: a JSON answer, or a stream that reached ``[DONE]`` without an error
   chunk. Never an error, never a cut-off or cancelled stream, never an answer cut at ``length`` by a budget's hold
