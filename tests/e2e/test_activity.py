@@ -248,6 +248,7 @@ def test_csv_export_has_the_filtered_rows_properly_quoted(seeded):
     assert (row["id"], row["app_title"], row["error"], row["model"]) == ("gen-xss", XSS_APP, XSS_ERROR, XSS_MODEL)
     tiny = list(csv.DictReader(io.StringIO(api(gw, "/export.csv", app="Tiny App").text)))
     assert [(t["id"], t["cost_usd"], t["latency_ms"]) for t in tiny] == [("gen-tiny", "0.00000097", "0.4")]
+    assert (tiny[0]["insured"], tiny[0]["cache_hit"]) == ("false", "false")  # columns for charges waived or cached
     # a cell a spreadsheet would run as a formula is written as text
     (formula,) = list(csv.DictReader(io.StringIO(api(gw, "/export.csv", model=MODELS[1], since=gw.now - 200).text)))
     assert formula["app_title"] == "'" + FORMULA_APP

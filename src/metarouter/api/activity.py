@@ -234,6 +234,8 @@ CSV_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("streamed", lambda r: "true" if r["streamed"] else "false"), ("prompt_tokens", "prompt_tokens"),
     ("completion_tokens", "completion_tokens"), ("reasoning_tokens", "reasoning_tokens"),
     ("cached_tokens", "cached_tokens"), ("cost_usd", lambda r: usd_string(int(r["cost_pico"] or 0))),
+    ("insured", lambda r: "true" if r.get("insured") else "false"),
+    ("cache_hit", lambda r: "true" if r.get("cache_hit") else "false"),
     ("latency_ms", "latency_ms"), ("ttft_ms", "ttft_ms"), ("finish_reason", "finish_reason"), ("error", "error"),
     ("user", "user_tag"), ("session_id", "session_id"),
 )
