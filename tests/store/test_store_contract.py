@@ -123,6 +123,26 @@ async def test_the_same_record_twice_is_charged_once(store):
     assert len(await store.list_generations(key_id=rec.public_id)) == 1
 
 
+async def test_a_resent_record_settles_nothing_again(store):
+    """A record written again (a write retried after its acknowledgement was lost, or sent twice) is a no-op: it is
+    not charged again, and it does not settle a second hold: a hold of the same size that another request holds
+    now stays held (giving it back would let that request's key spend past its limit)."""
+    _, rec = await store.create_key("k", limit_pico=10_000)
+    assert await store.reserve(rec.public_id, 500)
+    record = gen(rec.public_id, 300)
+    assert await store.record_generation(record, reserved_pico=500) is True
+    assert await store.reserve(rec.public_id, 500)  # another request's hold, live
+    assert await store.record_generation(dict(record), reserved_pico=500) is True  # the retried write
+    await store.flush()
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico) == (300, 500)
+    assert await store.reserve(rec.public_id, 10_000 - 300 - 500) is True
+    assert await store.reserve(rec.public_id, 1) is False
+    await store.release(rec.public_id, 500)  # the live hold is given back once, by its own request
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico) == (300, 9_200)
+
+
 async def test_records_are_batched_and_flush_waits_for_all(store):
     _, rec = await store.create_key("k")
     records = [gen(rec.public_id, i + 1) for i in range(1200)]
