@@ -496,3 +496,33 @@ async def test_activity_breakdown_totals_groups_and_buckets(store):
     assert merge_breakdown(hourly) == (await store.activity_breakdown(Q(until=T0 + DAY)))[0]
     with pytest.raises(ValueError):
         await store.activity_breakdown(Q(), by="model; DROP TABLE generations")
+
+
+async def test_an_older_schema_keeps_its_holds_summed_per_instance_and_key(backend):
+    """Migrating from one row per hold to one row per instance and key keeps every hold (nothing is freed)."""
+    from metarouter.store.sql import POSTGRES, SQLITE, migrations
+
+    versions = migrations(SQLITE if backend.kind == "sqlite" else POSTGRES)
+    await backend.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for n, statements in enumerate(versions[:-1], start=1):
+        for statement in statements:
+            await backend.sql(statement)
+        await backend.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
+    flag = "FALSE" if backend.kind == "postgres" else "0"
+    await backend.sql(f"INSERT INTO keys (public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, "
+                      f"created_at) VALUES ('aaaaaaaaaaaa', 'h', 'k', 1000, 0, 450, {flag}, 0)")
+    until = "now() + interval '1 hour'" if backend.kind == "postgres" else str(time.time() + 3600)
+    await backend.sql(f"INSERT INTO instances (holder, host, pid, lease_until) VALUES ('live', 'elsewhere', 1, {until})")
+    created = "now()" if backend.kind == "postgres" else str(time.time())
+    for amount in (100, 200, 150):
+        await backend.sql("INSERT INTO reservations (holder, key_id, amount_pico, created_at) VALUES "
+                          f"('live', 'aaaaaaaaaaaa', {amount}, {created})")
+    st = backend.open_store()
+    await st.open()
+    try:
+        assert (await st.get_key("aaaaaaaaaaaa")).reserved_pico == 450
+        assert await st.reserve("aaaaaaaaaaaa", 551) is False and await st.reserve("aaaaaaaaaaaa", 550) is True
+    finally:
+        await st.close()
+    rows = await backend.sql("SELECT holder, key_id, amount_pico FROM reservations ORDER BY holder")
+    assert [r for r in rows if r[0] == "live"] == [("live", "aaaaaaaaaaaa", 450)]
