@@ -14,9 +14,10 @@ Same semantics as ``SQLiteStore``:
   background task drains in batches, each batch one transaction: insert the generations (``ON CONFLICT DO
   NOTHING``: idempotent by id), charge keys and the account and settle the holds only for the rows actually
   inserted. A batch that fails on a lost connection is retried (with backoff) until it is written.
-- **Schema.** Migrations are ``MIGRATIONS`` (:mod:`.sql`'s schema in PostgreSQL's types); ``schema_version`` holds the applied count, and
-  replicas starting together serialize on an advisory lock. The schema lives in the connection's ``search_path``
-  (e.g. ``postgresql://u@h/db?search_path=metarouter``: extra URL query parameters are server settings).
+- **Schema.** Migrations are ``MIGRATIONS`` (:mod:`.sql`'s schema in PostgreSQL's types); ``schema_version``
+  holds the applied count, and replicas starting together serialize on an advisory lock. The schema lives in the
+  connection's ``search_path`` (e.g. ``postgresql://u@h/db?search_path=metarouter``: extra URL query parameters
+  are server settings).
 
 Lock order everywhere is reservations → keys (sorted by id) → account, so concurrent transactions cannot deadlock.
 Money is BIGINT picodollars.
@@ -200,6 +201,9 @@ class PostgresStore:
     async def get_key(self, public_id: str) -> KeyRecord | None:
         row = await self._require().fetchrow(CORE.get_key, public_id)
         return key_from_row(row) if row else None
+
+    async def budget_view(self, key_id: str) -> KeyRecord | None:
+        return await self.get_key(key_id)
 
     async def list_keys(self) -> list[KeyRecord]:
         return [key_from_row(r) for r in await self._require().fetch(CORE.list_keys)]

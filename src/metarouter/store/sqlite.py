@@ -355,6 +355,9 @@ class SQLiteStore:
 
         return await self._call(get)
 
+    async def budget_view(self, key_id: str) -> KeyRecord | None:
+        return await self.get_key(key_id)
+
     async def list_keys(self) -> list[KeyRecord]:
         return await self._call(lambda conn: [key_from_row(r) for r in conn.execute(CORE.list_keys)])
 
