@@ -55,12 +55,17 @@ async def test_far_from_the_limit_holds_are_served_from_the_lease(leases):
     a.store.reserve = counted
     for _ in range(4):
         assert await a.reserve(rec.public_id, AMOUNT)
-    assert calls == 0  # no round trip
+    assert calls == 0  # no round trip ...
+    lease = a._leases[rec.public_id]
+    await lease.refill  # ... but, with less than half a top-up left, one top-up in the background, before it runs dry
+    granted = lease.granted
+    assert calls == 1 and granted - 5 * AMOUNT >= 4 * AMOUNT  # room for another top-up's worth of holds at least
+    assert await held_in_store(a, rec.public_id) == (0, granted)
     await a.release(rec.public_id, AMOUNT)  # a failed attempt: back to the lease, not to the store
-    assert await held_in_store(a, rec.public_id) == (0, 5 * AMOUNT)
+    assert await held_in_store(a, rec.public_id) == (0, granted)
     for cost in (30, 60, 100, 0):  # the records settle their holds against the lease's row
         await a.record_generation(gen(rec.public_id, cost), reserved_pico=AMOUNT)
-    assert await held_in_store(a, rec.public_id) == (190, AMOUNT)  # the unused part is still the lease's
+    assert await held_in_store(a, rec.public_id) == (190, granted - 4 * AMOUNT)  # the unused part: the lease's
     await a.flush()  # gives it back
     assert await held_in_store(a, rec.public_id) == (190, 0)
     assert (await a.get_key(rec.public_id)).remaining_pico == 10**9 - 190

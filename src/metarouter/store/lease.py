@@ -33,10 +33,11 @@ from .base import KeyRecord, Store
 
 log = logging.getLogger("metarouter.store")
 
-#: a top-up holds room for this many more holds like the one that asked for it
+#: a top-up holds room for this many more holds like the one that asked for it (or for as much as requests hold
+#: at the time, when that is more)
 LEASE_HOLDS = 32
 #: ... and is granted only if the key (and the account) would keep this many times the top-up free afterwards
-LEASE_SPARE = 8
+LEASE_SPARE = 4
 #: seconds a key's record may be served from memory while a lease covers it (a limit changed elsewhere binds then)
 VIEW_TTL = 1.0
 #: seconds after which a lease nobody used gives back what it does not use
@@ -47,16 +48,19 @@ class _Lease:
     """One key's lease in this process: ``granted`` of the store's hold is the lease's, ``in_use`` of it is held
     by requests; ``keep`` whether unused budget may stay (False near the limit)."""
 
-    __slots__ = ("granted", "in_use", "keep", "view", "view_at", "used_at", "lock")
+    __slots__ = ("granted", "in_use", "taken", "keep", "view", "view_at", "used_at", "refused_at", "lock", "refill")
 
     def __init__(self) -> None:
         self.granted = 0
         self.in_use = 0
+        self.taken = 0  # what requests took from the lease since its last top-up
         self.keep = False
         self.view: KeyRecord | None = None
         self.view_at = float("-inf")
         self.used_at = time.monotonic()
+        self.refused_at = float("-inf")  # when the store last refused a top-up (none is tried for ``idle`` then)
         self.lock = asyncio.Lock()
+        self.refill: asyncio.Task | None = None  # a top-up in the background, before the lease runs dry
 
     @property
     def free(self) -> int:
@@ -87,6 +91,8 @@ class BudgetLeases:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        refills = [lease.refill for lease in self._leases.values() if lease.refill is not None]
+        await asyncio.gather(*refills, return_exceptions=True)
         await self.give_back()
         await self.store.close()
 
@@ -139,25 +145,49 @@ class BudgetLeases:
             lease = self._leases[key_id] = _Lease()
         live = self._live()
         if live and lease.free >= amount:  # the common case: no round trip
-            lease.in_use += amount
-            lease.used_at = time.monotonic()
-            return True
-        if live and self._far(lease.view, amount):
+            return self._take(key_id, lease, amount)
+        if live and self._far(lease.view, amount) and time.monotonic() - lease.refused_at >= self.idle:
             async with lease.lock:  # one top-up at a time: those who waited find the lease topped up
                 if self._live() and lease.free >= amount:
-                    lease.in_use += amount
-                    lease.used_at = time.monotonic()
-                    return True
-                if await self._hold(key_id, lease, amount, self.holds * amount, spare=True):
+                    return self._take(key_id, lease, amount)
+                if await self._hold(key_id, lease, amount, self._chunk(lease, amount), spare=True):
                     lease.keep = True
                     self._start_ticker()
                     return True
+                lease.refused_at = time.monotonic()
         # near the limit (or the account's): this request's hold alone, from the store, with what the lease has
         # left (if its instance is alive: else that goes back); nothing stays idle from now on
         lease.keep = False
         if not live:
             await self._give_back(key_id, lease)
         return await self._hold(key_id, lease, amount, 0, spare=False)
+
+    def _take(self, key_id: str, lease: _Lease, amount: int) -> bool:
+        """Hold ``amount`` from what the lease has free; with less than half a top-up left, top it up in the
+        background."""
+        lease.in_use += amount
+        lease.taken += amount
+        lease.used_at = time.monotonic()
+        if lease.keep and lease.refill is None and lease.free < self._chunk(lease, amount) // 2:
+            lease.refill = asyncio.get_running_loop().create_task(self._refill(key_id, lease, amount))
+        return True
+
+    async def _refill(self, key_id: str, lease: _Lease, amount: int) -> None:
+        """Top the lease up by a chunk while it still has half of one: requests need not wait for it."""
+        try:
+            async with lease.lock:
+                want = self._chunk(lease, amount)
+                if not lease.keep or not self._live() or lease.free >= want // 2:
+                    return
+                if await self.store.reserve(key_id, want, spare_pico=self.spare * want):
+                    lease.granted += want
+                    lease.taken = 0
+                else:  # near the limit: what is left is used, then requests are held one by one
+                    lease.keep, lease.refused_at = False, time.monotonic()
+        except Exception:  # the store is away: requests find out for themselves
+            log.warning("topping up key %s's budget lease failed", key_id, exc_info=True)
+        finally:
+            lease.refill = None
 
     async def _hold(self, key_id: str, lease: _Lease, amount: int, extra: int, *, spare: bool) -> bool:
         """Hold ``amount`` for a request: what the lease has free (claimed before any wait) and the rest, plus
@@ -175,6 +205,7 @@ class BudgetLeases:
             return False
         lease.granted += want
         lease.in_use += amount - own
+        lease.taken = 0 if extra else lease.taken
         lease.used_at = time.monotonic()
         return True
 
@@ -205,6 +236,11 @@ class BudgetLeases:
         are its holds safe from being reclaimed by another instance."""
         renewed = getattr(self.store, "renewed_at", float("-inf"))
         return time.monotonic() < renewed + getattr(self.store, "lease", 0.0) / 2
+
+    def _chunk(self, lease: _Lease, amount: int) -> int:
+        """How much a top-up takes: ``holds`` holds of ``amount``, or twice what requests took since the last
+        one when that is more (a busy process tops up no more often than an idle one, and in time)."""
+        return max(self.holds * amount, 2 * lease.taken)
 
     def _far(self, view: KeyRecord | None, amount: int) -> bool:
         """Whether a top-up for ``amount`` looks grantable (the store decides; this spares it a refusal)."""
