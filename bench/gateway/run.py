@@ -47,6 +47,7 @@ UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 LITELLM_KEY = "sk-bench-litellm"
 GW_CPU, LOAD_CPU = "0", "1"
 SRC_OVERRIDE = ""  # --ref: a src/ exported from a commit, put first on the gateway's PYTHONPATH
+KEY_LIMIT = ""  # --key-limit: the bench key's spending limit in USD (none: an unlimited key)
 
 # --- the fixed upstream answers ---------------------------------------------------------------------------------
 COMPLETION = {
@@ -345,7 +346,8 @@ class Metarouter(Target):
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC_OVERRIDE, os.environ.get("PYTHONPATH")]))
         self.models = {"json": EXPLICIT_MODEL, "stream": EXPLICIT_MODEL}
         out = subprocess.run([PY, "-m", "metarouter.cli", "keys", "create", "--label", "bench", "--config",
-                              str(self.config), "--data-dir", str(self.data)], env=self.env, capture_output=True,
+                              str(self.config), "--data-dir", str(self.data),
+                              *(["--limit", KEY_LIMIT] if KEY_LIMIT else [])], env=self.env, capture_output=True,
                              text=True, timeout=60, cwd=REPO)
         if out.returncode != 0:
             raise RuntimeError(f"keys create failed: {out.stderr[-2000:]}")
@@ -636,6 +638,8 @@ def main() -> int:
                     "(default 3, quick 1)")
     ap.add_argument("--src", help="benchmark the metarouter package under this src/ directory (e.g. a patched copy)")
     ap.add_argument("--ref", help="benchmark this commit's src/ (git archive to a temp dir) instead of the working tree")
+    ap.add_argument("--key-limit", metavar="USD", help="give the bench key this spending limit (budget holds on every "
+                         "request) instead of none")
     ap.add_argument("--out", default=str(HERE / "results"), help="where the results go")
     a = ap.parse_args()
 
@@ -671,7 +675,8 @@ def main() -> int:
             if busy < 10 or time.time() > deadline:
                 print(f"machine busy {busy:.0f}% before the run", flush=True)
                 break
-    global SRC_OVERRIDE
+    global SRC_OVERRIDE, KEY_LIMIT
+    KEY_LIMIT = a.key_limit or ""
     if a.ref:
         ref_dir = Path(tempfile.mkdtemp(prefix="mr-bench-src-"))
         arch = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", a.ref, "src"], capture_output=True,
@@ -692,6 +697,7 @@ def main() -> int:
     print(f"work dir {work}; {dur:g} s per run at {conns} connections", flush=True)
     t_begin = time.perf_counter()
     meta = machine()
+    meta["key_limit_usd"] = KEY_LIMIT or None
     if a.src:
         meta["src"] = SRC_OVERRIDE
     if a.ref:

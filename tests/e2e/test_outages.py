@@ -151,8 +151,12 @@ def wait_for(predicate, what: str, timeout: float = 30):
 async def test_postgres_away_mid_load_and_back(services, fake):
     gw, proxy, _, url = services
     free = gw.create_key("pg-free")  # no limit: a request needs no database round trip
-    capped = gw.create_key("pg-capped", limit=100)  # a budget hold per request: needs the database
-    for key in (free, capped):
+    # near its limit (a few dozen requests' worth of budget from it) a key is held per request: needs the database
+    capped = gw.create_key("pg-capped", limit=0.001)
+    # far from its limit a key is held from its replica's budget lease: like the unlimited key, its requests need
+    # the database only for their records (and, once a second, to look at the key again)
+    leased = gw.create_key("pg-leased", limit=100)
+    for key in (free, capped, leased):
         assert chat(gw, key).status_code == 200  # known to the gateway (its cache) before the outage
     fake.knobs("openai").latency = 0.02  # keep requests in flight when the connection goes
     outage: dict[str, httpx.Response] = {}
@@ -171,7 +175,7 @@ async def test_postgres_away_mid_load_and_back(services, fake):
             free_call.join()
 
     try:
-        results = await load_while(gw, [free, capped], 240, 16, go_away_and_back)
+        results = await load_while(gw, [free, capped, leased], 240, 16, go_away_and_back)
     finally:
         fake.knobs("openai").latency = 0
     # during the outage: the unlimited key is still served (once its record is written); the capped one is refused
@@ -184,7 +188,7 @@ async def test_postgres_away_mid_load_and_back(services, fake):
     # back by itself: the capped key is answered again, and every answer of the outage is written
     wait_for(lambda: chat(gw, capped).status_code == 200, "the capped key is served again")
     assert httpx.get(f"{gw.url}/api/v1/key", headers={"Authorization": f"Bearer {free}"}).status_code == 200  # flush
-    for key in (free, capped):
+    for key in (free, capped, leased):
         answered = {gid: cost for k, s, gid, cost in results if k == key and s == 200}
         answered.update({outage["free"].json()["id"]: outage["free"].json()["usage"]["cost"]} if key == free else {})
         recorded = await records_of(url, key)
@@ -209,6 +213,7 @@ async def test_postgres_away_mid_load_and_back(services, fake):
     finally:
         await store.close()
     assert (await key_money(url, capped))[1] == 0
+    assert (await key_money(url, leased))[1] == 0  # its lease was a hold of that replica too
 
 
 async def test_redis_away_mid_load_and_back(services, fake):

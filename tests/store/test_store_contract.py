@@ -123,6 +123,26 @@ async def test_the_same_record_twice_is_charged_once(store):
     assert len(await store.list_generations(key_id=rec.public_id)) == 1
 
 
+async def test_a_resent_record_settles_nothing_again(store):
+    """A record written again (a write retried after its acknowledgement was lost, or sent twice) is a no-op: it is
+    not charged again, and it does not settle a second hold: a hold of the same size that another request holds
+    now stays held (giving it back would let that request's key spend past its limit)."""
+    _, rec = await store.create_key("k", limit_pico=10_000)
+    assert await store.reserve(rec.public_id, 500)
+    record = gen(rec.public_id, 300)
+    assert await store.record_generation(record, reserved_pico=500) is True
+    assert await store.reserve(rec.public_id, 500)  # another request's hold, live
+    assert await store.record_generation(dict(record), reserved_pico=500) is True  # the retried write
+    await store.flush()
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico) == (300, 500)
+    assert await store.reserve(rec.public_id, 10_000 - 300 - 500) is True
+    assert await store.reserve(rec.public_id, 1) is False
+    await store.release(rec.public_id, 500)  # the live hold is given back once, by its own request
+    k = await store.get_key(rec.public_id)
+    assert (k.usage_pico, k.reserved_pico) == (300, 9_200)
+
+
 async def test_records_are_batched_and_flush_waits_for_all(store):
     _, rec = await store.create_key("k")
     records = [gen(rec.public_id, i + 1) for i in range(1200)]
@@ -477,3 +497,33 @@ async def test_activity_breakdown_totals_groups_and_buckets(store):
     assert merge_breakdown(hourly) == (await store.activity_breakdown(Q(until=T0 + DAY)))[0]
     with pytest.raises(ValueError):
         await store.activity_breakdown(Q(), by="model; DROP TABLE generations")
+
+
+async def test_an_older_schema_keeps_its_holds_summed_per_instance_and_key(backend):
+    """Migrating from one row per hold to one row per instance and key keeps every hold (nothing is freed)."""
+    from metarouter.store.sql import POSTGRES, SQLITE, migrations
+
+    versions = migrations(SQLITE if backend.kind == "sqlite" else POSTGRES)
+    await backend.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for n, statements in enumerate(versions[:-1], start=1):
+        for statement in statements:
+            await backend.sql(statement)
+        await backend.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
+    flag = "FALSE" if backend.kind == "postgres" else "0"
+    await backend.sql(f"INSERT INTO keys (public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, "
+                      f"created_at) VALUES ('aaaaaaaaaaaa', 'h', 'k', 1000, 0, 450, {flag}, 0)")
+    until = "now() + interval '1 hour'" if backend.kind == "postgres" else str(time.time() + 3600)
+    await backend.sql(f"INSERT INTO instances (holder, host, pid, lease_until) VALUES ('live', 'elsewhere', 1, {until})")
+    created = "now()" if backend.kind == "postgres" else str(time.time())
+    for amount in (100, 200, 150):
+        await backend.sql("INSERT INTO reservations (holder, key_id, amount_pico, created_at) VALUES "
+                          f"('live', 'aaaaaaaaaaaa', {amount}, {created})")
+    st = backend.open_store()
+    await st.open()
+    try:
+        assert (await st.get_key("aaaaaaaaaaaa")).reserved_pico == 450
+        assert await st.reserve("aaaaaaaaaaaa", 551) is False and await st.reserve("aaaaaaaaaaaa", 550) is True
+    finally:
+        await st.close()
+    rows = await backend.sql("SELECT holder, key_id, amount_pico FROM reservations ORDER BY holder")
+    assert [r for r in rows if r[0] == "live"] == [("live", "aaaaaaaaaaaa", 450)]

@@ -26,6 +26,7 @@ from ..catalog import pico_to_usd, usd_string
 from ..errors import GatewayError
 from ..store.base import ActivityQuery, merge_breakdown
 from .admin import is_admin
+from ..gateway.cache import is_cache_hit
 from .app import MAX_APP_HEADER, api_routes, generation_view, json_response
 
 STATUSES = ("ok", "error", "cancelled")
@@ -235,7 +236,7 @@ CSV_COLUMNS: tuple[tuple[str, Any], ...] = (
     ("completion_tokens", "completion_tokens"), ("reasoning_tokens", "reasoning_tokens"),
     ("cached_tokens", "cached_tokens"), ("cost_usd", lambda r: usd_string(int(r["cost_pico"] or 0))),
     ("insured", lambda r: "true" if r.get("insured") else "false"),
-    ("cache_hit", lambda r: "true" if r.get("cache_hit") else "false"),
+    ("cache_hit", lambda r: "true" if is_cache_hit(r) else "false"),
     ("latency_ms", "latency_ms"), ("ttft_ms", "ttft_ms"), ("finish_reason", "finish_reason"), ("error", "error"),
     ("user", "user_tag"), ("session_id", "session_id"),
 )

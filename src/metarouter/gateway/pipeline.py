@@ -271,7 +271,7 @@ class Gateway:
         deadline: float | None = None
         woken = False
         while True:
-            fresh = await self.store.get_key(key.public_id) if key is not None else None
+            fresh = await self.store.budget_view(key.public_id) if key is not None else None
             if key is not None and fresh is None:
                 raise _no_credit(model)
             spendable = min(s for s in (

@@ -284,13 +284,20 @@ class Store(Protocol):
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None: ...
 
-    # money
-    async def reserve(self, key_id: str, amount_pico: int) -> bool:
-        """Atomically hold ``amount_pico`` against the key's limit and the account's credit; False if either
-        cannot cover it."""
+    async def budget_view(self, key_id: str) -> KeyRecord | None:
+        """The key as a budget decision needs it (its limit and usage): :meth:`get_key`, or with budget leases
+        (:mod:`.lease`) a record up to a second old while a lease covers the key."""
         ...
 
-    async def release(self, key_id: str, amount_pico: int) -> None: ...
+    # money
+    async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
+        """Atomically hold ``amount_pico`` against the key's limit and the account's credit; False if either
+        cannot cover it and ``spare_pico`` more (what a budget lease leaves free for others)."""
+        ...
+
+    async def release(self, key_id: str, amount_pico: int) -> None:
+        """Give back up to ``amount_pico`` of this instance's holds on the key (no more than it still holds)."""
+        ...
 
     async def reclaim_reservations(self) -> int:
         """Give back the holds of instances that are gone: those whose lease has run out, and, on this host, those
@@ -324,7 +331,8 @@ class Store(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Wait until every queued record is durably written."""
+        """Wait until every queued record is durably written (with budget leases, also give back their unused
+        budget: what the store then says of a key's holds is what requests in flight hold)."""
         ...
 
     async def get_generation(self, gen_id: str) -> dict[str, Any] | None: ...

@@ -4,19 +4,20 @@ Same semantics as ``SQLiteStore``:
 
 - **Budgets.** ``reserve`` is one transaction of two conditional UPDATEs (the key, then the account): PostgreSQL
   re-checks the ``WHERE`` on the latest row version after a lock wait, so concurrent reserves from any number of
-  replicas can never hold more than the limit. Each hold is also a row in ``reservations`` (which replica, which
-  key, how much), and each replica holds a lease in ``instances`` that it renews every third of
+  replicas can never hold more than the limit. A replica's holds on a key are one row of ``reservations`` (which
+  replica, which key, how much in all), and each replica holds a lease in ``instances`` that it renews every third of
   ``METAROUTER_INSTANCE_LEASE`` seconds (default 30): the holds of a replica whose lease ran out, or whose process
   on this host has exited, are given back by whichever replica sweeps first (every replica sweeps at start-up and
   with each renewal). A release (or a charge) subtracts only what it actually finds in that table, so a late
-  release after a reclaim never subtracts twice.
+  release after a reclaim never subtracts twice. The transactions themselves are :mod:`.sql`'s, shared with SQLite.
 - **Ledger.** ``record_generation`` is synchronous and non-blocking: it appends to an in-memory queue that a
   background task drains in batches, each batch one transaction: insert the generations (``ON CONFLICT DO
-  NOTHING``: idempotent by id), charge keys and the account only for the rows actually inserted, and release the
-  reservations. A batch that fails on a lost connection is retried (with backoff) until it is written.
-- **Schema.** Migrations are the ``MIGRATIONS`` list below; ``schema_version`` holds the applied count, and
-  replicas starting together serialize on an advisory lock. The schema lives in the connection's ``search_path``
-  (e.g. ``postgresql://u@h/db?search_path=metarouter``: extra URL query parameters are server settings).
+  NOTHING``: idempotent by id), charge keys and the account and settle the holds only for the rows actually
+  inserted. A batch that fails on a lost connection is retried (with backoff) until it is written.
+- **Schema.** Migrations are ``MIGRATIONS`` (:mod:`.sql`'s schema in PostgreSQL's types); ``schema_version``
+  holds the applied count, and replicas starting together serialize on an advisory lock. The schema lives in the
+  connection's ``search_path`` (e.g. ``postgresql://u@h/db?search_path=metarouter``: extra URL query parameters
+  are server settings).
 
 Lock order everywhere is reservations → keys (sorted by id) → account, so concurrent transactions cannot deadlock.
 Money is BIGINT picodollars.
@@ -34,16 +35,13 @@ import time
 from typing import Any
 
 import asyncpg
-import orjson
 
 from .base import (
     GENERATION_FIELDS,
     JSON_FIELDS,
     ActivityQuery,
     KeyRecord,
-    activity_where,
     breakdown_row,
-    breakdown_sql,
     closed_holder,
     dead_here,
     instance_lease,
@@ -52,157 +50,70 @@ from .base import (
     spend_window_starts,
     this_host,
 )
+from .sql import (
+    ACTIVITY_COLUMNS,
+    APP_RANKING_COLUMNS,
+    GEN_COLS,
+    POSTGRES,
+    Core,
+    Execute,
+    Fetch,
+    Op,
+    Refused,
+    Script,
+    generation_from_row,
+    generation_values,
+    key_from_row,
+    migrations,
+    run_async,
+)
 
 log = logging.getLogger("metarouter.store")
 
-MIGRATIONS: list[str] = [
-    # 1: keys, account, generations, budget holds
-    """
-    CREATE TABLE keys (
-        public_id TEXT PRIMARY KEY,
-        key_hash TEXT NOT NULL,
-        label TEXT NOT NULL,
-        limit_pico BIGINT,
-        usage_pico BIGINT NOT NULL DEFAULT 0,
-        reserved_pico BIGINT NOT NULL DEFAULT 0,
-        disabled BOOLEAN NOT NULL DEFAULT FALSE,
-        rpm INTEGER,
-        tpm INTEGER,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    CREATE TABLE account (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        credits_pico BIGINT,
-        usage_pico BIGINT NOT NULL DEFAULT 0,
-        reserved_pico BIGINT NOT NULL DEFAULT 0
-    );
-    INSERT INTO account (id, credits_pico, usage_pico, reserved_pico) VALUES (1, NULL, 0, 0);
-    CREATE TABLE generations (
-        id TEXT PRIMARY KEY,
-        created_at DOUBLE PRECISION NOT NULL,
-        key_id TEXT,
-        app_referer TEXT,
-        app_title TEXT,
-        requested_model TEXT,
-        model TEXT,
-        provider TEXT,
-        router TEXT,
-        streamed BOOLEAN NOT NULL DEFAULT FALSE,
-        status TEXT NOT NULL,
-        prompt_tokens BIGINT NOT NULL DEFAULT 0,
-        completion_tokens BIGINT NOT NULL DEFAULT 0,
-        reasoning_tokens BIGINT NOT NULL DEFAULT 0,
-        cached_tokens BIGINT NOT NULL DEFAULT 0,
-        usage_estimated BOOLEAN NOT NULL DEFAULT FALSE,
-        cost_pico BIGINT NOT NULL DEFAULT 0,
-        latency_ms DOUBLE PRECISION,
-        ttft_ms DOUBLE PRECISION,
-        finish_reason TEXT,
-        native_finish_reason TEXT,
-        upstream_id TEXT,
-        user_tag TEXT,
-        session_id TEXT,
-        error TEXT,
-        attempts JSONB,
-        routing JSONB
-    );
-    CREATE INDEX generations_created ON generations (created_at);
-    CREATE INDEX generations_key ON generations (key_id, created_at);
-    CREATE TABLE reservations (
-        id BIGSERIAL PRIMARY KEY,
-        holder TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        amount_pico BIGINT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT now()
-    );
-    CREATE INDEX reservations_holder ON reservations (holder, key_id, amount_pico);
-    CREATE INDEX reservations_created ON reservations (created_at);
-    """,
-    # 2: what an answer cost beyond its hold (the key is charged at most the hold), and the live replicas: the
-    # holds of one whose lease ran out, or whose process is gone, are given back (no fixed time-to-live)
-    """
-    ALTER TABLE generations ADD COLUMN overage_pico BIGINT NOT NULL DEFAULT 0;
-    CREATE TABLE instances (
-        holder TEXT PRIMARY KEY,
-        host TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        lease_until TIMESTAMPTZ NOT NULL
-    );
-    """,
-    # 3: an answer not charged under zero completion insurance (no content; an error or no output tokens)
-    """
-    ALTER TABLE generations ADD COLUMN insured BOOLEAN NOT NULL DEFAULT FALSE;
-    """,
-]
+MIGRATIONS = migrations(POSTGRES)
+CORE = Core(POSTGRES)
 
 #: advisory lock taken while migrating, so replicas starting together apply each migration once
 _MIGRATION_LOCK = 0x6D6574726F757465  # "metroute"
 _BATCH = 512
-_KEY_COLS = "public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, rpm, tpm, created_at"
-_GEN_COLS = ", ".join(GENERATION_FIELDS)
 _GEN_TYPES = {
     "created_at": "float8", "streamed": "bool", "usage_estimated": "bool", "insured": "bool", "prompt_tokens": "int8",
     "completion_tokens": "int8", "reasoning_tokens": "int8", "cached_tokens": "int8", "cost_pico": "int8",
     "overage_pico": "int8", "latency_ms": "float8", "ttft_ms": "float8", "attempts": "jsonb", "routing": "jsonb",
 }
-_INT_FIELDS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_pico", "overage_pico")
 # One multi-row INSERT from parallel arrays; RETURNING tells which ids were new.
 _GEN_INSERT = (
-    f"INSERT INTO generations ({_GEN_COLS}) SELECT "
+    f"INSERT INTO generations ({GEN_COLS}) SELECT "
     + ", ".join(f"u.{f}::jsonb" if f in JSON_FIELDS else f"u.{f}" for f in GENERATION_FIELDS)
     + " FROM unnest("
     + ", ".join(f"${i}::{'text' if f in JSON_FIELDS else _GEN_TYPES.get(f, 'text')}[]"
                 for i, f in enumerate(GENERATION_FIELDS, start=1))
-    + f") AS u({_GEN_COLS}) ON CONFLICT (id) DO NOTHING RETURNING id"
-)
-# Release one hold of this replica: the oldest matching row (a concurrent release of an identical hold waits for
-# the row lock, then moves on to the next row).
-_RELEASE_ONE = (
-    "DELETE FROM reservations WHERE id = (SELECT id FROM reservations WHERE holder = $1 AND key_id = $2 AND "
-    "amount_pico = $3 ORDER BY id LIMIT 1 FOR UPDATE) RETURNING amount_pico"
+    + f") AS u({GEN_COLS}) ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 # Connection-level failures: the batch is retried; anything else is a bad record.
 _RETRYABLE = (OSError, asyncio.TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
               asyncpg.CannotConnectNowError, asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
-class _Refused(Exception):
-    """A conditional UPDATE matched no row: roll the reservation back."""
-
-
-def _key(row: asyncpg.Record) -> KeyRecord:
-    return KeyRecord(row["public_id"], row["label"], row["key_hash"], row["limit_pico"], row["usage_pico"],
-                     row["reserved_pico"], row["disabled"], row["rpm"], row["tpm"], row["created_at"])
-
-
-def _generation(row: asyncpg.Record) -> dict[str, Any]:
-    d = dict(row)
-    for f in JSON_FIELDS:
-        if d.get(f) is not None:
-            d[f] = orjson.loads(d[f])
-    return d
-
-
 def _columns(records: list[dict[str, Any]]) -> list[list[Any]]:
     """Parallel arrays, one per generation field, for ``unnest``."""
-    cols: list[list[Any]] = []
-    for f in GENERATION_FIELDS:
-        col = []
-        for r in records:
-            v = r.get(f)
-            if f in JSON_FIELDS:
-                v = orjson.dumps(v).decode() if v is not None else None
-            elif f in ("streamed", "usage_estimated", "insured"):
-                v = bool(v)
-            elif f in _INT_FIELDS:
-                v = int(v or 0)
-            elif f in ("created_at", "latency_ms", "ttft_ms"):
-                v = float(v) if v is not None else None
-            elif v is not None and not isinstance(v, str):
-                v = str(v)
-            col.append(v)
-        cols.append(col)
-    return cols
+    rows = [generation_values(POSTGRES, r) for r in records]
+    return [list(col) for col in zip(*rows)] if rows else [[] for _ in GENERATION_FIELDS]
+
+
+async def _transaction(conn: asyncpg.Connection, script: Script) -> Any:
+    """Run a script of :mod:`.sql` in one transaction on ``conn`` (rolled back if it raises)."""
+
+    async def do(op: Op) -> Any:
+        if isinstance(op, Execute):
+            status = await conn.execute(op.sql, *op.args)
+            return int(status.rsplit(" ", 1)[-1])
+        if isinstance(op, Fetch):
+            return await conn.fetch(op.sql, *op.args)
+        return {r["id"] for r in await conn.fetch(_GEN_INSERT, *_columns(op.records))}
+
+    async with conn.transaction():
+        return await run_async(script, do)
 
 
 class PostgresStore:
@@ -214,6 +125,8 @@ class PostgresStore:
         self.lease = instance_lease()
         self.close_timeout = 60.0
         self.holder = new_holder()  # this replica, in ``reservations.holder`` and ``instances``
+        #: ``time.monotonic()`` when this replica's lease was last renewed (its holds are safe until then + lease)
+        self.renewed_at = float("-inf")
         self._pool: asyncpg.Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -264,8 +177,9 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-            for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-                await conn.execute(sql)
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for stmt in statements:
+                    await conn.execute(stmt)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
         return len(MIGRATIONS)
 
@@ -280,82 +194,48 @@ class PostgresStore:
     ) -> tuple[str, KeyRecord]:
         plaintext, public_id, key_hash = new_key()
         rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, time.time())
-        await self._require().execute(
-            f"INSERT INTO keys ({_KEY_COLS}) VALUES ($1, $2, $3, $4, 0, 0, FALSE, $5, $6, $7)",
-            public_id, key_hash, label, limit_pico, rpm, tpm, rec.created_at,
-        )
+        await self._require().execute(CORE.insert_key,
+                                      *CORE.key_row(public_id, key_hash, label, limit_pico, rpm, tpm, rec.created_at))
         return plaintext, rec
 
     async def get_key(self, public_id: str) -> KeyRecord | None:
-        row = await self._require().fetchrow(f"SELECT {_KEY_COLS} FROM keys WHERE public_id = $1", public_id)
-        return _key(row) if row else None
+        row = await self._require().fetchrow(CORE.get_key, public_id)
+        return key_from_row(row) if row else None
+
+    async def budget_view(self, key_id: str) -> KeyRecord | None:
+        return await self.get_key(key_id)
 
     async def list_keys(self) -> list[KeyRecord]:
-        rows = await self._require().fetch(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at")
-        return [_key(r) for r in rows]
+        return [key_from_row(r) for r in await self._require().fetch(CORE.list_keys)]
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
-        allowed = {"label", "limit_pico", "disabled", "rpm", "tpm"}
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"cannot update {', '.join(sorted(bad))}")
-        if not fields:
-            return await self.get_key(public_id)
-        names = list(fields)
-        cols = ", ".join(f"{k} = ${i}" for i, k in enumerate(names, start=2))  # names from the allow-list only
-        vals = [bool(fields[k]) if k == "disabled" else fields[k] for k in names]
-        row = await self._require().fetchrow(
-            f"UPDATE keys SET {cols} WHERE public_id = $1 RETURNING {_KEY_COLS}", public_id, *vals
-        )
-        return _key(row) if row else None
+        script = CORE.update_key(public_id, fields)
+        async with self._require().acquire() as conn:
+            return await _transaction(conn, script)
 
     # --- money -------------------------------------------------------------------------------------------------
-    async def reserve(self, key_id: str, amount_pico: int) -> bool:
-        amount = int(amount_pico)
+    async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
+        """PostgreSQL re-checks each conditional UPDATE's ``WHERE`` on the latest row version after a lock wait, so
+        concurrent reserves from any number of replicas can never hold more than the limit."""
         try:
-            async with self._require().acquire() as conn, conn.transaction():
-                if await conn.execute(
-                    "UPDATE keys SET reserved_pico = reserved_pico + $2 WHERE public_id = $1 AND "
-                    "(limit_pico IS NULL OR usage_pico + reserved_pico + $2 <= limit_pico)",
-                    key_id, amount,
-                ) != "UPDATE 1":
-                    raise _Refused
-                if await conn.execute(
-                    "UPDATE account SET reserved_pico = reserved_pico + $1 WHERE id = 1 AND "
-                    "(credits_pico IS NULL OR usage_pico + reserved_pico + $1 <= credits_pico)",
-                    amount,
-                ) != "UPDATE 1":
-                    raise _Refused
-                if amount:
-                    await conn.execute(
-                        "INSERT INTO reservations (holder, key_id, amount_pico) VALUES ($1, $2, $3)",
-                        self.holder, key_id, amount,
-                    )
-        except _Refused:
+            async with self._require().acquire() as conn:
+                return await _transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico)))
+        except Refused:
             return False
-        return True
 
     async def release(self, key_id: str, amount_pico: int) -> None:
-        amount = int(amount_pico)
-        if amount <= 0:
-            return
-        async with self._require().acquire() as conn, conn.transaction():
-            found = await conn.fetchval(_RELEASE_ONE, self.holder, key_id, amount)
-            if found:  # already reclaimed otherwise: nothing left to subtract
-                await conn.execute(
-                    "UPDATE keys SET reserved_pico = GREATEST(0, reserved_pico - $2) WHERE public_id = $1",
-                    key_id, found,
-                )
-                await conn.execute(
-                    "UPDATE account SET reserved_pico = GREATEST(0, reserved_pico - $1) WHERE id = 1", found
-                )
+        if amount_pico > 0:
+            async with self._require().acquire() as conn:
+                await _transaction(conn, CORE.release(self.holder, key_id, int(amount_pico)))
 
     async def _renew(self) -> None:
+        renewed = time.monotonic()
         await self._require().execute(
             "INSERT INTO instances (holder, host, pid, lease_until) VALUES ($1, $2, $3, now() + make_interval(secs => $4))"
             " ON CONFLICT (holder) DO UPDATE SET lease_until = excluded.lease_until",
             self.holder, this_host(), os.getpid(), float(self.lease),
         )
+        self.renewed_at = renewed
 
     async def reclaim_reservations(self) -> int:
         """Give back the holds of every replica without a live lease (on the database's clock), and of replicas on
@@ -364,28 +244,16 @@ class PostgresStore:
         for r in await pool.fetch("SELECT holder, host, pid FROM instances WHERE holder <> $1", self.holder):
             if dead_here(r["host"], r["pid"], r["holder"]):
                 await pool.execute("DELETE FROM instances WHERE holder = $1", r["holder"])
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute("DELETE FROM instances WHERE lease_until < now() AND holder <> $1", self.holder)
-            rows = await conn.fetch(
-                "DELETE FROM reservations WHERE id IN (SELECT id FROM reservations r WHERE holder <> $1 AND NOT EXISTS "
-                "(SELECT 1 FROM instances i WHERE i.holder = r.holder) ORDER BY id FOR UPDATE SKIP LOCKED) "
-                "RETURNING key_id, amount_pico",
-                self.holder,
-            )
-            if not rows:
-                return 0
-            per_key: dict[str, int] = collections.defaultdict(int)
-            for r in rows:
-                per_key[r["key_id"]] += r["amount_pico"]
-            for key_id in sorted(per_key):
-                await conn.execute(
-                    "UPDATE keys SET reserved_pico = GREATEST(0, reserved_pico - $2) WHERE public_id = $1",
-                    key_id, per_key[key_id],
-                )
-            await conn.execute("UPDATE account SET reserved_pico = GREATEST(0, reserved_pico - $1) WHERE id = 1",
-                               sum(per_key.values()))
-        log.warning("gave back %d budget holds of replicas that are gone", len(rows))
-        return len(rows)
+
+        def script() -> Script:
+            yield Execute("DELETE FROM instances WHERE lease_until < now() AND holder <> $1", (self.holder,))
+            return (yield from CORE.reclaim(self.holder))
+
+        async with pool.acquire() as conn:
+            n = await _transaction(conn, script())
+        if n:
+            log.warning("gave back %d budget holds of replicas that are gone", n)
+        return n
 
     async def _reap_loop(self) -> None:
         while True:
@@ -401,28 +269,18 @@ class PostgresStore:
     async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
         if flush:
             await self.flush()
-        row = await self._require().fetchrow("SELECT credits_pico, usage_pico FROM account WHERE id = 1")
-        return row["credits_pico"], row["usage_pico"]
+        row = await self._require().fetchrow(CORE.get_credits)
+        return row[0], row[1]
 
     async def add_credits(self, amount_pico: int) -> tuple[int | None, int]:
-        row = await self._require().fetchrow(
-            "UPDATE account SET credits_pico = COALESCE(credits_pico, 0) + $1 WHERE id = 1 "
-            "RETURNING credits_pico, usage_pico",
-            int(amount_pico),
-        )
-        return row["credits_pico"], row["usage_pico"]
+        async with self._require().acquire() as conn:
+            return await _transaction(conn, CORE.add_credit(amount_pico))
 
     async def key_spend_windows(self, key_id: str) -> dict[str, int]:
-        starts = spend_window_starts(time.time())
+        args = CORE.spend_windows_args(key_id, spend_window_starts(time.time()))
         await self.flush()
-        row = await self._require().fetchrow(
-            "SELECT COALESCE(SUM(cost_pico) FILTER (WHERE created_at >= $2), 0)::bigint AS day, "
-            "COALESCE(SUM(cost_pico) FILTER (WHERE created_at >= $3), 0)::bigint AS week, "
-            "COALESCE(SUM(cost_pico) FILTER (WHERE created_at >= $4), 0)::bigint AS month "
-            "FROM generations WHERE key_id = $1 AND created_at >= LEAST($2, $3, $4)",
-            key_id, starts["day"], starts["week"], starts["month"],
-        )
-        return {"day": row["day"], "week": row["week"], "month": row["month"]}
+        row = await self._require().fetchrow(CORE.spend_windows, *args)
+        return {"day": int(row[0]), "week": int(row[1]), "month": int(row[2])}
 
     # --- ledger ------------------------------------------------------------------------------------------------
     @property
@@ -504,128 +362,44 @@ class PostgresStore:
             self._drained.set()
 
     async def _write_batch(self, batch: list[tuple[dict[str, Any], int]]) -> None:
-        # the same id twice in one batch: the first one wins, as it would across batches
-        seen: dict[str, tuple[dict[str, Any], int]] = {}
-        extra_releases: list[tuple[str, int]] = []
-        for record, reserved in batch:
-            if record["id"] in seen:
-                if reserved and record.get("key_id"):
-                    extra_releases.append((record["key_id"], reserved))
-                continue
-            seen[record["id"]] = (record, reserved)
-        records = [r for r, _ in seen.values()]
-        async with self._require().acquire() as conn, conn.transaction():
-            inserted = {r["id"] for r in await conn.fetch(_GEN_INSERT, *_columns(records))}
-            releases = [(r["key_id"], res) for r, res in seen.values() if res and r.get("key_id")] + extra_releases
-            freed: dict[str, int] = collections.defaultdict(int)
-            for key_id, amount in sorted(releases):
-                found = await conn.fetchval(_RELEASE_ONE, self.holder, key_id, amount)
-                if found:
-                    freed[key_id] += found
-            charge: dict[str, int] = collections.defaultdict(int)
-            for r in records:
-                if r["id"] in inserted and r.get("key_id"):
-                    charge[r["key_id"]] += int(r.get("cost_pico") or 0)
-            total = sum(int(r.get("cost_pico") or 0) for r in records if r["id"] in inserted)
-            for key_id in sorted(set(charge) | set(freed)):
-                await conn.execute(
-                    "UPDATE keys SET usage_pico = usage_pico + $2, reserved_pico = GREATEST(0, reserved_pico - $3) "
-                    "WHERE public_id = $1",
-                    key_id, charge.get(key_id, 0), freed.get(key_id, 0),
-                )
-            if total or freed:
-                await conn.execute(
-                    "UPDATE account SET usage_pico = usage_pico + $1, reserved_pico = GREATEST(0, reserved_pico - $2) "
-                    "WHERE id = 1",
-                    total, sum(freed.values()),
-                )
+        async with self._require().acquire() as conn:
+            await _transaction(conn, CORE.write_records(self.holder, batch))
 
     async def get_generation(self, gen_id: str) -> dict[str, Any] | None:
-        row = await self._require().fetchrow(
-            f"SELECT {_GEN_COLS} "
-            "FROM generations WHERE id = $1", gen_id,
-        )
-        return _generation(row) if row else None
+        row = await self._require().fetchrow(CORE.get_generation, gen_id)
+        return generation_from_row(row) if row else None
 
     async def list_generations(
         self, *, limit: int = 50, key_id: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
-        where, args = ["TRUE"], []
-        if key_id:
-            args.append(key_id)
-            where.append(f"key_id = ${len(args)}")
-        if since is not None:
-            args.append(float(since))
-            where.append(f"created_at >= ${len(args)}")
-        args.append(int(limit))
-        rows = await self._require().fetch(
-            f"SELECT {_GEN_COLS} "
-            f"FROM generations WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT ${len(args)}",
-            *args,
-        )
-        return [_generation(r) for r in rows]
+        sql, args = CORE.list_generations(limit, key_id, since)
+        return [generation_from_row(r) for r in await self._require().fetch(sql, *args)]
 
     async def app_ranking(
         self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
-        where, args = ["COALESCE(app_title, app_referer) IS NOT NULL"], []
-        for cond, val in (("created_at >= ${}", since), ("key_id = ${}", key_id)):
-            if val is not None:
-                args.append(val)
-                where.append(cond.format(len(args)))
-        args.append(int(limit))
+        sql, args = CORE.app_ranking(since, key_id, limit)
         await self.flush()
-        rows = await self._require().fetch(
-            "SELECT COALESCE(app_title, app_referer) AS app, COUNT(*)::bigint AS requests, "
-            "SUM(prompt_tokens + completion_tokens)::bigint AS tokens, SUM(cost_pico)::bigint AS cost_pico "
-            f"FROM generations WHERE {' AND '.join(where)} GROUP BY 1 ORDER BY tokens DESC, app LIMIT ${len(args)}",
-            *args,
-        )
-        return [dict(r) for r in rows]
+        return [dict(zip(APP_RANKING_COLUMNS, r)) for r in await self._require().fetch(sql, *args)]
 
     async def activity(
         self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,
         app: str | None = None,
     ) -> list[dict[str, Any]]:
-        where, args = ["TRUE"], []
-        for cond, val in (("created_at >= ${}", since), ("created_at < ${}", until), ("key_id = ${}", key_id)):
-            if val is not None:
-                args.append(val)
-                where.append(cond.format(len(args)))
-        if app is not None:
-            args.append(app)
-            where.append(f"(app_title = ${len(args)} OR app_referer = ${len(args)})")
+        sql, args = CORE.activity(since, until, key_id, app)
         await self.flush()
-        rows = await self._require().fetch(
-            "SELECT to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS date, model, "
-            "COUNT(*)::bigint AS requests, SUM(prompt_tokens)::bigint AS prompt_tokens, "
-            "SUM(completion_tokens)::bigint AS completion_tokens, SUM(reasoning_tokens)::bigint AS reasoning_tokens, "
-            f"SUM(cost_pico)::bigint AS cost_pico FROM generations WHERE {' AND '.join(where)} "
-            "GROUP BY 1, model ORDER BY 1 DESC, model",
-            *args,
-        )
-        return [dict(r) for r in rows]
+        return [dict(zip(ACTIVITY_COLUMNS, r)) for r in await self._require().fetch(sql, *args)]
 
     async def search_generations(
         self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
     ) -> list[dict[str, Any]]:
-        where, args = activity_where(query, lambda n: f"${n}")
-        if before is not None:
-            args += [float(before[0]), str(before[1])]
-            where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
-        args += [int(limit), int(offset)]
+        sql, args = CORE.search(query, limit, offset, before)
         await self.flush()
-        rows = await self._require().fetch(
-            f"SELECT {_GEN_COLS} FROM generations WHERE {where} "
-            f"ORDER BY created_at DESC, id DESC LIMIT ${len(args) - 1} OFFSET ${len(args)}",
-            *args,
-        )
-        return [_generation(r) for r in rows]
+        return [generation_from_row(r) for r in await self._require().fetch(sql, *args)]
 
     async def activity_breakdown(
         self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        sql, names, args = breakdown_sql(query, by, bucket, limit, lambda n: f"${n}",
-                                         lambda b: f"(floor(created_at / {b}) * {b})::bigint")
+        sql, names, args = CORE.breakdown(query, by, bucket, limit)
         await self.flush()
         return [breakdown_row(names, tuple(r)) for r in await self._require().fetch(sql, *args)]

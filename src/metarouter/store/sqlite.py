@@ -18,16 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
-
 from .base import (
     GENERATION_FIELDS,
-    JSON_FIELDS,
     ActivityQuery,
     KeyRecord,
-    activity_where,
     breakdown_row,
-    breakdown_sql,
     closed_holder,
     dead_here,
     instance_lease,
@@ -36,106 +31,32 @@ from .base import (
     spend_window_starts,
     this_host,
 )
+from .sql import (
+    ACTIVITY_COLUMNS,
+    APP_RANKING_COLUMNS,
+    GEN_COLS,
+    SQLITE,
+    Core,
+    Execute,
+    Fetch,
+    Op,
+    Refused,
+    Script,
+    generation_from_row,
+    generation_values,
+    key_from_row,
+    migrations,
+    run_sync,
+)
 
 log = logging.getLogger("metarouter.store")
 
-MIGRATIONS: list[str] = [
-    # 1: keys, account, generations
-    """
-    CREATE TABLE keys (
-        public_id TEXT PRIMARY KEY,
-        key_hash TEXT NOT NULL,
-        label TEXT NOT NULL,
-        limit_pico INTEGER,
-        usage_pico INTEGER NOT NULL DEFAULT 0,
-        reserved_pico INTEGER NOT NULL DEFAULT 0,
-        disabled INTEGER NOT NULL DEFAULT 0,
-        rpm INTEGER,
-        tpm INTEGER,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE account (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        credits_pico INTEGER,
-        usage_pico INTEGER NOT NULL DEFAULT 0,
-        reserved_pico INTEGER NOT NULL DEFAULT 0
-    );
-    INSERT INTO account (id, credits_pico, usage_pico, reserved_pico) VALUES (1, NULL, 0, 0);
-    CREATE TABLE generations (
-        id TEXT PRIMARY KEY,
-        created_at REAL NOT NULL,
-        key_id TEXT,
-        app_referer TEXT,
-        app_title TEXT,
-        requested_model TEXT,
-        model TEXT,
-        provider TEXT,
-        router TEXT,
-        streamed INTEGER NOT NULL DEFAULT 0,
-        status TEXT NOT NULL,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
-        cached_tokens INTEGER NOT NULL DEFAULT 0,
-        usage_estimated INTEGER NOT NULL DEFAULT 0,
-        cost_pico INTEGER NOT NULL DEFAULT 0,
-        latency_ms REAL,
-        ttft_ms REAL,
-        finish_reason TEXT,
-        native_finish_reason TEXT,
-        upstream_id TEXT,
-        user_tag TEXT,
-        session_id TEXT,
-        error TEXT,
-        attempts TEXT,
-        routing TEXT
-    );
-    CREATE INDEX generations_created ON generations (created_at);
-    CREATE INDEX generations_key ON generations (key_id, created_at);
-    """,
-    # 2: each budget hold is a row, so a process that dies (or another process opening the file: a worker, the
-    # CLI) neither leaks nor wipes holds; rows older than the TTL are given back by whichever process sees them.
-    """
-    CREATE TABLE reservations (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        holder TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        amount_pico INTEGER NOT NULL,
-        created_at REAL NOT NULL
-    );
-    CREATE INDEX reservations_holder ON reservations (holder, key_id, amount_pico);
-    CREATE INDEX reservations_created ON reservations (created_at);
-    UPDATE keys SET reserved_pico = 0;
-    UPDATE account SET reserved_pico = 0;
-    """,
-    # 3: what an answer cost beyond its hold (the key is charged at most the hold), and the live instances: the
-    # holds of one whose lease ran out, or whose process is gone, are given back (no fixed time-to-live)
-    """
-    ALTER TABLE generations ADD COLUMN overage_pico INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE instances (
-        holder TEXT PRIMARY KEY,
-        host TEXT NOT NULL,
-        pid INTEGER NOT NULL,
-        lease_until REAL NOT NULL
-    );
-    """,
-    # 4: an answer not charged under zero completion insurance (no content; an error or no output tokens)
-    """
-    ALTER TABLE generations ADD COLUMN insured INTEGER NOT NULL DEFAULT 0;
-    """,
-]
+MIGRATIONS = migrations(SQLITE)
+CORE = Core(SQLITE)
 
 _BATCH = 512
 LINGER = 0.002  # seconds a record may wait for others to share its transaction
 _STOP = object()
-
-
-def _row_to_key(row: sqlite3.Row | tuple) -> KeyRecord:
-    (public_id, key_hash, label, limit_pico, usage, reserved, disabled, rpm, tpm, created) = row
-    return KeyRecord(public_id, label, key_hash, limit_pico, usage, reserved, bool(disabled), rpm, tpm, created)
-
-
-_KEY_COLS = "public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, rpm, tpm, created_at"
 
 
 _MULTI_INSERT: dict[int, str] = {}
@@ -146,37 +67,10 @@ def _multi_insert(n: int) -> str:
     sql = _MULTI_INSERT.get(n)
     if sql is None:
         one = f"({', '.join('?' for _ in GENERATION_FIELDS)})"
-        sql = f"INSERT OR IGNORE INTO generations ({', '.join(GENERATION_FIELDS)}) VALUES {', '.join([one] * n)}"
+        sql = f"INSERT OR IGNORE INTO generations ({GEN_COLS}) VALUES {', '.join([one] * n)}"
         if len(_MULTI_INSERT) < 1024:
             _MULTI_INSERT[n] = sql
     return sql
-
-
-def generation_row(record: dict[str, Any]) -> tuple:
-    vals = []
-    for f in GENERATION_FIELDS:
-        v = record.get(f)
-        if f in JSON_FIELDS and v is not None:
-            v = orjson.dumps(v).decode()
-        elif f == "overage_pico":
-            v = int(v or 0)
-        elif f == "insured":
-            v = int(bool(v))
-        elif isinstance(v, bool):
-            v = int(v)
-        vals.append(v)
-    return tuple(vals)
-
-
-def generation_from_row(cols: list[str], row: tuple) -> dict[str, Any]:
-    d = dict(zip(cols, row))
-    for f in JSON_FIELDS:
-        if d.get(f):
-            d[f] = orjson.loads(d[f])
-    for f in ("streamed", "usage_estimated", "insured"):
-        if f in d:
-            d[f] = bool(d[f])
-    return d
 
 
 class SQLiteStore:
@@ -186,6 +80,8 @@ class SQLiteStore:
         self.lease = instance_lease()
         self.holder = new_holder()  # this store, in ``reservations.holder`` and ``instances``
         self._next_sweep = float("inf")  # set once the schema is migrated
+        #: ``time.monotonic()`` when this store's lease was last renewed (its holds are safe until then + lease)
+        self.renewed_at = float("-inf")
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._urgent = threading.Event()  # set with every operation someone awaits: cuts a group commit's wait short
         self._thread: threading.Thread | None = None
@@ -235,8 +131,8 @@ class SQLiteStore:
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-            for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-                for stmt in [s.strip() for s in sql.split(";") if s.strip()]:
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                for stmt in statements:
                     conn.execute(stmt)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
             conn.execute("COMMIT")
@@ -350,82 +246,64 @@ class SQLiteStore:
         A handful of statements per batch, not a few per record: every statement releases the GIL and must win it
         back from the busy event loop, and with a statement per record the writer fell behind a loaded loop
         (the queue, and memory, grew without bound)."""
-        fresh: dict[Any, tuple[dict[str, Any], int]] = {}
-        for record, reserved in batch:  # a record repeated within the batch is the same record: charged once
-            fresh.setdefault(record.get("id"), (record, reserved))
-        todo = list(fresh.values())
+        self._transaction(conn, CORE.write_records(self.holder, batch))
+
+    def _transaction(self, conn: sqlite3.Connection, script: Script) -> Any:
+        """Run a script of :mod:`.sql` in one transaction (rolled back if it raises)."""
+
+        def do(op: Op) -> Any:
+            if isinstance(op, Execute):
+                return conn.execute(op.sql, op.args).rowcount
+            if isinstance(op, Fetch):
+                return conn.execute(op.sql, op.args).fetchall()
+            return self._insert(conn, op.records)
+
         conn.execute("BEGIN IMMEDIATE")
-        if not self._insert(conn, todo):
-            # Some were written before (a retried record): they were charged then. Start again without them;
-            # rare, so the common case pays for no look-up.
+        try:
+            result = run_sync(script, do)
+        except BaseException:
             conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            ids = list(fresh)
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _insert(self, conn: sqlite3.Connection, records: list[dict[str, Any]]) -> set:
+        """Insert the records not stored yet, with as few statements as the parameter limit allows; the ids
+        inserted. When some were stored before (a retried record) the insert is undone and redone without them:
+        rare, so the common case pays for no look-up."""
+        conn.execute("SAVEPOINT insert_generations")
+        if self._insert_all(conn, records) != len(records):
+            conn.execute("ROLLBACK TO insert_generations")
+            ids = [r.get("id") for r in records]
+            stored = set()
             step = max(1, self._max_vars - 1)
             for i in range(0, len(ids), step):
                 chunk = ids[i:i + step]
-                for (rid,) in conn.execute(
-                        f"SELECT id FROM generations WHERE id IN ({','.join('?' * len(chunk))})", chunk):
-                    fresh.pop(rid, None)
-            todo = list(fresh.values())
-            if not self._insert(conn, todo):
+                stored.update(rid for (rid,) in conn.execute(
+                    f"SELECT id FROM generations WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+            records = [r for r in records if r.get("id") not in stored]
+            if self._insert_all(conn, records) != len(records):
                 raise sqlite3.IntegrityError("generation ids changed during the batch")
-        per_key: dict[str, list[int]] = {}  # key -> [cost, held] summed over the batch: one UPDATE per key
-        total_cost = total_held = 0
-        for record, reserved in todo:
-            cost = int(record.get("cost_pico") or 0)
-            key_id = record.get("key_id")
-            held = self._drop_hold(conn, key_id, reserved) if key_id and reserved else 0
-            if key_id:
-                acc = per_key.get(key_id)
-                if acc is None:
-                    per_key[key_id] = [cost, held]
-                else:
-                    acc[0] += cost
-                    acc[1] += held
-            total_cost += cost
-            total_held += held
-        for key_id, (cost, held) in per_key.items():
-            conn.execute(
-                "UPDATE keys SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) "
-                "WHERE public_id = ?",
-                (cost, held, key_id),
-            )
-        conn.execute(
-            "UPDATE account SET usage_pico = usage_pico + ?, reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1",
-            (total_cost, total_held),
-        )
-        conn.execute("COMMIT")
+        conn.execute("RELEASE insert_generations")
+        return {r.get("id") for r in records}
 
-    def _insert(self, conn: sqlite3.Connection, todo: list[tuple[dict[str, Any], int]]) -> bool:
-        """Insert the records with as few statements as the parameter limit allows; False if any id was already
-        there (those rows are left as they were)."""
+    def _insert_all(self, conn: sqlite3.Connection, records: list[dict[str, Any]]) -> int:
         per_insert = max(1, self._max_vars // len(GENERATION_FIELDS))
         inserted = 0
-        for i in range(0, len(todo), per_insert):
-            rows = todo[i:i + per_insert]
+        for i in range(0, len(records), per_insert):
+            rows = records[i:i + per_insert]
             inserted += conn.execute(_multi_insert(len(rows)),
-                                     [v for rec, _ in rows for v in generation_row(rec)]).rowcount
-        return inserted == len(todo)
-
-    def _drop_hold(self, conn: sqlite3.Connection, key_id: str, amount: int) -> int:
-        """Delete this process's oldest matching hold; its amount, or 0 if it had already expired."""
-        row = conn.execute(
-            "SELECT id FROM reservations WHERE holder = ? AND key_id = ? AND amount_pico = ? ORDER BY id LIMIT 1",
-            (self.holder, key_id, amount),
-        ).fetchone()
-        if row is None:
-            return 0
-        conn.execute("DELETE FROM reservations WHERE id = ?", (row[0],))
-        return amount
+                                     [v for rec in rows for v in generation_values(SQLITE, rec)]).rowcount
+        return inserted
 
     def _sweep(self, conn: sqlite3.Connection) -> int:
         """Renew this store's lease, then give back the holds of instances that are gone."""
         self._next_sweep = time.monotonic() + self.lease / 3
-        now = time.time()
+        renewed, now = time.monotonic(), time.time()
         conn.execute("INSERT INTO instances (holder, host, pid, lease_until) VALUES (?, ?, ?, ?) ON CONFLICT (holder) "
                      "DO UPDATE SET lease_until = excluded.lease_until",
                      (self.holder, this_host(), os.getpid(), now + self.lease))
+        self.renewed_at = renewed
         return self._reclaim(conn)
 
     def _retire(self, conn: sqlite3.Connection) -> None:
@@ -435,33 +313,18 @@ class SQLiteStore:
     def _reclaim(self, conn: sqlite3.Connection) -> int:
         """Give back the holds of every instance without a live lease, and of instances on this host whose process
         has exited."""
-        now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for holder, host, pid in conn.execute("SELECT holder, host, pid FROM instances WHERE holder != ?",
-                                                  (self.holder,)).fetchall():
+        def script() -> Script:
+            for holder, host, pid in (yield Fetch("SELECT holder, host, pid FROM instances WHERE holder != ?",
+                                                  (self.holder,))):
                 if dead_here(host, pid, holder):
-                    conn.execute("DELETE FROM instances WHERE holder = ?", (holder,))
-            conn.execute("DELETE FROM instances WHERE lease_until < ? AND holder != ?", (now, self.holder))
-            rows = conn.execute("SELECT id, key_id, amount_pico FROM reservations WHERE holder != ? AND holder NOT IN "
-                                "(SELECT holder FROM instances)", (self.holder,)).fetchall()
-            per_key: dict[str, int] = {}
-            for _, key_id, amount in rows:
-                per_key[key_id] = per_key.get(key_id, 0) + amount
-            conn.executemany("DELETE FROM reservations WHERE id = ?", [(r[0],) for r in rows])
-            for key_id, amount in per_key.items():
-                conn.execute("UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?",
-                             (amount, key_id))
-            if rows:
-                conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1",
-                             (sum(per_key.values()),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        if rows:
-            log.warning("gave back %d budget holds of instances that are gone", len(rows))
-        return len(rows)
+                    yield Execute("DELETE FROM instances WHERE holder = ?", (holder,))
+            yield Execute("DELETE FROM instances WHERE lease_until < ? AND holder != ?", (time.time(), self.holder))
+            return (yield from CORE.reclaim(self.holder))
+
+        n = self._transaction(conn, script())
+        if n:
+            log.warning("gave back %d budget holds of instances that are gone", n)
+        return n
 
     async def reclaim_reservations(self) -> int:
         return await self._call(self._reclaim)
@@ -481,116 +344,55 @@ class SQLiteStore:
     ) -> tuple[str, KeyRecord]:
         plaintext, public_id, key_hash = new_key()
         rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, time.time())
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                f"INSERT INTO keys ({_KEY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (public_id, key_hash, label, limit_pico, 0, 0, 0, rpm, tpm, rec.created_at),
-            )
-
-        await self._call(insert)
+        row = CORE.key_row(public_id, key_hash, label, limit_pico, rpm, tpm, rec.created_at)
+        await self._call(lambda conn: conn.execute(CORE.insert_key, row))
         return plaintext, rec
 
     async def get_key(self, public_id: str) -> KeyRecord | None:
         def get(conn: sqlite3.Connection) -> KeyRecord | None:
-            row = conn.execute(f"SELECT {_KEY_COLS} FROM keys WHERE public_id = ?", (public_id,)).fetchone()
-            return _row_to_key(row) if row else None
+            row = conn.execute(CORE.get_key, (public_id,)).fetchone()
+            return key_from_row(row) if row else None
 
         return await self._call(get)
+
+    async def budget_view(self, key_id: str) -> KeyRecord | None:
+        return await self.get_key(key_id)
 
     async def list_keys(self) -> list[KeyRecord]:
-        def get(conn: sqlite3.Connection) -> list[KeyRecord]:
-            return [_row_to_key(r) for r in conn.execute(f"SELECT {_KEY_COLS} FROM keys ORDER BY created_at")]
-
-        return await self._call(get)
+        return await self._call(lambda conn: [key_from_row(r) for r in conn.execute(CORE.list_keys)])
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
-        allowed = {"label", "limit_pico", "disabled", "rpm", "tpm"}
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"cannot update {', '.join(sorted(bad))}")
-
-        def upd(conn: sqlite3.Connection) -> KeyRecord | None:
-            if fields:
-                cols = ", ".join(f"{k} = ?" for k in fields)  # names from the allow-list above only
-                vals = [int(v) if isinstance(v, bool) else v for v in fields.values()]
-                conn.execute(f"UPDATE keys SET {cols} WHERE public_id = ?", (*vals, public_id))
-            row = conn.execute(f"SELECT {_KEY_COLS} FROM keys WHERE public_id = ?", (public_id,)).fetchone()
-            return _row_to_key(row) if row else None
-
-        return await self._call(upd)
+        script = CORE.update_key(public_id, fields)
+        return await self._call(lambda conn: self._transaction(conn, script))
 
     # --- money -------------------------------------------------------------------------------------------------
-    async def reserve(self, key_id: str, amount_pico: int) -> bool:
+    async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
         def res(conn: sqlite3.Connection) -> bool:
-            conn.execute("BEGIN IMMEDIATE")
-            cur = conn.execute(
-                "UPDATE keys SET reserved_pico = reserved_pico + ? WHERE public_id = ? AND "
-                "(limit_pico IS NULL OR usage_pico + reserved_pico + ? <= limit_pico)",
-                (amount_pico, key_id, amount_pico),
-            )
-            if cur.rowcount != 1:
-                conn.execute("ROLLBACK")
+            try:
+                return self._transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico)))
+            except Refused:
                 return False
-            cur = conn.execute(
-                "UPDATE account SET reserved_pico = reserved_pico + ? WHERE id = 1 AND "
-                "(credits_pico IS NULL OR usage_pico + reserved_pico + ? <= credits_pico)",
-                (amount_pico, amount_pico),
-            )
-            if cur.rowcount != 1:
-                conn.execute("ROLLBACK")
-                return False
-            if amount_pico:
-                conn.execute("INSERT INTO reservations (holder, key_id, amount_pico, created_at) VALUES (?, ?, ?, ?)",
-                             (self.holder, key_id, amount_pico, time.time()))
-            conn.execute("COMMIT")
-            return True
 
         return await self._call(res)
 
     async def release(self, key_id: str, amount_pico: int) -> None:
-        def rel(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            held = self._drop_hold(conn, key_id, amount_pico)
-            if held:
-                conn.execute("UPDATE keys SET reserved_pico = MAX(0, reserved_pico - ?) WHERE public_id = ?",
-                             (held, key_id))
-                conn.execute("UPDATE account SET reserved_pico = MAX(0, reserved_pico - ?) WHERE id = 1", (held,))
-            conn.execute("COMMIT")
-
         if amount_pico > 0:
-            await self._call(rel)
+            await self._call(lambda conn: self._transaction(conn, CORE.release(self.holder, key_id,
+                                                                               int(amount_pico))))
 
     async def get_credits(self, *, flush: bool = True) -> tuple[int | None, int]:
         # Operations run in arrival order on one thread, so earlier records are seen without a flush.
-        def get(conn: sqlite3.Connection) -> tuple[int | None, int]:
-            row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
-            return row[0], row[1]
-
-        return await self._call(get)
+        return await self._call(lambda conn: tuple(conn.execute(CORE.get_credits).fetchone()))
 
     async def add_credits(self, amount_pico: int) -> tuple[int | None, int]:
-        def add(conn: sqlite3.Connection) -> tuple[int | None, int]:
-            conn.execute("UPDATE account SET credits_pico = COALESCE(credits_pico, 0) + ? WHERE id = 1", (amount_pico,))
-            row = conn.execute("SELECT credits_pico, usage_pico FROM account WHERE id = 1").fetchone()
-            return row[0], row[1]
-
-        return await self._call(add)
+        return await self._call(lambda conn: self._transaction(conn, CORE.add_credit(amount_pico)))
 
     async def key_spend_windows(self, key_id: str) -> dict[str, int]:
         """A key's spend since the start of the current UTC day, ISO week and month, picodollars."""
-        starts = spend_window_starts(time.time())
-
-        def get(conn: sqlite3.Connection) -> dict[str, int]:
-            out = {}
-            for name, since in starts.items():
-                row = conn.execute("SELECT COALESCE(SUM(cost_pico), 0) FROM generations WHERE key_id = ? AND "
-                                   "created_at >= ?", (key_id, since)).fetchone()
-                out[name] = int(row[0])
-            return out
-
+        args = CORE.spend_windows_args(key_id, spend_window_starts(time.time()))
         await self.flush()
-        return await self._call(get)
+        row = await self._call(lambda conn: conn.execute(CORE.spend_windows, args).fetchone())
+        return {"day": int(row[0]), "week": int(row[1]), "month": int(row[2])}
 
     # --- ledger ------------------------------------------------------------------------------------------------
     @property
@@ -621,103 +423,43 @@ class SQLiteStore:
 
     async def get_generation(self, gen_id: str) -> dict[str, Any] | None:
         def get(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            cur = conn.execute(f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE id = ?", (gen_id,))
-            row = cur.fetchone()
-            return generation_from_row(list(GENERATION_FIELDS), row) if row else None
+            row = conn.execute(CORE.get_generation, (gen_id,)).fetchone()
+            return generation_from_row(row) if row else None
 
         return await self._call(get)
 
     async def list_generations(
         self, *, limit: int = 50, key_id: str | None = None, since: float | None = None
     ) -> list[dict[str, Any]]:
-        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, args = ["1=1"], []
-            if key_id:
-                where.append("key_id = ?")
-                args.append(key_id)
-            if since is not None:
-                where.append("created_at >= ?")
-                args.append(since)
-            cur = conn.execute(
-                f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE {' AND '.join(where)} "
-                "ORDER BY created_at DESC LIMIT ?",
-                (*args, int(limit)),
-            )
-            return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
-
-        return await self._call(get)
+        sql, args = CORE.list_generations(limit, key_id, since)
+        return await self._call(lambda conn: [generation_from_row(r) for r in conn.execute(sql, args).fetchall()])
 
     async def app_ranking(
         self, *, since: float | None = None, key_id: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
-        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, args = "", []
-            if since is not None:
-                where += " AND created_at >= ?"
-                args.append(since)
-            if key_id is not None:
-                where += " AND key_id = ?"
-                args.append(key_id)
-            cur = conn.execute(APP_RANKING_SQL.format(where=where, limit=int(limit)), args)
-            return [dict(zip(("app", "requests", "tokens", "cost_pico"), r)) for r in cur.fetchall()]
-
+        sql, args = CORE.app_ranking(since, key_id, limit)
         await self.flush()
-        return await self._call(get)
+        return await self._call(lambda conn: [dict(zip(APP_RANKING_COLUMNS, r)) for r in conn.execute(sql, args)])
 
     async def activity(
         self, *, since: float | None = None, until: float | None = None, key_id: str | None = None,
         app: str | None = None,
     ) -> list[dict[str, Any]]:
-        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            where, args = ["1=1"], []
-            for cond, val in (("created_at >= ?", since), ("created_at < ?", until), ("key_id = ?", key_id)):
-                if val is not None:
-                    where.append(cond)
-                    args.append(val)
-            if app is not None:
-                where.append("(app_title = ? OR app_referer = ?)")
-                args += [app, app]
-            cur = conn.execute(
-                "SELECT date(created_at, 'unixepoch') AS day, model, COUNT(*), SUM(prompt_tokens), "
-                "SUM(completion_tokens), SUM(reasoning_tokens), SUM(cost_pico) FROM generations "
-                f"WHERE {' AND '.join(where)} GROUP BY day, model ORDER BY day DESC, model",
-                args,
-            )
-            cols = ["date", "model", "requests", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cost_pico"]
-            return [dict(zip(cols, r)) for r in cur.fetchall()]
-
+        sql, args = CORE.activity(since, until, key_id, app)
         await self.flush()
-        return await self._call(get)
+        return await self._call(lambda conn: [dict(zip(ACTIVITY_COLUMNS, r)) for r in conn.execute(sql, args)])
 
     async def search_generations(
         self, query: ActivityQuery, *, limit: int = 50, offset: int = 0, before: tuple[float, str] | None = None
     ) -> list[dict[str, Any]]:
-        where, args = activity_where(query, lambda _: "?")
-        if before is not None:
-            where += " AND (created_at, id) < (?, ?)"
-            args += [float(before[0]), str(before[1])]
-
-        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            cur = conn.execute(
-                f"SELECT {', '.join(GENERATION_FIELDS)} FROM generations WHERE {where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (*args, int(limit), int(offset)),
-            )
-            return [generation_from_row(list(GENERATION_FIELDS), r) for r in cur.fetchall()]
-
-        return await self._read(get)
+        sql, args = CORE.search(query, limit, offset, before)
+        return await self._read(lambda conn: [generation_from_row(r) for r in conn.execute(sql, args).fetchall()])
 
     async def activity_breakdown(
         self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        # created_at is positive, so the integer cast floors
-        sql, names, args = breakdown_sql(query, by, bucket, limit, lambda _: "?",
-                                         lambda b: f"CAST(created_at / {b} AS INTEGER) * {b}")
-
-        def get(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            return [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()]
-
-        return await self._read(get)
+        sql, names, args = CORE.breakdown(query, by, bucket, limit)
+        return await self._read(lambda conn: [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()])
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run a read-only query on a connection of its own, on a thread of its own, after every queued record is
@@ -735,13 +477,6 @@ class SQLiteStore:
             return fn(self._reader_conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._reader, run)
-
-
-APP_RANKING_SQL = (
-    "SELECT COALESCE(app_title, app_referer) AS app, COUNT(*) AS requests, "
-    "SUM(prompt_tokens + completion_tokens) AS tokens, SUM(cost_pico) AS cost_pico FROM generations "
-    "WHERE COALESCE(app_title, app_referer) IS NOT NULL {where} GROUP BY 1 ORDER BY tokens DESC, app LIMIT {limit}"
-)
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:

@@ -1,0 +1,514 @@
+"""What the SQLite and PostgreSQL stores share: the schema (in each dialect's types), the key columns and what of a
+key may change, the row mappers, the queries, and the money — how a hold is taken, given back, settled by its
+generation record, and reclaimed from an instance that is gone.
+
+The money transactions are written once, as *scripts*: generators that yield each statement (:class:`Execute`,
+:class:`Fetch`, :class:`InsertGenerations`) and are sent its result. A backend runs a script inside one
+transaction of its own, on its own connection (:func:`run_sync` on SQLite's writer thread, :func:`run_async` on an
+asyncpg connection): each backend keeps only its connection, its placeholders and its locking.
+
+**Holds.** An instance (``reservations.holder``) has one row per key it holds budget on: the sum of its holds
+there. Taking a hold adds to that row, giving one back or settling one subtracts from it — never more than the row
+still has (an instance whose lease ran out had its rows reclaimed; its late releases give back nothing more), and
+``keys.reserved_pico`` and ``account.reserved_pico`` move by what the row moved. Lock order everywhere: the
+instance's rows (by key), then keys (by id), then the account, so concurrent transactions cannot deadlock.
+
+**Records.** A batch of generation records is one transaction: insert them (idempotent by id), then charge each
+newly inserted record's cost to its key and the account and settle its hold. A record that was already stored —
+a write retried after its acknowledgement was lost, or the same record sent twice — settles nothing again: its
+hold was settled by the write that stored it, and a hold of the same size held now belongs to another request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generator, Iterable
+
+import orjson
+
+from .base import GENERATION_FIELDS, JSON_FIELDS, ActivityQuery, KeyRecord, activity_where, breakdown_sql
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    #: numbered placeholders (``$1``, asyncpg) rather than ``?`` (sqlite3)
+    numbered: bool
+    #: the words that differ between the dialects, by the ``{name}`` the statements below use
+    words: dict[str, str]
+
+    def sql(self, text: str) -> str:
+        """``text`` in this dialect: its ``{word}``s filled in, its ``?`` placeholders numbered where needed."""
+        text = text.format(**self.words)
+        if self.numbered:
+            head, *rest = text.split("?")
+            text = head + "".join(f"${i}{part}" for i, part in enumerate(rest, start=1))
+        return text
+
+    def placeholder(self, n: int) -> str:
+        return f"${n}" if self.numbered else "?"
+
+    def flag(self, value: Any) -> bool | int:
+        return bool(value) if self.name == "postgres" else int(bool(value))
+
+
+SQLITE = Dialect("sqlite", numbered=False, words={
+    "bigint": "INTEGER", "double": "REAL", "flag": "INTEGER", "false": "0", "json": "TEXT", "instant": "REAL",
+    "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "default_now": "", "greatest": "MAX", "for_update": "",
+    "skip_locked": "", "day": "date(created_at, 'unixepoch')",
+})
+POSTGRES = Dialect("postgres", numbered=True, words={
+    "bigint": "BIGINT", "double": "DOUBLE PRECISION", "flag": "BOOLEAN", "false": "FALSE", "json": "JSONB",
+    "instant": "TIMESTAMPTZ", "serial": "BIGSERIAL PRIMARY KEY", "default_now": " DEFAULT now()",
+    "greatest": "GREATEST", "for_update": " FOR UPDATE", "skip_locked": " FOR UPDATE SKIP LOCKED",
+    "day": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+})
+
+# --- schema ------------------------------------------------------------------------------------------------------
+_KEYS = """CREATE TABLE keys (
+    public_id TEXT PRIMARY KEY,
+    key_hash TEXT NOT NULL,
+    label TEXT NOT NULL,
+    limit_pico {bigint},
+    usage_pico {bigint} NOT NULL DEFAULT 0,
+    reserved_pico {bigint} NOT NULL DEFAULT 0,
+    disabled {flag} NOT NULL DEFAULT {false},
+    rpm INTEGER,
+    tpm INTEGER,
+    created_at {double} NOT NULL
+)"""
+_ACCOUNT = """CREATE TABLE account (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    credits_pico {bigint},
+    usage_pico {bigint} NOT NULL DEFAULT 0,
+    reserved_pico {bigint} NOT NULL DEFAULT 0
+)"""
+_ACCOUNT_ROW = "INSERT INTO account (id, credits_pico, usage_pico, reserved_pico) VALUES (1, NULL, 0, 0)"
+_GENERATIONS = """CREATE TABLE generations (
+    id TEXT PRIMARY KEY,
+    created_at {double} NOT NULL,
+    key_id TEXT,
+    app_referer TEXT,
+    app_title TEXT,
+    requested_model TEXT,
+    model TEXT,
+    provider TEXT,
+    router TEXT,
+    streamed {flag} NOT NULL DEFAULT {false},
+    status TEXT NOT NULL,
+    prompt_tokens {bigint} NOT NULL DEFAULT 0,
+    completion_tokens {bigint} NOT NULL DEFAULT 0,
+    reasoning_tokens {bigint} NOT NULL DEFAULT 0,
+    cached_tokens {bigint} NOT NULL DEFAULT 0,
+    usage_estimated {flag} NOT NULL DEFAULT {false},
+    cost_pico {bigint} NOT NULL DEFAULT 0,
+    latency_ms {double},
+    ttft_ms {double},
+    finish_reason TEXT,
+    native_finish_reason TEXT,
+    upstream_id TEXT,
+    user_tag TEXT,
+    session_id TEXT,
+    error TEXT,
+    attempts {json},
+    routing {json}
+)"""
+_GENERATION_INDEXES = ["CREATE INDEX generations_created ON generations (created_at)",
+                       "CREATE INDEX generations_key ON generations (key_id, created_at)"]
+# each budget hold a row (a process that dies, or another process opening the database, neither leaks nor wipes
+# holds); replaced by one row per instance and key (below)
+_HOLD_PER_ROW = [
+    """CREATE TABLE reservations (
+        id {serial},
+        holder TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        amount_pico {bigint} NOT NULL,
+        created_at {instant} NOT NULL{default_now}
+    )""",
+    "CREATE INDEX reservations_holder ON reservations (holder, key_id, amount_pico)",
+    "CREATE INDEX reservations_created ON reservations (created_at)",
+]
+# what an answer cost beyond its hold (the key is charged at most the hold), and the live instances: the holds of
+# one whose lease ran out, or whose process is gone, are given back (no fixed time-to-live)
+_OVERAGE_AND_INSTANCES = [
+    "ALTER TABLE generations ADD COLUMN overage_pico {bigint} NOT NULL DEFAULT 0",
+    """CREATE TABLE instances (
+        holder TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        lease_until {instant} NOT NULL
+    )""",
+]
+# one row per instance and key, the sum of its holds there: a hold can then be given back in part (what a budget
+# lease does), and no release has to find a row of its exact size
+_HOLD_PER_KEY = [
+    """CREATE TABLE holds (
+        holder TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        amount_pico {bigint} NOT NULL,
+        PRIMARY KEY (holder, key_id)
+    )""",
+    "INSERT INTO holds (holder, key_id, amount_pico) SELECT holder, key_id, SUM(amount_pico) FROM reservations "
+    "GROUP BY holder, key_id",
+    "DROP TABLE reservations",
+    "ALTER TABLE holds RENAME TO reservations",
+]
+# an answer not charged under zero completion insurance (no content; an error or no output tokens)
+_INSURED = ["ALTER TABLE generations ADD COLUMN insured {flag} NOT NULL DEFAULT {false}"]
+
+#: each backend's migrations (``schema_version`` counts those applied): the same statements, grouped as each
+#: backend's history applied them (SQLite added the hold rows in a migration of their own)
+_HISTORY: dict[str, list[list[str]]] = {
+    "sqlite": [
+        [_KEYS, _ACCOUNT, _ACCOUNT_ROW, _GENERATIONS, *_GENERATION_INDEXES],
+        [*_HOLD_PER_ROW, "UPDATE keys SET reserved_pico = 0", "UPDATE account SET reserved_pico = 0"],
+        _OVERAGE_AND_INSTANCES,
+        _HOLD_PER_KEY,
+        _INSURED,
+    ],
+    "postgres": [
+        [_KEYS, _ACCOUNT, _ACCOUNT_ROW, _GENERATIONS, *_GENERATION_INDEXES, *_HOLD_PER_ROW],
+        _OVERAGE_AND_INSTANCES,
+        _HOLD_PER_KEY,
+        _INSURED,
+    ],
+}
+
+
+def migrations(d: Dialect) -> list[list[str]]:
+    """The migrations of dialect ``d``: a list of statements per schema version."""
+    return [[d.sql(s) for s in version] for version in _HISTORY[d.name]]
+
+
+# --- keys --------------------------------------------------------------------------------------------------------
+KEY_COLUMNS = ("public_id", "key_hash", "label", "limit_pico", "usage_pico", "reserved_pico", "disabled", "rpm",
+               "tpm", "created_at")
+KEY_COLS = ", ".join(KEY_COLUMNS)
+#: what ``update_key`` may change (an allow-list: the names go into SQL)
+KEY_UPDATABLE = ("label", "limit_pico", "disabled", "rpm", "tpm")
+
+
+def key_from_row(row: Any) -> KeyRecord:
+    """A ``keys`` row (its columns in :data:`KEY_COLUMNS` order) as a record."""
+    public_id, key_hash, label, limit_pico, usage, reserved, disabled, rpm, tpm, created = tuple(row)
+    return KeyRecord(public_id, label, key_hash, limit_pico, usage, reserved, bool(disabled), rpm, tpm, created)
+
+
+def checked_key_fields(fields: dict[str, Any]) -> None:
+    bad = set(fields) - set(KEY_UPDATABLE)
+    if bad:
+        raise ValueError(f"cannot update {', '.join(sorted(bad))}")
+
+
+# --- generations -------------------------------------------------------------------------------------------------
+GEN_COLS = ", ".join(GENERATION_FIELDS)
+_INT_FIELDS = frozenset(("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost_pico",
+                         "overage_pico"))
+_FLOAT_FIELDS = frozenset(("created_at", "latency_ms", "ttft_ms"))
+_FLAG_FIELDS = frozenset(("streamed", "usage_estimated", "insured"))
+
+
+def generation_values(d: Dialect, record: dict[str, Any]) -> list[Any]:
+    """One record's values in :data:`GENERATION_FIELDS` order, as the columns take them (JSON fields as text)."""
+    vals = []
+    for f in GENERATION_FIELDS:
+        v = record.get(f)
+        if f in JSON_FIELDS:
+            v = orjson.dumps(v).decode() if v is not None else None
+        elif f in _FLAG_FIELDS:
+            v = d.flag(v)
+        elif f in _INT_FIELDS:
+            v = int(v or 0)
+        elif f in _FLOAT_FIELDS:
+            v = float(v) if v is not None else None
+        elif v is not None and not isinstance(v, str):
+            v = str(v)
+        vals.append(v)
+    return vals
+
+
+def generation_from_row(row: Any, cols: tuple[str, ...] = GENERATION_FIELDS) -> dict[str, Any]:
+    d = dict(zip(cols, tuple(row)))
+    for f in JSON_FIELDS:
+        if d.get(f):
+            d[f] = orjson.loads(d[f])
+    for f in _FLAG_FIELDS:
+        if f in d:
+            d[f] = bool(d[f])
+    return d
+
+
+# --- scripts -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """Run one statement; its result is the number of rows it changed."""
+
+    sql: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Run one query; its result is its rows (indexable)."""
+
+    sql: str
+    args: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InsertGenerations:
+    """Insert the records whose ids are not stored yet; its result is the set of ids inserted."""
+
+    records: list[dict[str, Any]]
+
+
+Op = Execute | Fetch | InsertGenerations
+Script = Generator[Op, Any, Any]
+
+
+class Refused(Exception):
+    """A conditional UPDATE matched no row: the backend rolls the transaction back."""
+
+
+def run_sync(script: Script, do: Callable[[Op], Any]) -> Any:
+    """Run ``script``, each of its statements by ``do``; its return value."""
+    result = None
+    while True:
+        try:
+            op = script.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result = do(op)
+
+
+async def run_async(script: Script, do: Callable[[Op], Awaitable[Any]]) -> Any:
+    result = None
+    while True:
+        try:
+            op = script.send(result)
+        except StopIteration as stop:
+            return stop.value
+        result = await do(op)
+
+
+@dataclass
+class Settlement:
+    """What a batch of newly stored records charges: per key (cost, hold to settle), and the account's cost."""
+
+    per_key: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    cost: int = 0
+
+
+def settlement(stored: Iterable[tuple[dict[str, Any], int]]) -> Settlement:
+    """The charges of ``(record, reserved)`` pairs that were newly stored: each record's cost to its key and the
+    account, each hold settled against its key."""
+    out = Settlement()
+    for record, reserved in stored:
+        cost = int(record.get("cost_pico") or 0)
+        key_id = record.get("key_id")
+        if key_id:
+            acc = out.per_key.setdefault(key_id, [0, 0])
+            acc[0] += cost
+            acc[1] += int(reserved or 0)
+        out.cost += cost
+    return out
+
+
+class Core:
+    """The statements of one dialect, rendered once, and the scripts that use them."""
+
+    def __init__(self, d: Dialect):
+        self.dialect = d
+        s = d.sql
+        self.get_key = s(f"SELECT {KEY_COLS} FROM keys WHERE public_id = ?")
+        self.list_keys = s(f"SELECT {KEY_COLS} FROM keys ORDER BY created_at")
+        self.insert_key = s(f"INSERT INTO keys ({KEY_COLS}) VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
+        self.get_credits = s("SELECT credits_pico, usage_pico FROM account WHERE id = 1")
+        self.add_credits = s("UPDATE account SET credits_pico = COALESCE(credits_pico, 0) + ? WHERE id = 1")
+        self.get_generation = s(f"SELECT {GEN_COLS} FROM generations WHERE id = ?")
+        self.spend_windows = s(
+            "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= ? THEN cost_pico ELSE 0 END), 0) AS BIGINT), "
+            "CAST(COALESCE(SUM(CASE WHEN created_at >= ? THEN cost_pico ELSE 0 END), 0) AS BIGINT), "
+            "CAST(COALESCE(SUM(CASE WHEN created_at >= ? THEN cost_pico ELSE 0 END), 0) AS BIGINT) "
+            "FROM generations WHERE key_id = ? AND created_at >= ?")
+        # money
+        self.hold_add = s("INSERT INTO reservations (holder, key_id, amount_pico) VALUES (?, ?, ?) ON CONFLICT "
+                          "(holder, key_id) DO UPDATE SET amount_pico = reservations.amount_pico + excluded.amount_pico")
+        self.hold_get = s("SELECT amount_pico FROM reservations WHERE holder = ? AND key_id = ?{for_update}")
+        self.hold_set = s("UPDATE reservations SET amount_pico = ? WHERE holder = ? AND key_id = ?")
+        self.hold_drop = s("DELETE FROM reservations WHERE holder = ? AND key_id = ?")
+        self.holds_of_the_gone = s(
+            "SELECT holder, key_id, amount_pico FROM reservations r WHERE holder <> ? AND NOT EXISTS "
+            "(SELECT 1 FROM instances i WHERE i.holder = r.holder) ORDER BY holder, key_id{skip_locked}")
+        self.reserve_key = s("UPDATE keys SET reserved_pico = reserved_pico + ? WHERE public_id = ? AND "
+                             "(limit_pico IS NULL OR usage_pico + reserved_pico + ? <= limit_pico)")
+        self.reserve_account = s("UPDATE account SET reserved_pico = reserved_pico + ? WHERE id = 1 AND "
+                                 "(credits_pico IS NULL OR usage_pico + reserved_pico + ? <= credits_pico)")
+        self.charge_key = s("UPDATE keys SET usage_pico = usage_pico + ?, "
+                            "reserved_pico = {greatest}(0, reserved_pico - ?) WHERE public_id = ?")
+        self.charge_account = s("UPDATE account SET usage_pico = usage_pico + ?, "
+                                "reserved_pico = {greatest}(0, reserved_pico - ?) WHERE id = 1")
+
+    # --- keys and credits ---
+    def key_row(self, public_id: str, key_hash: str, label: str, limit_pico: int | None, rpm: int | None,
+                tpm: int | None, created_at: float) -> tuple:
+        return (public_id, key_hash, label, limit_pico, 0, 0, self.dialect.flag(False), rpm, tpm, created_at)
+
+    def update_key(self, public_id: str, fields: dict[str, Any]) -> Script:
+        """Change the allowed ``fields`` of a key; returns its record (None if there is no such key). Names
+        outside :data:`KEY_UPDATABLE` raise ValueError here, before anything runs."""
+        checked_key_fields(fields)
+        cols = ", ".join(f"{k} = ?" for k in fields)  # names from the allow-list only
+        vals = [self.dialect.flag(v) if k == "disabled" else v for k, v in fields.items()]
+        update = self.dialect.sql(f"UPDATE keys SET {cols} WHERE public_id = ?") if fields else None
+
+        def script() -> Script:
+            if update is not None:
+                yield Execute(update, (*vals, public_id))
+            rows = yield Fetch(self.get_key, (public_id,))
+            return key_from_row(rows[0]) if rows else None
+
+        return script()
+
+    def add_credit(self, amount_pico: int) -> Script:
+        yield Execute(self.add_credits, (int(amount_pico),))
+        (row,) = yield Fetch(self.get_credits)
+        return row[0], row[1]
+
+    # --- money ---
+    def reserve(self, holder: str, key_id: str, amount: int, spare: int = 0) -> Script:
+        """Hold ``amount`` on the key and the account if both can cover it and ``spare`` more; else raise
+        :class:`Refused` (the backend rolls back)."""
+        if amount > 0:  # the instance's row first: the lock order
+            yield Execute(self.hold_add, (holder, key_id, amount))
+        if (yield Execute(self.reserve_key, (amount, key_id, amount + spare))) != 1:
+            raise Refused
+        if (yield Execute(self.reserve_account, (amount, amount + spare))) != 1:
+            raise Refused
+        return True
+
+    def release(self, holder: str, key_id: str, amount: int) -> Script:
+        """Give back up to ``amount`` of what ``holder`` holds on the key; returns what was given back."""
+        freed = yield from self._take(holder, key_id, amount)
+        if freed:
+            yield Execute(self.charge_key, (0, freed, key_id))
+            yield Execute(self.charge_account, (0, freed))
+        return freed
+
+    def _take(self, holder: str, key_id: str, amount: int) -> Script:
+        """Subtract up to ``amount`` from the holder's row for the key (dropping it at zero); returns how much."""
+        rows = yield Fetch(self.hold_get, (holder, key_id))
+        held = int(rows[0][0]) if rows else 0
+        taken = min(int(amount), held)
+        if taken and taken == held:
+            yield Execute(self.hold_drop, (holder, key_id))
+        elif taken:
+            yield Execute(self.hold_set, (held - taken, holder, key_id))
+        return taken
+
+    def write_records(self, holder: str, batch: list[tuple[dict[str, Any], int]]) -> Script:
+        """Store ``(record, reserved)`` pairs: insert the records, and for those newly stored charge their costs and
+        settle their holds. The same id twice in one batch is one record: the first one wins."""
+        fresh: dict[Any, tuple[dict[str, Any], int]] = {}
+        for record, reserved in batch:
+            fresh.setdefault(record.get("id"), (record, reserved))
+        inserted = yield InsertGenerations([r for r, _ in fresh.values()])
+        plan = settlement(pair for gid, pair in fresh.items() if gid in inserted)
+        freed: dict[str, int] = {}
+        for key_id in sorted(plan.per_key):
+            held = plan.per_key[key_id][1]
+            freed[key_id] = (yield from self._take(holder, key_id, held)) if held else 0
+        for key_id in sorted(plan.per_key):
+            cost = plan.per_key[key_id][0]
+            if cost or freed[key_id]:
+                yield Execute(self.charge_key, (cost, freed[key_id], key_id))
+        total_freed = sum(freed.values())
+        if plan.cost or total_freed:
+            yield Execute(self.charge_account, (plan.cost, total_freed))
+        return len(inserted)
+
+    def reclaim(self, holder: str) -> Script:
+        """Give back every hold of instances without a row in ``instances`` (but ``holder``'s own); returns how
+        many (instance, key) holds."""
+        rows = yield Fetch(self.holds_of_the_gone, (holder,))
+        per_key: dict[str, int] = {}
+        for gone, key_id, amount in (tuple(r) for r in rows):
+            yield Execute(self.hold_drop, (gone, key_id))
+            per_key[key_id] = per_key.get(key_id, 0) + int(amount)
+        for key_id in sorted(per_key):
+            yield Execute(self.charge_key, (0, per_key[key_id], key_id))
+        if per_key:
+            yield Execute(self.charge_account, (0, sum(per_key.values())))
+        return len(rows)
+
+    # --- reports ---
+    def spend_windows_args(self, key_id: str, starts: dict[str, float]) -> tuple:
+        return (starts["day"], starts["week"], starts["month"], key_id, min(starts.values()))
+
+    def list_generations(self, limit: int, key_id: str | None, since: float | None) -> tuple[str, list[Any]]:
+        where, args = ["1=1"], []
+        if key_id:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(float(since))
+        args.append(int(limit))
+        return self.dialect.sql(f"SELECT {GEN_COLS} FROM generations WHERE {' AND '.join(where)} "
+                                "ORDER BY created_at DESC LIMIT ?"), args
+
+    def app_ranking(self, since: float | None, key_id: str | None, limit: int) -> tuple[str, list[Any]]:
+        where, args = ["COALESCE(app_title, app_referer) IS NOT NULL"], []
+        for cond, val in (("created_at >= ?", since), ("key_id = ?", key_id)):
+            if val is not None:
+                where.append(cond)
+                args.append(val)
+        args.append(int(limit))
+        return self.dialect.sql(
+            "SELECT COALESCE(app_title, app_referer) AS app, COUNT(*) AS requests, "
+            "CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) AS tokens, CAST(SUM(cost_pico) AS BIGINT) "
+            f"FROM generations WHERE {' AND '.join(where)} GROUP BY 1 ORDER BY tokens DESC, app LIMIT ?"), args
+
+    def activity(self, since: float | None, until: float | None, key_id: str | None,
+                 app: str | None) -> tuple[str, list[Any]]:
+        where, args = ["1=1"], []
+        for cond, val in (("created_at >= ?", since), ("created_at < ?", until), ("key_id = ?", key_id)):
+            if val is not None:
+                where.append(cond)
+                args.append(val)
+        if app is not None:
+            where.append("(app_title = ? OR app_referer = ?)")
+            args += [app, app]
+        return self.dialect.sql(
+            "SELECT {day} AS day, model, COUNT(*), CAST(SUM(prompt_tokens) AS BIGINT), "
+            "CAST(SUM(completion_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT), "
+            f"CAST(SUM(cost_pico) AS BIGINT) FROM generations WHERE {' AND '.join(where)} "
+            "GROUP BY 1, model ORDER BY 1 DESC, model"), args
+
+    def search(self, query: ActivityQuery, limit: int, offset: int,
+               before: tuple[float, str] | None) -> tuple[str, list[Any]]:
+        where, args = activity_where(query, self.dialect.placeholder)
+        if before is not None:
+            args += [float(before[0]), str(before[1])]
+            where += f" AND (created_at, id) < ({self.dialect.placeholder(len(args) - 1)}, " \
+                     f"{self.dialect.placeholder(len(args))})"
+        args += [int(limit), int(offset)]
+        n = len(args)
+        return (f"SELECT {GEN_COLS} FROM generations WHERE {where} ORDER BY created_at DESC, id DESC "
+                f"LIMIT {self.dialect.placeholder(n - 1)} OFFSET {self.dialect.placeholder(n)}"), args
+
+    def breakdown(self, query: ActivityQuery, by: str | None, bucket: int | None,
+                  limit: int | None) -> tuple[str, list[str], list[Any]]:
+        if self.dialect.name == "postgres":
+            def floor(b: int) -> str:
+                return f"(floor(created_at / {b}) * {b})::bigint"
+        else:  # created_at is positive, so the integer cast floors
+            def floor(b: int) -> str:
+                return f"CAST(created_at / {b} AS INTEGER) * {b}"
+        return breakdown_sql(query, by, bucket, limit, self.dialect.placeholder, floor)
+
+
+ACTIVITY_COLUMNS = ("date", "model", "requests", "prompt_tokens", "completion_tokens", "reasoning_tokens",
+                    "cost_pico")
+APP_RANKING_COLUMNS = ("app", "requests", "tokens", "cost_pico")
