@@ -500,11 +500,12 @@ async def test_activity_breakdown_totals_groups_and_buckets(store):
 
 async def test_an_older_schema_keeps_its_holds_summed_per_instance_and_key(backend):
     """Migrating from one row per hold to one row per instance and key keeps every hold (nothing is freed)."""
-    from metarouter.store.sql import POSTGRES, SQLITE, migrations
+    from metarouter.store.sql import _HISTORY, _HOLD_PER_KEY, POSTGRES, SQLITE, migrations
 
     versions = migrations(SQLITE if backend.kind == "sqlite" else POSTGRES)
     await backend.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for n, statements in enumerate(versions[:-1], start=1):
+    before = _HISTORY[backend.kind].index(_HOLD_PER_KEY)  # the versions before one row per instance and key
+    for n, statements in enumerate(versions[:before], start=1):
         for statement in statements:
             await backend.sql(statement)
         await backend.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
