@@ -130,7 +130,7 @@ LIMIT_RESETS: dict[str, str] = {"daily": "day", "weekly": "week", "monthly": "mo
 
 
 def check_limit_reset(value: object) -> str | None:
-    if value is not None and value not in LIMIT_RESETS:
+    if value is not None and (not isinstance(value, str) or value not in LIMIT_RESETS):
         raise ValueError(f"`limit_reset` must be one of {', '.join(LIMIT_RESETS)} or null, not {str(value)[:40]!r}")
     return value  # type: ignore[return-value]
 
