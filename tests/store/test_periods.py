@@ -70,6 +70,10 @@ def test_expires_at_is_utc_only():
         with pytest.raises(ValueError, match="expires_at"):
             parse_expires_at(bad)
     assert iso_utc(utc(2027, 1, 31, 23, 59, 59)) == "2027-01-31T23:59:59Z"
+    for text, shown in (("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),  # to the millisecond, any year
+                        ("9999-12-31T23:59:59.999999Z", "9999-12-31T23:59:59.999Z"),
+                        ("1969-12-31T23:59:59.25Z", "1969-12-31T23:59:59.25Z")):
+        assert iso_utc(parse_expires_at(text)) == shown
 
 
 async def test_a_daily_limit_applies_to_the_days_spend_and_rolls_over_at_midnight(store, clock):

@@ -154,28 +154,34 @@ def next_period_start(limit_reset: str, now: float) -> float:
 
 
 _ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def parse_expires_at(value: object) -> float | None:
-    """An ``expires_at`` as epoch seconds: an ISO 8601 timestamp in UTC (``2027-01-31T23:59:59Z`` or ``+00:00``),
-    or None. Other time zones, and times without one, are refused (ValueError), as OpenRouter does."""
+    """An ``expires_at`` as epoch seconds (to the millisecond): an ISO 8601 timestamp in UTC
+    (``2027-01-31T23:59:59Z`` or ``+00:00``), or None. Other time zones, and times without one, are refused
+    (ValueError), as OpenRouter does."""
     if value is None:
         return None
     if not isinstance(value, str) or not _ISO_UTC.fullmatch(value):
         raise ValueError("`expires_at` must be an ISO 8601 timestamp in UTC, such as 2027-01-31T23:59:59Z (other "
                          f"time zones are refused), or null; got {str(value)[:40]!r}")
     try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"`expires_at` is not a valid date and time: {value[:40]!r}") from None
+    whole = (t.replace(microsecond=0) - _EPOCH) // dt.timedelta(seconds=1)
+    return whole + t.microsecond // 1000 / 1000
 
 
 def iso_utc(ts: float | None) -> str | None:
-    """Epoch seconds as an ISO 8601 UTC timestamp (``…Z``), None as None."""
+    """Epoch seconds as an ISO 8601 UTC timestamp (``…Z``, milliseconds where there are any), None as None."""
     if ts is None:
         return None
-    t = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond:06d}".rstrip("0") if t.microsecond else "") + "Z"
+    secs, ms = divmod(round(ts * 1000), 1000)
+    t = _EPOCH + dt.timedelta(seconds=secs)
+    frac = f".{ms:03d}".rstrip("0") if ms else ""
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{frac}Z"
 
 
 #: seconds an instance's lease lasts unless renewed (it is renewed every third of that): the holds of an instance
