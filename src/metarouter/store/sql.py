@@ -13,6 +13,13 @@ still has (an instance whose lease ran out had its rows reclaimed; its late rele
 ``keys.reserved_pico`` and ``account.reserved_pico`` move by what the row moved. Lock order everywhere: the
 instance's rows (by key), then keys (by id), then the account, so concurrent transactions cannot deadlock.
 
+**Periods.** A key with a ``limit_reset`` (daily, weekly, monthly; UTC) has its limit checked against
+``period_usage_pico``, the spend since ``period_start``. A hold or a charge first rolls the key's period over (its
+spend zeroed, its start moved) where a newer period has begun by the store's clock, in the same transaction and
+under the same row lock: replicas roll a period over once, only forward, and a cost lands in the period current
+when its record is written. Holds in flight stay in ``reserved_pico`` across the boundary, so the limit holds in
+every period.
+
 **Records.** A batch of generation records is one transaction: insert them (idempotent by id), then charge each
 newly inserted record's cost to its key and the account and settle its hold. A record that was already stored —
 a write retried after its acknowledgement was lost, or the same record sent twice — settles nothing again: its
