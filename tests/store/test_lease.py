@@ -185,3 +185,23 @@ async def backend_forget(st) -> None:
         await raw._pool.execute("DELETE FROM instances WHERE holder = $1", raw.holder)
     else:
         await raw._call(lambda conn: conn.execute("DELETE FROM instances WHERE holder = ?", (raw.holder,)))
+
+
+async def test_an_idle_lease_elsewhere_is_what_a_refused_replica_waits_for(leases):
+    """Near the limit, what one replica's lease holds unused is not the other's until it is given back (when idle,
+    or on a flush): then the other is served, to the last hold."""
+    a, b = leases
+    limit = 30 * AMOUNT  # a top-up of 5 holds needs three times that free: a leases while 30 are
+    _, rec = await a.create_key("k", limit_pico=limit)
+    await a.budget_view(rec.public_id)
+    assert await a.reserve(rec.public_id, AMOUNT)  # a's lease: 5 holds, 1 of them in use
+    assert await held_in_store(a, rec.public_id) == (0, 5 * AMOUNT)
+    for _ in range(25):
+        assert await b.reserve(rec.public_id, AMOUNT)  # b, near the limit: one by one
+    assert await b.reserve(rec.public_id, AMOUNT) is False  # a holds the last 4 unused
+    await a.give_back()  # what a's ticker does once the lease is idle
+    assert await held_in_store(a, rec.public_id) == (0, 26 * AMOUNT)
+    for _ in range(4):
+        assert await b.reserve(rec.public_id, AMOUNT)
+    assert await b.reserve(rec.public_id, AMOUNT) is False
+    assert await held_in_store(a, rec.public_id) == (0, limit)

@@ -17,6 +17,8 @@ Every guarantee of a hold per request stays:
 - **Dead instances.** A lease is a hold of its process's store instance: when that instance's lease runs out (or its
   process dies) it is reclaimed with the rest. A process serves from its leases only while its instance's lease is
   surely alive (renewed within half of its length), else per request from the store.
+- **What a key shows.** ``get_key`` and ``list_keys`` count as held what requests hold: this process's unused
+  lease is left out (other processes' are given back within seconds, and by their ``flush``).
 - **Limits that change.** A key's limit lowered through this process takes effect at once (its lease is given
   back); through another replica, within ``view_ttl`` seconds (when this one next reads the key).
 - **Budgets that reset.** With a ``limit_reset`` the store grants a chunk only out of the current period's
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -142,13 +145,26 @@ class BudgetLeases:
             lease.view, lease.view_at = view, now
         return view
 
+    async def get_key(self, public_id: str) -> KeyRecord | None:
+        return self._as_held(await self.store.get_key(public_id))
+
+    async def list_keys(self) -> list[KeyRecord]:
+        return [self._as_held(k) for k in await self.store.list_keys()]
+
+    def _as_held(self, rec: KeyRecord | None) -> KeyRecord | None:
+        """``rec`` with what this process's lease holds unused taken out of its holds: what it says is held is
+        what requests hold (and the unused parts of other processes' leases, given back within seconds)."""
+        lease = self._leases.get(rec.public_id) if rec is not None else None
+        if lease is None or lease.free <= 0:
+            return rec
+        return dataclasses.replace(rec, reserved_pico=max(0, rec.reserved_pico - lease.free))
+
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
-        rec = await self.store.update_key(public_id, **fields)
         lease = self._leases.get(public_id)
-        if lease is not None:
+        if lease is not None:  # the key changes: its lease goes back first (a lowered limit binds at once)
             lease.keep, lease.view = False, None
             await self._give_back(public_id, lease)
-        return rec
+        return self._as_held(await self.store.update_key(public_id, **fields))
 
     # --- money -----------------------------------------------------------------------------------------------
     async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
