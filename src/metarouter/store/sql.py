@@ -371,16 +371,22 @@ class Core:
         self.holds_of_the_gone = s(
             "SELECT holder, key_id, amount_pico FROM reservations r WHERE holder <> ? AND NOT EXISTS "
             "(SELECT 1 FROM instances i WHERE i.holder = r.holder) ORDER BY holder, key_id{skip_locked}")
-        # with a reset, the limit applies to the current period's spend (rolled over first: :meth:`_roll`)
-        self.reserve_key = s("UPDATE keys SET reserved_pico = reserved_pico + ? WHERE public_id = ? AND "
-                             "(limit_pico IS NULL OR (CASE WHEN limit_reset IS NULL THEN usage_pico ELSE "
-                             "period_usage_pico END) + reserved_pico + ? <= limit_pico)")
-        # a newer period has begun (its start is later than the one the key counts): its spend starts at zero.
-        # Only ever forward: a replica whose clock lags sees the period already begun and leaves it be.
+        # The key's current period starts at ``period`` (its arguments: the day's, week's and month's starts). A newer
+        # period has begun when that is later than the one the key counts: its spend starts at zero. Only ever
+        # forward: a replica whose clock lags sees the period already begun and leaves it be.
         period = "CASE limit_reset WHEN 'daily' THEN CAST(? AS {double}) WHEN 'weekly' THEN CAST(? AS {double}) " \
                  "ELSE CAST(? AS {double}) END"
+        ended = f"(limit_reset IS NOT NULL AND (period_start IS NULL OR period_start < {period}))"
         self.roll_period = s(f"UPDATE keys SET period_usage_pico = 0, period_start = {period} WHERE public_id = ? "
-                             f"AND limit_reset IS NOT NULL AND (period_start IS NULL OR period_start < {period})")
+                             f"AND {ended}")
+        # A hold: with a reset, the limit applies to the current period's spend. The roll-over is part of the same
+        # statement (one round trip; every expression reads the row as it was): arguments, see :meth:`reserve`.
+        spent = f"(CASE WHEN limit_reset IS NULL THEN usage_pico WHEN {ended} THEN 0 ELSE period_usage_pico END)"
+        self.reserve_key = s(
+            f"UPDATE keys SET reserved_pico = reserved_pico + ?, "
+            f"period_usage_pico = CASE WHEN {ended} THEN 0 ELSE period_usage_pico END, "
+            f"period_start = CASE WHEN {ended} THEN {period} ELSE period_start END "
+            f"WHERE public_id = ? AND (limit_pico IS NULL OR {spent} + reserved_pico + ? <= limit_pico)")
         # a new reset: its current period counts the key's recorded spend since that period began
         self.recount_period = s(
             "UPDATE keys SET period_start = ?, period_usage_pico = (SELECT CAST(COALESCE(SUM(cost_pico), 0) AS "
@@ -432,10 +438,15 @@ class Core:
         return row[0], row[1]
 
     # --- money ---
+    @staticmethod
+    def _starts(now: float) -> tuple[float, float, float]:
+        """The arguments of a ``period``: the starts of the UTC day, week and month at ``now``."""
+        w = spend_window_starts(now)
+        return w["day"], w["week"], w["month"]
+
     def _roll(self, key_id: str, now: float) -> Script:
         """Start the key's current period (its spend zero) if it counts an earlier one."""
-        w = spend_window_starts(now)
-        starts = (w["day"], w["week"], w["month"])
+        starts = self._starts(now)
         yield Execute(self.roll_period, (*starts, key_id, *starts))
 
     def _charge(self, key_id: str, cost: int, freed: int) -> Execute:
@@ -447,8 +458,8 @@ class Core:
         rolled over first, as of ``now``); else raise :class:`Refused` (the backend rolls back)."""
         if amount > 0:  # the instance's row first: the lock order
             yield Execute(self.hold_add, (holder, key_id, amount))
-        yield from self._roll(key_id, now)
-        if (yield Execute(self.reserve_key, (amount, key_id, amount + spare))) != 1:
+        p = self._starts(now)  # the period rolls over in the same statement
+        if (yield Execute(self.reserve_key, (amount, *p, *p, *p, key_id, *p, amount + spare))) != 1:
             raise Refused
         if (yield Execute(self.reserve_account, (amount, amount + spare))) != 1:
             raise Refused
