@@ -186,18 +186,72 @@ def _usd_amount(value: float | None, what: str) -> int | None:
     return usd_to_pico(value)
 
 
+#: ``keys update``'s word for "take this setting away"
+NONE = "none"
+
+
+def _expires_at(value: str) -> float | None:
+    """``--expires-at``: an ISO 8601 UTC timestamp (``2027-01-31T23:59:59Z``), or ``none`` (never)."""
+    from .store.base import parse_expires_at
+
+    if value == NONE:
+        return None
+    try:
+        return parse_expires_at(value)
+    except ValueError as exc:
+        message = str(exc).replace("`expires_at`", "--expires-at").replace("null", NONE)
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def _or_none(parse):
+    """An option of ``keys update`` that also takes ``none`` (the setting taken away)."""
+    def read(value: str):
+        return None if value == NONE else parse(value)
+
+    read.__name__ = getattr(parse, "__name__", "value")
+    return read
+
+
+def _key_status(k, now: float) -> str:
+    return "disabled" if k.disabled else "expired" if k.expired(now) else "active"
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
+    from .store.base import iso_utc
+
     async def run(store) -> int:
         if args.keys_cmd == "create":
             limit = _usd_amount(args.limit, "--limit")
-            plaintext, rec = await store.create_key(args.label, limit_pico=limit, rpm=args.rpm, tpm=args.tpm)
+            plaintext, rec = await store.create_key(args.label, limit_pico=limit, rpm=args.rpm, tpm=args.tpm,
+                                                    limit_reset=args.limit_reset, expires_at=args.expires_at)
             print(plaintext)
             print(f"created key {rec.public_id} ({rec.label}); it is shown only once.", file=sys.stderr)
         elif args.keys_cmd == "list":
+            now = store.clock()
             rows = [(k.public_id, k.label, f"${pico_to_usd(k.usage_pico):.6f}",
                      f"${pico_to_usd(k.limit_pico):g}" if k.limit_pico is not None else "no limit",
-                     "disabled" if k.disabled else "active") for k in await store.list_keys()]
-            _table(("id", "label", "usage", "limit", "status"), rows)
+                     k.limit_reset or "-", iso_utc(k.expires_at) or "-", _key_status(k, now))
+                    for k in await store.list_keys()]
+            _table(("id", "label", "usage", "limit", "reset", "expires", "status"), rows)
+        elif args.keys_cmd == "update":
+            fields: dict[str, Any] = {}
+            for opt, name in (("label", "label"), ("limit", "limit_pico"), ("limit_reset", "limit_reset"),
+                              ("expires_at", "expires_at"), ("rpm", "rpm"), ("tpm", "tpm")):
+                value = getattr(args, opt)
+                if value is not _UNSET:
+                    fields[name] = _usd_amount(value, "--limit") if opt == "limit" else value
+            if not fields:
+                print("metarouter: nothing to change: give --label, --limit, --limit-reset, --expires-at, --rpm or "
+                      "--tpm", file=sys.stderr)
+                return 2
+            rec = await store.update_key(args.public_id, **fields)
+            if rec is None:
+                print(f"no key {args.public_id}", file=sys.stderr)
+                return 1
+            print(f"updated key {rec.public_id} ({rec.label}): limit "
+                  f"{'$%g' % pico_to_usd(rec.limit_pico) if rec.limit_pico is not None else 'none'}"
+                  f"{' ' + rec.limit_reset if rec.limit_reset else ''}, expires {iso_utc(rec.expires_at) or 'never'}, "
+                  f"{_key_status(rec, store.clock())}", file=sys.stderr)
         elif args.keys_cmd == "disable":
             if await store.update_key(args.public_id, disabled=True) is None:
                 print(f"no key {args.public_id}", file=sys.stderr)
@@ -205,6 +259,16 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, run)
+
+
+#: an option of ``keys update`` not given (``none`` is given: it removes the setting)
+_UNSET: Any = object()
+
+
+def _reset(value: str) -> str:
+    if value not in ("daily", "weekly", "monthly"):
+        raise argparse.ArgumentTypeError(f"must be daily, weekly, monthly or none, not {value!r}")
+    return value
 
 
 def cmd_credits(args: argparse.Namespace) -> int:
@@ -267,8 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--limit", type=float, help="spending limit in USD")
     kc.add_argument("--rpm", type=int, help="requests per minute")
     kc.add_argument("--tpm", type=int, help="tokens per minute")
+    kc.add_argument("--limit-reset", choices=("daily", "weekly", "monthly"),
+                    help="the limit applies to each UTC day, week (Monday to Sunday) or month's spend")
+    kc.add_argument("--expires-at", type=_expires_at, metavar="ISO",
+                    help="refuse the key from this UTC time on, e.g. 2027-01-31T23:59:59Z")
     kl = ksub.add_parser("list", help="list keys (never their secrets)")
     common(kl)
+    ku = ksub.add_parser("update", help="change a key's label, limit, reset, expiry or rate limits (none: remove)")
+    common(ku)
+    ku.add_argument("public_id")
+    ku.add_argument("--label", default=_UNSET, help="a new label")
+    ku.add_argument("--limit", type=_or_none(float), default=_UNSET, metavar="USD|none", help="spending limit in USD")
+    ku.add_argument("--limit-reset", type=_or_none(_reset), default=_UNSET, metavar="daily|weekly|monthly|none",
+                    help="the limit applies to each UTC day, week (Monday to Sunday) or month's spend")
+    ku.add_argument("--expires-at", type=_expires_at, default=_UNSET, metavar="ISO|none",
+                    help="refuse the key from this UTC time on, e.g. 2027-01-31T23:59:59Z")
+    ku.add_argument("--rpm", type=_or_none(int), default=_UNSET, metavar="N|none", help="requests per minute")
+    ku.add_argument("--tpm", type=_or_none(int), default=_UNSET, metavar="N|none", help="tokens per minute")
     kd = ksub.add_parser("disable", help="disable a key by its public id")
     common(kd)
     kd.add_argument("public_id")

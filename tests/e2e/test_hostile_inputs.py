@@ -697,3 +697,24 @@ def test_responses_history_counts_toward_the_message_limit(gw, fake):
     assert_clean_4xx(r, 400)
     assert "too many messages" in r.json()["error"]["message"].lower()
     assert fake.requests == [] and ledger(gw) == before
+
+
+HOSTILE_RESETS = ["daily' OR '1'='1", "daily; DROP TABLE keys; --", "DAILY", " daily", "daily\x00", "yearly", "",
+                  {"every": "day"}, ["daily"], 1, True, 1e308]
+HOSTILE_EXPIRIES = ["2027-01-31T23:59:59Z' OR '1'='1", "2027-01-31T23:59:59+05:30", "2027-01-31T23:59:59",
+                    "2027-01-31T23:59:59Z\n", "２０２７-01-31T23:59:59Z", "99999-01-31T23:59:59Z", "2027-13-01T00:00:00Z",
+                    "2027-01-31T24:00:00Z", "2027-01-31T23:59:60Z", "-2027-01-31T23:59:59Z", "now", "", "Z" * 10_000,
+                    1.8e9, -1, True, {"$date": "2027-01-31T23:59:59Z"}, ["2027-01-31T23:59:59Z"]]
+
+
+@pytest.mark.parametrize("field,value", [("limit_reset", v) for v in HOSTILE_RESETS]
+                         + [("expires_at", v) for v in HOSTILE_EXPIRIES])
+def test_hostile_limit_resets_and_expiries_are_refused(gw, refused, field, value):
+    keys = gw.http.get("/api/v1/keys", headers=auth(ADMIN)).json()["data"]
+    target = keys[0]
+    r = refused(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), json={"name": "x", field: value}))
+    assert field in r.json()["error"]["message"]
+    r = refused(400)(gw.http.patch(f"/api/v1/keys/{target['id']}", headers=auth(ADMIN), json={field: value}))
+    assert field in r.json()["error"]["message"]
+    after = gw.http.get(f"/api/v1/keys/{target['id']}", headers=auth(ADMIN)).json()["data"]
+    assert (after["limit_reset"], after["expires_at"]) == (target["limit_reset"], target["expires_at"])

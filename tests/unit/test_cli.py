@@ -50,15 +50,49 @@ def test_every_option_has_help():
             assert action.help, f"metarouter {name} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
+HEADER = ["id", "label", "usage", "limit", "reset", "expires", "status"]
+
+
 def test_keys_list_has_a_header(tmp_path, capsys):
     assert main(["keys", "list", "--data-dir", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.split() == ["id", "label", "usage", "limit", "status"]
+    assert capsys.readouterr().out.split() == HEADER
     assert main(["keys", "create", "--label", "laptop", "--limit", "5", "--data-dir", str(tmp_path)]) == 0
     capsys.readouterr()
     assert main(["keys", "list", "--data-dir", str(tmp_path)]) == 0
     head, row = capsys.readouterr().out.splitlines()
-    assert head.split() == ["id", "label", "usage", "limit", "status"]
-    assert row.split()[1:] == ["laptop", "$0.000000", "$5", "active"]
+    assert head.split() == HEADER
+    assert row.split()[1:] == ["laptop", "$0.000000", "$5", "-", "-", "active"]
+
+
+def test_keys_with_a_reset_and_an_expiry_are_created_updated_and_listed(tmp_path, capsys):
+    d = ["--data-dir", str(tmp_path)]
+    assert main(["keys", "create", "--label", "team", "--limit", "2", "--limit-reset", "daily",
+                 "--expires-at", "2099-01-31T23:59:59Z", *d]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", *d]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    public_id = row[0]
+    assert row[1:] == ["team", "$0.000000", "$2", "daily", "2099-01-31T23:59:59Z", "active"]
+    assert main(["keys", "update", public_id, "--limit-reset", "weekly", "--expires-at", "2020-01-01T00:00:00Z",
+                 "--limit", "3", *d]) == 0
+    assert "expired" in capsys.readouterr().err
+    assert main(["keys", "list", *d]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1:] == [
+        "team", "$0.000000", "$3", "weekly", "2020-01-01T00:00:00Z", "expired"]
+    assert main(["keys", "update", public_id, "--limit-reset", "none", "--expires-at", "none", "--limit", "none",
+                 *d]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", *d]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1:] == ["team", "$0.000000", "no", "limit", "-", "-",
+                                                                    "active"]
+    assert main(["keys", "update", "000000000000", "--label", "x", *d]) == 1
+    assert main(["keys", "update", public_id, *d]) == 2  # nothing to change
+    for bad in (["--expires-at", "2099-01-31T23:59:59+02:00"], ["--limit-reset", "hourly"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["keys", "update", public_id, *bad, *d])
+        assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "UTC" in err and "hourly" in err
 
 
 @pytest.fixture

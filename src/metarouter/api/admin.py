@@ -7,9 +7,11 @@
   plaintext is returned once, by ``POST /keys``.
 
 Endpoints (under ``/api/v1`` and ``/v1``): ``POST /keys`` (create), ``GET /keys`` (list), ``GET /keys/{id}``,
-``PATCH /keys/{id}`` (disable/enable, limit, rpm, tpm, label), ``DELETE /keys/{id}`` (disable; records and usage
-stay), ``POST /credits`` (top up the account). Changes drop the key from this process's auth cache; other workers
-and replicas see them within ``auth_cache_ttl`` seconds.
+``PATCH /keys/{id}`` (disable/enable, limit, limit_reset, expires_at, rpm, tpm, label), ``DELETE /keys/{id}``
+(disable; records and usage stay), ``POST /credits`` (top up the account). Changes drop the key from this process's
+auth cache; other workers and replicas see them within ``auth_cache_ttl`` seconds. A key's ``limit_reset`` (daily,
+weekly, monthly: UTC, weeks from Monday) makes its limit apply to each period's spend; past its ``expires_at`` (an
+ISO 8601 UTC timestamp) it is refused with 401.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from starlette.routing import Route
 from ..catalog import PICO_PER_USD, pico_to_usd
 from ..errors import GatewayError
 from ..store import KeyRecord
+from ..store.base import check_limit_reset, iso_utc, parse_expires_at
 from .app import MAX_CREDITS_PICO, api_routes, credits_view, json_response, read_json
 
 MAX_BODY = 64 * 1024
@@ -94,6 +97,22 @@ def _per_minute(name: str, value: Any) -> int | None:
     return value
 
 
+def _limit_reset(value: Any) -> str | None:
+    """``daily``, ``weekly``, ``monthly`` (UTC; weeks from Monday) or null, as OpenRouter's keys take it."""
+    try:
+        return check_limit_reset(value)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc)) from None
+
+
+def _expires_at(value: Any) -> float | None:
+    """An ISO 8601 timestamp in UTC (``…Z`` or ``…+00:00``) or null; other time zones are a 400."""
+    try:
+        return parse_expires_at(value)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc)) from None
+
+
 def _label(value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 200:
         raise GatewayError(400, "`name` (or `label`) must be a non-empty string of at most 200 characters")
@@ -109,6 +128,8 @@ def key_view(k: KeyRecord) -> dict[str, Any]:
         "disabled": k.disabled,
         "limit": pico_to_usd(k.limit_pico) if k.limit_pico is not None else None,
         "limit_remaining": pico_to_usd(k.remaining_pico) if k.remaining_pico is not None else None,
+        "limit_reset": k.limit_reset,
+        "expires_at": iso_utc(k.expires_at),
         "usage": pico_to_usd(k.usage_pico),
         "rpm": k.rpm,
         "tpm": k.tpm,
@@ -132,13 +153,15 @@ def _public_id(request: Request) -> str:
 async def create_key(request: Request) -> Response:
     check_admin(request)
     body = await _body(request)
-    _known(body, {"name", "label", "limit", "rpm", "tpm"})
+    _known(body, {"name", "label", "limit", "limit_reset", "expires_at", "rpm", "tpm"})
     label = _label(body.get("name", body.get("label")))
     if "name" in body and "label" in body:  # one field by two names: each given must be valid
         _label(body["label"])
     limit = _usd_pico("limit", body.get("limit"), allow_null=True)
     rpm, tpm = _per_minute("rpm", body.get("rpm")), _per_minute("tpm", body.get("tpm"))
-    plaintext, rec = await request.app.state.store.create_key(label, limit_pico=limit, rpm=rpm, tpm=tpm)
+    reset, expires = _limit_reset(body.get("limit_reset")), _expires_at(body.get("expires_at"))
+    plaintext, rec = await request.app.state.store.create_key(label, limit_pico=limit, rpm=rpm, tpm=tpm,
+                                                              limit_reset=reset, expires_at=expires)
     return json_response({"data": key_view(rec), "key": plaintext}, 201)
 
 
@@ -160,7 +183,7 @@ async def update_key(request: Request) -> Response:
     check_admin(request)
     public_id = _public_id(request)
     body = await _body(request)
-    _known(body, {"name", "label", "disabled", "limit", "rpm", "tpm"})
+    _known(body, {"name", "label", "disabled", "limit", "limit_reset", "expires_at", "rpm", "tpm"})
     fields: dict[str, Any] = {}
     if "name" in body or "label" in body:
         fields["label"] = _label(body.get("name", body.get("label")))
@@ -172,6 +195,10 @@ async def update_key(request: Request) -> Response:
         fields["disabled"] = body["disabled"]
     if "limit" in body:
         fields["limit_pico"] = _usd_pico("limit", body["limit"], allow_null=True)
+    if "limit_reset" in body:
+        fields["limit_reset"] = _limit_reset(body["limit_reset"])
+    if "expires_at" in body:
+        fields["expires_at"] = _expires_at(body["expires_at"])
     for name in ("rpm", "tpm"):
         if name in body:
             fields[name] = _per_minute(name, body[name])

@@ -23,6 +23,7 @@ from ..gateway.cache import is_cache_hit
 from ..gateway.pipeline import Gateway, RequestContext
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
+from ..store.base import iso_utc, next_period_start
 from ..swr import SWRCache
 from . import messages as messages_api
 from .responses import ConversationStore, ResponsesStream, conversation_limits, error_body, history_of, \
@@ -120,6 +121,7 @@ class KeyAuth:
     def __init__(self, store: Store, ttl: float = 5.0):
         # served while a refresh runs, so no request waits on the store for a key it saw a moment ago
         self._cache: SWRCache[KeyRecord | None] = SWRCache(store.get_key, ttl)
+        self._store = store  # its clock decides when a key has expired (the cached record says when: exact)
 
     def invalidate(self, public_id: str) -> None:
         self._cache.invalidate(public_id)
@@ -142,6 +144,8 @@ class KeyAuth:
             raise GatewayError(401, "Invalid API key", retryable=False)
         if rec.disabled:
             raise GatewayError(403, "This API key is disabled", retryable=False)
+        if rec.expired(self._store.clock()):
+            raise GatewayError(401, f"This API key expired at {iso_utc(rec.expires_at)}", retryable=False)
         return rec
 
 
@@ -465,11 +469,12 @@ async def get_key(request: Request) -> Response:
     spent = await st.key_spend_windows(key.public_id)
     limit = pico_to_usd(fresh.limit_pico) if fresh.limit_pico is not None else None
     remaining = pico_to_usd(fresh.remaining_pico) if fresh.remaining_pico is not None else None
+    resets_at = iso_utc(next_period_start(fresh.limit_reset, st.clock())) if fresh.limit_reset else None
     budget = None
     if limit is not None:
         budget = {"budget_id": None, "guardrail_id": None, "include_byok": False, "limit_usd": limit,
-                  "remaining_usd": remaining, "reset_interval": None, "resets_at": None, "scope": "key_limit",
-                  "spend_usd": pico_to_usd(fresh.usage_pico)}
+                  "remaining_usd": remaining, "reset_interval": fresh.limit_reset, "resets_at": resets_at,
+                  "scope": "key_limit", "spend_usd": pico_to_usd(fresh.limit_usage_pico)}
     return json_response({"data": {
         "label": fresh.label,
         "usage": pico_to_usd(fresh.usage_pico),
@@ -480,7 +485,8 @@ async def get_key(request: Request) -> Response:
         "include_byok_in_limit": False,
         "limit": limit,
         "limit_remaining": remaining,
-        "limit_reset": None,
+        "limit_reset": fresh.limit_reset,
+        "expires_at": iso_utc(fresh.expires_at),
         "budgets": [budget] if budget else [],
         "effective_budget": budget,
         "is_free_tier": False,

@@ -33,7 +33,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 _ERROR_TEXT = {
     400: "Invalid request (the message says what is wrong; `metadata.param` names the field)",
-    401: "Missing or invalid key",
+    401: "Missing or invalid key, or the key has expired (`expires_at`)",
     402: "Insufficient credit: the key's limit or the account's credit cannot cover the worst case",
     403: "Key disabled, or not the admin key, or the admin API is disabled",
     404: "Not found",
@@ -344,12 +344,24 @@ _ACTIVITY_SUMMARY = {
     },
 }
 
+_LIMIT_RESET = {"enum": ["daily", "weekly", "monthly", None],
+                "description": "The limit applies to the spend of the current UTC day, week (Monday to Sunday) or "
+                               "month, from its midnight; null: to all of it"}
+_EXPIRES_AT = {"type": ["string", "null"], "format": "date-time", "pattern": r"(Z|\+00:00)$",
+               "description": "ISO 8601 UTC timestamp from which the key is refused (401); other time zones are "
+                              "refused with 400; null: never"}
+
 _KEY_INFO = {
     "type": "object",
     "required": ["label", "usage", "limit", "limit_remaining"],
     "properties": {
-        "label": {"type": "string"}, "usage": _NUM, "usage_daily": _NUM, "usage_weekly": _NUM,
-        "usage_monthly": _NUM, "limit": _NNUM, "limit_remaining": _NNUM, "limit_reset": _NSTR,
+        "label": {"type": "string"},
+        "usage": {"type": "number", "description": "All the key has spent, USD (a reset does not zero it)"},
+        "usage_daily": _NUM, "usage_weekly": _NUM, "usage_monthly": _NUM,
+        "limit": _NNUM,
+        "limit_remaining": {"type": ["number", "null"], "description": "What the limit leaves: of the current "
+                            "period's with `limit_reset`, less what requests in flight hold"},
+        "limit_reset": _LIMIT_RESET, "expires_at": _EXPIRES_AT,
         "is_free_tier": {"type": "boolean"},
         "rate_limit": {"type": "object", "properties": {"requests": {"type": "integer"},
                                                         "interval": {"type": "string"}}},
@@ -371,6 +383,7 @@ _ADMIN_KEY = {
     "properties": {
         "id": {"type": "string", "pattern": "^[0-9a-f]{12}$"}, "name": {"type": "string"},
         "label": {"type": "string"}, "disabled": {"type": "boolean"}, "limit": _NNUM, "limit_remaining": _NNUM,
+        "limit_reset": _LIMIT_RESET, "expires_at": _EXPIRES_AT,
         "usage": _NUM, "rpm": _NINT, "tpm": _NINT, "created_at": {"type": "string"},
     },
 }
@@ -729,7 +742,8 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
               "schema": {"type": "string"}, "description": "A key's public id (12 hex digits); others are 404."}
     key_patch = {"type": "object", "additionalProperties": False, "properties": {
         "name": _LABEL, "label": _LABEL, "disabled": {"type": "boolean"},
-        "limit": {"anyOf": [_USD, {"type": "null"}]}, "rpm": _PER_MINUTE, "tpm": _PER_MINUTE}}
+        "limit": {"anyOf": [_USD, {"type": "null"}]}, "limit_reset": _LIMIT_RESET, "expires_at": _EXPIRES_AT,
+        "rpm": _PER_MINUTE, "tpm": _PER_MINUTE}}
     key_create = {**key_patch, "properties": {k: v for k, v in key_patch["properties"].items() if k != "disabled"},
                   "anyOf": [{"required": ["name"]}, {"required": ["label"]}]}
     return {
@@ -903,7 +917,8 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "parameters": [key_id],
                 "get": {"operationId": "getAdminKey", "summary": "One key (admin)", "security": admin,
                         "responses": _responses(_json(_data(_ADMIN_KEY), "The key"), 401, 403, 404)},
-                "patch": {"operationId": "updateKey", "summary": "Disable/enable, limit, rpm, tpm, label (admin)",
+                "patch": {"operationId": "updateKey",
+                          "summary": "Disable/enable, limit, limit_reset, expires_at, rpm, tpm, label (admin)",
                           "security": admin,
                           "requestBody": {"required": True,
                                           "content": {"application/json": {"schema": key_patch}}},

@@ -275,7 +275,7 @@ class Gateway:
             if key is not None and fresh is None:
                 raise _no_credit(model)
             spendable = min(s for s in (
-                None if fresh is None or fresh.limit_pico is None else fresh.limit_pico - fresh.usage_pico,
+                None if fresh is None or fresh.limit_pico is None else fresh.limit_pico - fresh.limit_usage_pico,
                 None if credits is None else credits - usage,
             ) if s is not None)
             tokens = output_hold_tokens(model, requested, spendable, prompt_bound, choices)

@@ -7,10 +7,13 @@ All money is integer picodollars.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import os
 import random
+import re
 import secrets
 import socket
 import time
@@ -32,12 +35,34 @@ class KeyRecord:
     rpm: int | None = None
     tpm: int | None = None
     created_at: float = 0.0
+    #: the limit applies to the spend of the current UTC ``daily``/``weekly``/``monthly`` period (None: to all of it)
+    limit_reset: str | None = None
+    expires_at: float | None = None  # epoch seconds from which the key is refused
+    #: the period ``period_usage_pico`` belongs to (its start, epoch seconds), with a reset
+    period_start: float | None = None
+    period_usage_pico: int = 0
+
+    @property
+    def limit_usage_pico(self) -> int:
+        """What the limit applies to: the spend of the current period with a reset, else all of it."""
+        return self.period_usage_pico if self.limit_reset else self.usage_pico
 
     @property
     def remaining_pico(self) -> int | None:
         if self.limit_pico is None:
             return None
-        return max(0, self.limit_pico - self.usage_pico - self.reserved_pico)
+        return max(0, self.limit_pico - self.limit_usage_pico - self.reserved_pico)
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+    def as_of(self, now: float) -> "KeyRecord":
+        """The record as the store will see it at ``now``: where a newer period has begun, its spend is zero
+        (the store zeroes it in the next transaction that holds or charges on the key)."""
+        start = current_period_start(self.limit_reset, now)
+        if start is None or (self.period_start is not None and self.period_start >= start):
+            return self
+        return dataclasses.replace(self, period_start=start, period_usage_pico=0)
 
     def public_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -92,13 +117,71 @@ def new_generation_id() -> str:
 
 def spend_window_starts(now: float) -> dict[str, float]:
     """Epoch seconds at which the current UTC day, ISO week (Monday) and month began."""
-    import datetime as dt
-
     t = dt.datetime.fromtimestamp(now, dt.timezone.utc)
     day = t.replace(hour=0, minute=0, second=0, microsecond=0)
     week = day - dt.timedelta(days=day.weekday())
     month = day.replace(day=1)
     return {"day": day.timestamp(), "week": week.timestamp(), "month": month.timestamp()}
+
+
+#: a key's ``limit_reset``: its limit applies to the spend of the current UTC day, week (Monday to Sunday) or
+#: month, as OpenRouter defines them; the name of each period's window in :func:`spend_window_starts`
+LIMIT_RESETS: dict[str, str] = {"daily": "day", "weekly": "week", "monthly": "month"}
+
+
+def check_limit_reset(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or value not in LIMIT_RESETS):
+        raise ValueError(f"`limit_reset` must be one of {', '.join(LIMIT_RESETS)} or null, not {str(value)[:40]!r}")
+    return value  # type: ignore[return-value]
+
+
+def current_period_start(limit_reset: str | None, now: float) -> float | None:
+    """Epoch seconds at which the current period of ``limit_reset`` began (None without a reset)."""
+    if limit_reset is None:
+        return None
+    return spend_window_starts(now)[LIMIT_RESETS[limit_reset]]
+
+
+def next_period_start(limit_reset: str, now: float) -> float:
+    """Epoch seconds at which the next period of ``limit_reset`` begins (when the limit resets)."""
+    start = dt.datetime.fromtimestamp(current_period_start(limit_reset, now) or 0.0, dt.timezone.utc)
+    if limit_reset == "daily":
+        return (start + dt.timedelta(days=1)).timestamp()
+    if limit_reset == "weekly":
+        return (start + dt.timedelta(days=7)).timestamp()
+    return (start.replace(year=start.year + 1, month=1) if start.month == 12
+            else start.replace(month=start.month + 1)).timestamp()
+
+
+_ISO_UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|\+00:00)")  # ASCII digits
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def parse_expires_at(value: object) -> float | None:
+    """An ``expires_at`` as epoch seconds (to the millisecond): an ISO 8601 timestamp in UTC
+    (``2027-01-31T23:59:59Z`` or ``+00:00``), or None. Other time zones, and times without one, are refused
+    (ValueError), as OpenRouter does."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ISO_UTC.fullmatch(value):
+        raise ValueError("`expires_at` must be an ISO 8601 timestamp in UTC, such as 2027-01-31T23:59:59Z (other "
+                         f"time zones are refused), or null; got {str(value)[:40]!r}")
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"`expires_at` is not a valid date and time: {value[:40]!r}") from None
+    whole = (t.replace(microsecond=0) - _EPOCH) // dt.timedelta(seconds=1)
+    return whole + t.microsecond // 1000 / 1000
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC timestamp (``…Z``, milliseconds where there are any), None as None."""
+    if ts is None:
+        return None
+    secs, ms = divmod(round(ts * 1000), 1000)
+    t = _EPOCH + dt.timedelta(seconds=secs)
+    frac = f".{ms:03d}".rstrip("0") if ms else ""
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{frac}Z"
 
 
 #: seconds an instance's lease lasts unless renewed (it is renewed every third of that): the holds of an instance
@@ -274,15 +357,22 @@ class Store(Protocol):
         ...
 
     # keys
+    #: what the store takes for the time now (epoch seconds): periods roll over and keys expire by it (tests set it)
+    clock: Callable[[], float]
+
     async def create_key(
-        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None
+        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None,
+        limit_reset: str | None = None, expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]: ...
 
     async def get_key(self, public_id: str) -> KeyRecord | None: ...
 
     async def list_keys(self) -> list[KeyRecord]: ...
 
-    async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None: ...
+    async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
+        """Change ``label``, ``limit_pico``, ``disabled``, ``rpm``, ``tpm``, ``limit_reset`` or ``expires_at``. A
+        new ``limit_reset`` starts its current period with the key's recorded spend since that period began."""
+        ...
 
     async def budget_view(self, key_id: str) -> KeyRecord | None:
         """The key as a budget decision needs it (its limit and usage): :meth:`get_key`, or with budget leases
@@ -292,7 +382,9 @@ class Store(Protocol):
     # money
     async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
         """Atomically hold ``amount_pico`` against the key's limit and the account's credit; False if either
-        cannot cover it and ``spare_pico`` more (what a budget lease leaves free for others)."""
+        cannot cover it and ``spare_pico`` more (what a budget lease leaves free for others). With a
+        ``limit_reset``, the limit applies to the current period's spend, zeroed in this same transaction when a
+        newer period has begun (records settle into the period in which they are written)."""
         ...
 
     async def release(self, key_id: str, amount_pico: int) -> None:

@@ -21,6 +21,10 @@ Every guarantee of a hold per request stays:
   lease is left out (other processes' are given back within seconds, and by their ``flush``).
 - **Limits that change.** A key's limit lowered through this process takes effect at once (its lease is given
   back); through another replica, within ``view_ttl`` seconds (when this one next reads the key).
+- **Budgets that reset.** With a ``limit_reset`` the store grants a chunk only out of the current period's
+  remaining budget (the period rolled over in the same transaction), so a lease never holds more than that; a
+  record of the key cached here is read afresh once its period has ended, so the new period's budget is seen
+  at once.
 """
 
 from __future__ import annotations
@@ -84,6 +88,15 @@ class BudgetLeases:
     def __getattr__(self, name: str) -> Any:  # the rest of the Store interface (and a backend's attributes)
         return getattr(self.store, name)
 
+    @property
+    def clock(self) -> Any:
+        """The wrapped store's clock (setting it sets the store's: tests move time)."""
+        return self.store.clock
+
+    @clock.setter
+    def clock(self, fn: Any) -> None:
+        self.store.clock = fn
+
     # --- lifecycle -------------------------------------------------------------------------------------------
     async def open(self) -> None:
         await self.store.open()
@@ -113,15 +126,17 @@ class BudgetLeases:
     # --- keys ------------------------------------------------------------------------------------------------
     async def budget_view(self, key_id: str) -> KeyRecord | None:
         """The key as a budget decision needs it: from the store, or, while a lease covers the key, a record up to
-        ``view_ttl`` seconds old."""
+        ``view_ttl`` seconds old (and of the current period)."""
         lease = self._leases.get(key_id)
         now = time.monotonic()
-        if lease is not None and lease.keep and lease.view is not None and now - lease.view_at < self.view_ttl:
+        if (lease is not None and lease.keep and lease.view is not None and now - lease.view_at < self.view_ttl
+                and lease.view.as_of(self.clock()) is lease.view):
             return lease.view
         view = await self.store.get_key(key_id)
         lease = self._leases.get(key_id)
         if lease is not None:
-            if lease.view is not None and (view is None or view.disabled or view.limit_pico != lease.view.limit_pico):
+            if lease.view is not None and (view is None or view.disabled or view.limit_pico != lease.view.limit_pico
+                                           or view.limit_reset != lease.view.limit_reset):
                 lease.keep = False  # the key changed: no budget stays idle until it is looked at afresh
                 await self._give_back(key_id, lease)
             lease.view, lease.view_at = view, now
@@ -264,7 +279,7 @@ class BudgetLeases:
             return False
         if view.limit_pico is None:
             return True  # only the account's credit applies: the store checks it
-        free = view.limit_pico - view.usage_pico - view.reserved_pico
+        free = view.limit_pico - view.limit_usage_pico - view.reserved_pico
         return free >= (self.holds + 1) * amount * (self.spare + 1)
 
     async def _give_back(self, key_id: str, lease: _Lease) -> None:

@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import asyncpg
 
@@ -117,8 +117,9 @@ async def _transaction(conn: asyncpg.Connection, script: Script) -> Any:
 
 
 class PostgresStore:
-    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10):
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, clock: Callable[[], float] = time.time):
         self.url = url
+        self.clock = clock  # the time periods roll over and keys expire by (epoch seconds)
         self.min_size, self.max_size = min_size, max_size
         #: seconds this replica's lease lasts; renewed every third of it (the holds of a replica that stops
         #: renewing are given back by the others)
@@ -190,26 +191,27 @@ class PostgresStore:
 
     # --- keys --------------------------------------------------------------------------------------------------
     async def create_key(
-        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None
+        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None,
+        limit_reset: str | None = None, expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]:
         plaintext, public_id, key_hash = new_key()
-        rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, time.time())
-        await self._require().execute(CORE.insert_key,
-                                      *CORE.key_row(public_id, key_hash, label, limit_pico, rpm, tpm, rec.created_at))
+        rec, row = CORE.new_key(public_id, key_hash, label, limit_pico, rpm, tpm, self.clock(), limit_reset,
+                                expires_at)
+        await self._require().execute(CORE.insert_key, *row)
         return plaintext, rec
 
     async def get_key(self, public_id: str) -> KeyRecord | None:
         row = await self._require().fetchrow(CORE.get_key, public_id)
-        return key_from_row(row) if row else None
+        return key_from_row(row, self.clock()) if row else None
 
     async def budget_view(self, key_id: str) -> KeyRecord | None:
         return await self.get_key(key_id)
 
     async def list_keys(self) -> list[KeyRecord]:
-        return [key_from_row(r) for r in await self._require().fetch(CORE.list_keys)]
+        return [key_from_row(r, self.clock()) for r in await self._require().fetch(CORE.list_keys)]
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
-        script = CORE.update_key(public_id, fields)
+        script = CORE.update_key(public_id, fields, self.clock())
         async with self._require().acquire() as conn:
             return await _transaction(conn, script)
 
@@ -219,7 +221,8 @@ class PostgresStore:
         concurrent reserves from any number of replicas can never hold more than the limit."""
         try:
             async with self._require().acquire() as conn:
-                return await _transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico)))
+                return await _transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico),
+                                                             now=self.clock()))
         except Refused:
             return False
 
@@ -277,7 +280,7 @@ class PostgresStore:
             return await _transaction(conn, CORE.add_credit(amount_pico))
 
     async def key_spend_windows(self, key_id: str) -> dict[str, int]:
-        args = CORE.spend_windows_args(key_id, spend_window_starts(time.time()))
+        args = CORE.spend_windows_args(key_id, spend_window_starts(self.clock()))
         await self.flush()
         row = await self._require().fetchrow(CORE.spend_windows, *args)
         return {"day": int(row[0]), "week": int(row[1]), "month": int(row[2])}
@@ -363,7 +366,7 @@ class PostgresStore:
 
     async def _write_batch(self, batch: list[tuple[dict[str, Any], int]]) -> None:
         async with self._require().acquire() as conn:
-            await _transaction(conn, CORE.write_records(self.holder, batch))
+            await _transaction(conn, CORE.write_records(self.holder, batch, self.clock()))
 
     async def get_generation(self, gen_id: str) -> dict[str, Any] | None:
         row = await self._require().fetchrow(CORE.get_generation, gen_id)

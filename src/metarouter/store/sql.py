@@ -13,6 +13,13 @@ still has (an instance whose lease ran out had its rows reclaimed; its late rele
 ``keys.reserved_pico`` and ``account.reserved_pico`` move by what the row moved. Lock order everywhere: the
 instance's rows (by key), then keys (by id), then the account, so concurrent transactions cannot deadlock.
 
+**Periods.** A key with a ``limit_reset`` (daily, weekly, monthly; UTC) has its limit checked against
+``period_usage_pico``, the spend since ``period_start``. A hold or a charge first rolls the key's period over (its
+spend zeroed, its start moved) where a newer period has begun by the store's clock, in the same transaction and
+under the same row lock: replicas roll a period over once, only forward, and a cost lands in the period current
+when its record is written. Holds in flight stay in ``reserved_pico`` across the boundary, so the limit holds in
+every period.
+
 **Records.** A batch of generation records is one transaction: insert them (idempotent by id), then charge each
 newly inserted record's cost to its key and the account and settle its hold. A record that was already stored —
 a write retried after its acknowledgement was lost, or the same record sent twice — settles nothing again: its
@@ -27,7 +34,17 @@ from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import orjson
 
-from .base import GENERATION_FIELDS, JSON_FIELDS, ActivityQuery, KeyRecord, activity_where, breakdown_sql
+from .base import (
+    GENERATION_FIELDS,
+    JSON_FIELDS,
+    ActivityQuery,
+    KeyRecord,
+    activity_where,
+    breakdown_sql,
+    check_limit_reset,
+    current_period_start,
+    spend_window_starts,
+)
 
 
 @dataclass(frozen=True)
@@ -56,13 +73,13 @@ class Dialect:
 SQLITE = Dialect("sqlite", numbered=False, words={
     "bigint": "INTEGER", "double": "REAL", "flag": "INTEGER", "false": "0", "json": "TEXT", "instant": "REAL",
     "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "default_now": "", "greatest": "MAX", "for_update": "",
-    "skip_locked": "", "day": "date(created_at, 'unixepoch')",
+    "skip_locked": "", "day": "date(created_at, 'unixepoch')", "distinct": "IS NOT",
 })
 POSTGRES = Dialect("postgres", numbered=True, words={
     "bigint": "BIGINT", "double": "DOUBLE PRECISION", "flag": "BOOLEAN", "false": "FALSE", "json": "JSONB",
     "instant": "TIMESTAMPTZ", "serial": "BIGSERIAL PRIMARY KEY", "default_now": " DEFAULT now()",
     "greatest": "GREATEST", "for_update": " FOR UPDATE", "skip_locked": " FOR UPDATE SKIP LOCKED",
-    "day": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "day": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "distinct": "IS DISTINCT FROM",
 })
 
 # --- schema ------------------------------------------------------------------------------------------------------
@@ -156,6 +173,15 @@ _HOLD_PER_KEY = [
 ]
 # an answer not charged under zero completion insurance (no content; an error or no output tokens)
 _INSURED = ["ALTER TABLE generations ADD COLUMN insured {flag} NOT NULL DEFAULT {false}"]
+# budgets that reset and keys that expire: the key's ``limit_reset`` (daily, weekly, monthly or NULL), the start of
+# the period its ``period_usage_pico`` counts (zeroed in the transaction that first sees a newer period begin),
+# and ``expires_at`` (epoch seconds)
+_PERIODS = [
+    "ALTER TABLE keys ADD COLUMN limit_reset TEXT",
+    "ALTER TABLE keys ADD COLUMN expires_at {double}",
+    "ALTER TABLE keys ADD COLUMN period_start {double}",
+    "ALTER TABLE keys ADD COLUMN period_usage_pico {bigint} NOT NULL DEFAULT 0",
+]
 
 #: each backend's migrations (``schema_version`` counts those applied): the same statements, grouped as each
 #: backend's history applied them (SQLite added the hold rows in a migration of their own)
@@ -166,12 +192,14 @@ _HISTORY: dict[str, list[list[str]]] = {
         _OVERAGE_AND_INSTANCES,
         _HOLD_PER_KEY,
         _INSURED,
+        _PERIODS,
     ],
     "postgres": [
         [_KEYS, _ACCOUNT, _ACCOUNT_ROW, _GENERATIONS, *_GENERATION_INDEXES, *_HOLD_PER_ROW],
         _OVERAGE_AND_INSTANCES,
         _HOLD_PER_KEY,
         _INSURED,
+        _PERIODS,
     ],
 }
 
@@ -183,22 +211,28 @@ def migrations(d: Dialect) -> list[list[str]]:
 
 # --- keys --------------------------------------------------------------------------------------------------------
 KEY_COLUMNS = ("public_id", "key_hash", "label", "limit_pico", "usage_pico", "reserved_pico", "disabled", "rpm",
-               "tpm", "created_at")
+               "tpm", "created_at", "limit_reset", "expires_at", "period_start", "period_usage_pico")
 KEY_COLS = ", ".join(KEY_COLUMNS)
 #: what ``update_key`` may change (an allow-list: the names go into SQL)
-KEY_UPDATABLE = ("label", "limit_pico", "disabled", "rpm", "tpm")
+KEY_UPDATABLE = ("label", "limit_pico", "disabled", "rpm", "tpm", "limit_reset", "expires_at")
 
 
-def key_from_row(row: Any) -> KeyRecord:
-    """A ``keys`` row (its columns in :data:`KEY_COLUMNS` order) as a record."""
-    public_id, key_hash, label, limit_pico, usage, reserved, disabled, rpm, tpm, created = tuple(row)
-    return KeyRecord(public_id, label, key_hash, limit_pico, usage, reserved, bool(disabled), rpm, tpm, created)
+def key_from_row(row: Any, now: float | None = None) -> KeyRecord:
+    """A ``keys`` row (its columns in :data:`KEY_COLUMNS` order) as a record; with ``now``, as of then
+    (:meth:`KeyRecord.as_of`: a period that has ended shows no spend)."""
+    (public_id, key_hash, label, limit_pico, usage, reserved, disabled, rpm, tpm, created, limit_reset, expires_at,
+     period_start, period_usage) = tuple(row)
+    rec = KeyRecord(public_id, label, key_hash, limit_pico, usage, reserved, bool(disabled), rpm, tpm, created,
+                    limit_reset, expires_at, period_start, int(period_usage or 0))
+    return rec if now is None else rec.as_of(now)
 
 
 def checked_key_fields(fields: dict[str, Any]) -> None:
     bad = set(fields) - set(KEY_UPDATABLE)
     if bad:
         raise ValueError(f"cannot update {', '.join(sorted(bad))}")
+    if "limit_reset" in fields:
+        check_limit_reset(fields["limit_reset"])
 
 
 # --- generations -------------------------------------------------------------------------------------------------
@@ -341,33 +375,64 @@ class Core:
         self.holds_of_the_gone = s(
             "SELECT holder, key_id, amount_pico FROM reservations r WHERE holder <> ? AND NOT EXISTS "
             "(SELECT 1 FROM instances i WHERE i.holder = r.holder) ORDER BY holder, key_id{skip_locked}")
-        self.reserve_key = s("UPDATE keys SET reserved_pico = reserved_pico + ? WHERE public_id = ? AND "
-                             "(limit_pico IS NULL OR usage_pico + reserved_pico + ? <= limit_pico)")
+        # The key's current period starts at ``period`` (its arguments: the day's, week's and month's starts). A newer
+        # period has begun when that is later than the one the key counts: its spend starts at zero. Only ever
+        # forward: a replica whose clock lags sees the period already begun and leaves it be.
+        period = "CASE limit_reset WHEN 'daily' THEN CAST(? AS {double}) WHEN 'weekly' THEN CAST(? AS {double}) " \
+                 "ELSE CAST(? AS {double}) END"
+        ended = f"(limit_reset IS NOT NULL AND (period_start IS NULL OR period_start < {period}))"
+        self.roll_period = s(f"UPDATE keys SET period_usage_pico = 0, period_start = {period} WHERE public_id = ? "
+                             f"AND {ended}")
+        # A hold: with a reset, the limit applies to the current period's spend. The roll-over is part of the same
+        # statement (one round trip; every expression reads the row as it was): arguments, see :meth:`reserve`.
+        spent = f"(CASE WHEN limit_reset IS NULL THEN usage_pico WHEN {ended} THEN 0 ELSE period_usage_pico END)"
+        self.reserve_key = s(
+            f"UPDATE keys SET reserved_pico = reserved_pico + ?, "
+            f"period_usage_pico = CASE WHEN {ended} THEN 0 ELSE period_usage_pico END, "
+            f"period_start = CASE WHEN {ended} THEN {period} ELSE period_start END "
+            f"WHERE public_id = ? AND (limit_pico IS NULL OR {spent} + reserved_pico + ? <= limit_pico)")
+        # a new reset: its current period counts the key's recorded spend since that period began
+        self.recount_period = s(
+            "UPDATE keys SET period_start = ?, period_usage_pico = (SELECT CAST(COALESCE(SUM(cost_pico), 0) AS "
+            "BIGINT) FROM generations WHERE key_id = ? AND created_at >= ?) WHERE public_id = ? AND "
+            "limit_reset {distinct} ?")
         self.reserve_account = s("UPDATE account SET reserved_pico = reserved_pico + ? WHERE id = 1 AND "
                                  "(credits_pico IS NULL OR usage_pico + reserved_pico + ? <= credits_pico)")
-        self.charge_key = s("UPDATE keys SET usage_pico = usage_pico + ?, "
+        self.charge_key = s("UPDATE keys SET usage_pico = usage_pico + ?, period_usage_pico = period_usage_pico + ?, "
                             "reserved_pico = {greatest}(0, reserved_pico - ?) WHERE public_id = ?")
         self.charge_account = s("UPDATE account SET usage_pico = usage_pico + ?, "
                                 "reserved_pico = {greatest}(0, reserved_pico - ?) WHERE id = 1")
 
     # --- keys and credits ---
-    def key_row(self, public_id: str, key_hash: str, label: str, limit_pico: int | None, rpm: int | None,
-                tpm: int | None, created_at: float) -> tuple:
-        return (public_id, key_hash, label, limit_pico, 0, 0, self.dialect.flag(False), rpm, tpm, created_at)
+    def new_key(self, public_id: str, key_hash: str, label: str, limit_pico: int | None, rpm: int | None,
+                tpm: int | None, created_at: float, limit_reset: str | None = None,
+                expires_at: float | None = None) -> tuple[KeyRecord, tuple]:
+        """A new key's record and its row for :attr:`insert_key` (a reset's first period is the current one)."""
+        rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, created_at,
+                        check_limit_reset(limit_reset), expires_at, current_period_start(limit_reset, created_at), 0)
+        row = (public_id, key_hash, label, limit_pico, 0, 0, self.dialect.flag(False), rpm, tpm, created_at,
+               rec.limit_reset, expires_at, rec.period_start, 0)
+        return rec, row
 
-    def update_key(self, public_id: str, fields: dict[str, Any]) -> Script:
-        """Change the allowed ``fields`` of a key; returns its record (None if there is no such key). Names
-        outside :data:`KEY_UPDATABLE` raise ValueError here, before anything runs."""
+    def update_key(self, public_id: str, fields: dict[str, Any], now: float) -> Script:
+        """Change the allowed ``fields`` of a key; returns its record as of ``now`` (None if there is no such key).
+        Names outside :data:`KEY_UPDATABLE`, and a ``limit_reset`` that is none of them, raise ValueError here,
+        before anything runs. A ``limit_reset`` that changes starts its current period with the key's recorded
+        spend since then."""
         checked_key_fields(fields)
         cols = ", ".join(f"{k} = ?" for k in fields)  # names from the allow-list only
         vals = [self.dialect.flag(v) if k == "disabled" else v for k, v in fields.items()]
         update = self.dialect.sql(f"UPDATE keys SET {cols} WHERE public_id = ?") if fields else None
+        reset = fields.get("limit_reset")
+        start = current_period_start(reset, now)
 
         def script() -> Script:
+            if start is not None:  # before the reset is set: only where it changes
+                yield Execute(self.recount_period, (start, public_id, start, public_id, reset))
             if update is not None:
                 yield Execute(update, (*vals, public_id))
             rows = yield Fetch(self.get_key, (public_id,))
-            return key_from_row(rows[0]) if rows else None
+            return key_from_row(rows[0], now) if rows else None
 
         return script()
 
@@ -377,12 +442,28 @@ class Core:
         return row[0], row[1]
 
     # --- money ---
-    def reserve(self, holder: str, key_id: str, amount: int, spare: int = 0) -> Script:
-        """Hold ``amount`` on the key and the account if both can cover it and ``spare`` more; else raise
-        :class:`Refused` (the backend rolls back)."""
+    @staticmethod
+    def _starts(now: float) -> tuple[float, float, float]:
+        """The arguments of a ``period``: the starts of the UTC day, week and month at ``now``."""
+        w = spend_window_starts(now)
+        return w["day"], w["week"], w["month"]
+
+    def _roll(self, key_id: str, now: float) -> Script:
+        """Start the key's current period (its spend zero) if it counts an earlier one."""
+        starts = self._starts(now)
+        yield Execute(self.roll_period, (*starts, key_id, *starts))
+
+    def _charge(self, key_id: str, cost: int, freed: int) -> Execute:
+        """Charge ``cost`` to the key (and its period) and free ``freed`` of its holds."""
+        return Execute(self.charge_key, (cost, cost, freed, key_id))
+
+    def reserve(self, holder: str, key_id: str, amount: int, spare: int = 0, *, now: float) -> Script:
+        """Hold ``amount`` on the key and the account if both can cover it and ``spare`` more (the key's period
+        rolled over first, as of ``now``); else raise :class:`Refused` (the backend rolls back)."""
         if amount > 0:  # the instance's row first: the lock order
             yield Execute(self.hold_add, (holder, key_id, amount))
-        if (yield Execute(self.reserve_key, (amount, key_id, amount + spare))) != 1:
+        p = self._starts(now)  # the period rolls over in the same statement
+        if (yield Execute(self.reserve_key, (amount, *p, *p, *p, key_id, *p, amount + spare))) != 1:
             raise Refused
         if (yield Execute(self.reserve_account, (amount, amount + spare))) != 1:
             raise Refused
@@ -392,7 +473,7 @@ class Core:
         """Give back up to ``amount`` of what ``holder`` holds on the key; returns what was given back."""
         freed = yield from self._take(holder, key_id, amount)
         if freed:
-            yield Execute(self.charge_key, (0, freed, key_id))
+            yield self._charge(key_id, 0, freed)
             yield Execute(self.charge_account, (0, freed))
         return freed
 
@@ -407,9 +488,10 @@ class Core:
             yield Execute(self.hold_set, (held - taken, holder, key_id))
         return taken
 
-    def write_records(self, holder: str, batch: list[tuple[dict[str, Any], int]]) -> Script:
+    def write_records(self, holder: str, batch: list[tuple[dict[str, Any], int]], now: float) -> Script:
         """Store ``(record, reserved)`` pairs: insert the records, and for those newly stored charge their costs and
-        settle their holds. The same id twice in one batch is one record: the first one wins."""
+        settle their holds; a cost counts in the key's period current at ``now`` (where it lands, whenever its
+        hold was taken). The same id twice in one batch is one record: the first one wins."""
         fresh: dict[Any, tuple[dict[str, Any], int]] = {}
         for record, reserved in batch:
             fresh.setdefault(record.get("id"), (record, reserved))
@@ -421,8 +503,10 @@ class Core:
             freed[key_id] = (yield from self._take(holder, key_id, held)) if held else 0
         for key_id in sorted(plan.per_key):
             cost = plan.per_key[key_id][0]
+            if cost:
+                yield from self._roll(key_id, now)
             if cost or freed[key_id]:
-                yield Execute(self.charge_key, (cost, freed[key_id], key_id))
+                yield self._charge(key_id, cost, freed[key_id])
         total_freed = sum(freed.values())
         if plan.cost or total_freed:
             yield Execute(self.charge_account, (plan.cost, total_freed))
@@ -437,7 +521,7 @@ class Core:
             yield Execute(self.hold_drop, (gone, key_id))
             per_key[key_id] = per_key.get(key_id, 0) + int(amount)
         for key_id in sorted(per_key):
-            yield Execute(self.charge_key, (0, per_key[key_id], key_id))
+            yield self._charge(key_id, 0, per_key[key_id])
         if per_key:
             yield Execute(self.charge_account, (0, sum(per_key.values())))
         return len(rows)

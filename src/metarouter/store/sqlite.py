@@ -74,8 +74,9 @@ def _multi_insert(n: int) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, linger: float = LINGER):
+    def __init__(self, path: str | Path, linger: float = LINGER, clock: Callable[[], float] = time.time):
         self.path = str(path)
+        self.clock = clock  # the time periods roll over and keys expire by (epoch seconds)
         self.linger = linger
         self.lease = instance_lease()
         self.holder = new_holder()  # this store, in ``reservations.holder`` and ``instances``
@@ -246,7 +247,7 @@ class SQLiteStore:
         A handful of statements per batch, not a few per record: every statement releases the GIL and must win it
         back from the busy event loop, and with a statement per record the writer fell behind a loaded loop
         (the queue, and memory, grew without bound)."""
-        self._transaction(conn, CORE.write_records(self.holder, batch))
+        self._transaction(conn, CORE.write_records(self.holder, batch, self.clock()))
 
     def _transaction(self, conn: sqlite3.Connection, script: Script) -> Any:
         """Run a script of :mod:`.sql` in one transaction (rolled back if it raises)."""
@@ -340,18 +341,19 @@ class SQLiteStore:
 
     # --- keys --------------------------------------------------------------------------------------------------
     async def create_key(
-        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None
+        self, label: str, *, limit_pico: int | None = None, rpm: int | None = None, tpm: int | None = None,
+        limit_reset: str | None = None, expires_at: float | None = None,
     ) -> tuple[str, KeyRecord]:
         plaintext, public_id, key_hash = new_key()
-        rec = KeyRecord(public_id, label, key_hash, limit_pico, 0, 0, False, rpm, tpm, time.time())
-        row = CORE.key_row(public_id, key_hash, label, limit_pico, rpm, tpm, rec.created_at)
+        rec, row = CORE.new_key(public_id, key_hash, label, limit_pico, rpm, tpm, self.clock(), limit_reset,
+                                expires_at)
         await self._call(lambda conn: conn.execute(CORE.insert_key, row))
         return plaintext, rec
 
     async def get_key(self, public_id: str) -> KeyRecord | None:
         def get(conn: sqlite3.Connection) -> KeyRecord | None:
             row = conn.execute(CORE.get_key, (public_id,)).fetchone()
-            return key_from_row(row) if row else None
+            return key_from_row(row, self.clock()) if row else None
 
         return await self._call(get)
 
@@ -359,17 +361,18 @@ class SQLiteStore:
         return await self.get_key(key_id)
 
     async def list_keys(self) -> list[KeyRecord]:
-        return await self._call(lambda conn: [key_from_row(r) for r in conn.execute(CORE.list_keys)])
+        return await self._call(lambda conn: [key_from_row(r, self.clock()) for r in conn.execute(CORE.list_keys)])
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
-        script = CORE.update_key(public_id, fields)
+        script = CORE.update_key(public_id, fields, self.clock())
         return await self._call(lambda conn: self._transaction(conn, script))
 
     # --- money -------------------------------------------------------------------------------------------------
     async def reserve(self, key_id: str, amount_pico: int, *, spare_pico: int = 0) -> bool:
         def res(conn: sqlite3.Connection) -> bool:
             try:
-                return self._transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico)))
+                return self._transaction(conn, CORE.reserve(self.holder, key_id, int(amount_pico), int(spare_pico),
+                                                            now=self.clock()))
             except Refused:
                 return False
 
@@ -389,7 +392,7 @@ class SQLiteStore:
 
     async def key_spend_windows(self, key_id: str) -> dict[str, int]:
         """A key's spend since the start of the current UTC day, ISO week and month, picodollars."""
-        args = CORE.spend_windows_args(key_id, spend_window_starts(time.time()))
+        args = CORE.spend_windows_args(key_id, spend_window_starts(self.clock()))
         await self.flush()
         row = await self._call(lambda conn: conn.execute(CORE.spend_windows, args).fetchone())
         return {"day": int(row[0]), "week": int(row[1]), "month": int(row[2])}
