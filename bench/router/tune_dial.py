@@ -26,9 +26,10 @@ from metarouter.catalog import default_catalog  # noqa: E402
 from metarouter.router import policy  # noqa: E402
 from metarouter.router.core import DEFAULT_ARTIFACT, Router  # noqa: E402
 from metarouter.router.data import is_test, load_shared, split_mask  # noqa: E402
-from metarouter.router.evaluate import TRADEOFF_GRID, pool_for_source, sweep  # noqa: E402
+from metarouter.router.evaluate import TRADEOFF_GRID, pool_for_source, predict_matrix, sweep  # noqa: E402
 from metarouter.router.train import VAL_FRACTION, train  # noqa: E402
 
+SHIPPED_TIE = policy.tie
 FAMILIARITY = [(0.1, 0.4), (0.3, 0.6), (0.5, 0.8), (0.6, 0.9), (0.7, 0.95), (0.8, 0.98)]
 
 
@@ -39,9 +40,6 @@ def tie_rule(kind: str):
     if kind == "shrink":
         return lambda t, best=0.0: policy.TIE * min(max(float(t), 0.0) / 7.0, 1.0)
     return SHIPPED_TIE
-
-
-SHIPPED_TIE = policy.tie
 
 
 def main() -> int:
@@ -79,9 +77,8 @@ def main() -> int:
                 ogr = {"in": [], "out": []}
                 for kind, _, r, pool, (X, cov) in cases:
                     r.fam.lo, r.fam.hi = lo, hi
-                    ptok = np.array([q.prompt_tokens() for q in pool.prompts], float)
-                    pred = r.predict(X, cov, pool.models, ptok)
-                    pts = pool.ref.points_of(sweep(pred["quality"], pred["cost"], TRADEOFF_GRID))
+                    Q, C = predict_matrix(r, pool.prompts, pool.models, (X, cov))
+                    pts = pool.ref.points_of(sweep(Q, C, TRADEOFF_GRID))
                     ogr[kind].append(pool.ref.summarize(pts).ogr)
                 mi, mo = float(np.mean(ogr["in"])), float(np.mean(ogr["out"]))
                 print(f"| {lo}/{hi} | {tie} | " + " ".join(f"{x:.3f}" for x in ogr["in"]) + " | " +

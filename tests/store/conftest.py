@@ -102,6 +102,18 @@ class Backend:
         finally:
             await conn.close()
 
+    async def schema_before(self, migration: list[str]) -> None:
+        """The schema as it was just before ``migration`` (one of :data:`metarouter.store.sql._HISTORY`'s
+        groups) was applied, with ``schema_version`` saying so: a database of an older release."""
+        from metarouter.store.sql import _HISTORY, POSTGRES, SQLITE, migrations
+
+        versions = migrations(SQLITE if self.kind == "sqlite" else POSTGRES)
+        await self.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for n, statements in enumerate(versions[:_HISTORY[self.kind].index(migration)], start=1):
+            for statement in statements:
+                await self.sql(statement)
+            await self.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
+
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request, tmp_path):

@@ -209,15 +209,9 @@ async def test_expires_at_is_stored_and_changed(store, clock):
 
 
 async def test_a_database_from_before_resets_migrates_its_keys_unchanged(backend):
-    from metarouter.store.sql import _HISTORY, _PERIODS, POSTGRES, SQLITE, migrations
+    from metarouter.store.sql import _PERIODS
 
-    versions = migrations(SQLITE if backend.kind == "sqlite" else POSTGRES)
-    before = _HISTORY[backend.kind].index(_PERIODS)
-    await backend.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for n, statements in enumerate(versions[:before], start=1):
-        for statement in statements:
-            await backend.sql(statement)
-        await backend.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
+    await backend.schema_before(_PERIODS)
     flag = "FALSE" if backend.kind == "postgres" else "0"
     await backend.sql(f"INSERT INTO keys (public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, "
                       f"created_at) VALUES ('aaaaaaaaaaaa', 'h', 'old', 1000, 400, 0, {flag}, 0)")

@@ -501,16 +501,9 @@ async def test_activity_breakdown_totals_groups_and_buckets(store):
 
 async def test_an_older_schema_keeps_its_holds_summed_per_instance_and_key(backend):
     """Migrating from one row per hold to one row per instance and key keeps every hold (nothing is freed)."""
-    from metarouter.store.sql import POSTGRES, SQLITE, migrations
+    from metarouter.store.sql import _HOLD_PER_KEY
 
-    versions = migrations(SQLITE if backend.kind == "sqlite" else POSTGRES)
-    # the schema as it was just before the migration to one row per instance and key
-    before = next(i for i, v in enumerate(versions) if any("CREATE TABLE holds" in s for s in v))
-    await backend.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for n, statements in enumerate(versions[:before], start=1):
-        for statement in statements:
-            await backend.sql(statement)
-        await backend.sql(f"INSERT INTO schema_version (version) VALUES ({n})")
+    await backend.schema_before(_HOLD_PER_KEY)
     flag = "FALSE" if backend.kind == "postgres" else "0"
     await backend.sql(f"INSERT INTO keys (public_id, key_hash, label, limit_pico, usage_pico, reserved_pico, disabled, "
                       f"created_at) VALUES ('aaaaaaaaaaaa', 'h', 'k', 1000, 0, 450, {flag}, 0)")
