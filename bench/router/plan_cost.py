@@ -43,7 +43,7 @@ from metarouter.config import Settings
 from metarouter.gateway.auto import AutoResolver
 from metarouter.gateway.pipeline import RequestContext
 from metarouter.providers.base import ProviderConfig
-from metarouter.router import load_router
+from metarouter.router import kernel, load_router
 from metarouter.store.base import KeyRecord
 
 SYSTEM = "You are a helpful assistant."
@@ -168,13 +168,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--only", help="run only the cases whose name contains this (e.g. 'distinct')")
     ap.add_argument("--redis", metavar="URL", help="also measure the short case's plan with sticky pins in Redis")
+    ap.add_argument("--kernel", choices=("compiled", "numpy"), default="compiled",
+                    help="the decision's kernel: numba's compiled one (default; needs the fast extra) or numpy's")
     args = ap.parse_args(argv)
+    if args.kernel == "numpy":
+        os.environ["METAROUTER_KERNEL"] = "numpy"
     try:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
     except (AttributeError, OSError):
         pass
 
     router = load_router()
+    if args.kernel == "compiled" and not kernel.compile_now():
+        ap.error(f"no compiled kernel: {kernel.status()}")
     models = list(default_catalog())
     resolver = make_resolver()
     assert resolver.router is router and len(resolver.pool()) == len(models) == 20
@@ -200,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     t_end = time.perf_counter() + 0.5  # settle the core (frequency, caches) before the first measured case
     while time.perf_counter() < t_end:
         router.route(short["messages"], models)
-    results: dict[str, Any] = {"python": sys.version.split()[0], "load_avg_before": os.getloadavg(), "cases": {}}
+    results: dict[str, Any] = {"python": sys.version.split()[0], "kernel": kernel.status(),
+                               "load_avg_before": os.getloadavg(), "cases": {}}
     for name, make in cases.items():
         r = bench_route(router, models, make(), args.warm)
         p = bench_plan(resolver, ctx, make(), args.warm)
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             s = r[what]
             print(f"{name:22} {r['prompt_tokens']:5d} {what:6} {s['cpu_p50_us']:8.1f} {s['cpu_p99_us']:8.1f} "
                   f"{s['cpu_mean_us']:9.1f} {s['wall_p50_us']:9.1f} {s['wall_p99_us']:9.1f} {s['wall_mean_us']:10.1f}")
+    print(f"kernel: {results['kernel']}")
     print("load average before / after: %.2f / %.2f" % (results["load_avg_before"][0], results["load_avg_after"][0]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

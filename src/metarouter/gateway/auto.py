@@ -20,7 +20,7 @@ from ..catalog import Catalog, Model, usd_string
 from ..config import Settings
 from ..errors import GatewayError
 from ..logutil import ThrottledWarning
-from ..router import Constraints, RequestError, RouteDecision, RouteRequest, Router, load_router
+from ..router import Constraints, RequestError, RouteDecision, RouteRequest, Router, kernel, load_router
 from .pipeline import Plan, RequestContext
 
 log = logging.getLogger("metarouter.auto")
@@ -164,6 +164,7 @@ class AutoResolver:
         self.catalog = catalog
         cfg = settings.router or {}
         self.router = router or load_router(cfg.get("artifact"))
+        kernel.warm_up()  # the compiled kernel, built in the background; the numpy one serves until it is ready
         self.sticky = sticky or StickySessions(float(cfg.get("sticky_ttl", STICKY_TTL)))
         self.defaults: dict[str, Any] = {k: cfg[k] for k in (
             "allowed_models", "excluded_models", "cost_quality_tradeoff", "cost_tier", "max_price") if k in cfg}

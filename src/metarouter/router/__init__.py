@@ -4,7 +4,8 @@
     decision = load_router().route({"messages": [...], "tools": [...]}, models, Constraints(needs_tools=True))
     decision.model, decision.reason, decision.to_dict()
 
-Run time needs numpy only; training (``metarouter.router.train``) needs the ``[train]`` extra.
+Run time needs numpy only (with numba, the ``fast`` extra, the decision's kernel is compiled: router/kernel.py);
+training (``metarouter.router.train``) needs the ``[train]`` extra.
 """
 
 from .core import DEFAULT_ARTIFACT, Candidate, Constraints, RouteDecision, Router, load_router

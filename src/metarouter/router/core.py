@@ -27,13 +27,13 @@ import numpy as np
 
 from ..catalog import Model, matches
 from . import artifact as art
-from . import policy
+from . import kernel, policy
 from .encoder import Parsed, StaticEncoder
 from .predictors import CategoryModel, FamiliarityModel, LengthModel, PriorModel, QualityModel
 from .request import RouteRequest
 
 DEFAULT_ARTIFACT = Path(__file__).parent / "artifacts" / "router.npz"
-CHARS_PER_TOKEN = 4.0
+CHARS_PER_TOKEN = kernel.CHARS_PER_TOKEN
 TOOL_SEGMENT_WEIGHT = 0.5  # the tools' descriptions in the prompt embedding, beside the last user message's 2.0
 SATURATED = 0.97  # "every candidate is expected to answer well" above this P(good)
 
@@ -58,8 +58,7 @@ class Constraints:
         return cls(needs_tools=req.uses_tools, needs_json=req.json_mode, max_tokens=req.max_tokens, **limits)
 
 
-@dataclass
-class Candidate:
+class Candidate(NamedTuple):
     """One ranked model: predicted quality (P(good answer)), cost in USD, tokens, score, and why it is where it is.
 
     Numbers as reported: quality to 4 decimals, cost to the picodollar, score to 6, prior weight to 3 (the ranking
@@ -118,6 +117,16 @@ class RouteDecision:
                 "router_version": self.router_version, "reason": self.reason,
                 "ranked": [c.to_dict() for c in self.ranked],
                 "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded]}
+
+
+#: decimals of the reported quality, cost (USD), prior weight and score, as one column of powers of ten
+_REPORTED_SCALE = np.array([[1e4], [1e12], [1e3], [1e6]])
+
+
+def reported(q: np.ndarray, cost: np.ndarray, prior_weight: np.ndarray, score: np.ndarray) -> list[list[float]]:
+    """The candidates' numbers rounded as a decision reports them, as Python lists — ``np.round`` of each (which
+    is this: scale, round half to even, unscale), done in float64 for the four in one pass."""
+    return (np.rint(np.array((q, cost, prior_weight, score), np.float64) * _REPORTED_SCALE) / _REPORTED_SCALE).tolist()
 
 
 def fmt_usd(x: float) -> str:
@@ -201,6 +210,7 @@ class _ModelParams:
     c: np.ndarray  # (learned,) model biases
     table: np.ndarray  # (domains × learned) domain accuracy table
     ability_term: np.ndarray  # α·ability + γ of the prior
+    kernel: kernel.Candidates  # the same, as the one-request kernel reads them
 
 
 class Router:
@@ -268,12 +278,15 @@ class Router:
         learned = col >= 0
         lcols = col[learned]
         ability = np.array(abil, np.float32)
-        p = _ModelParams(col, learned, np.ascontiguousarray(np.stack(covs).T), ability, np.array(lens, np.float32),
-                         np.array([m.input_pico / 1e12 for m in models]), np.array([m.output_pico / 1e12 for m in models]),
-                         np.array([float(m.hidden_reasoning_tokens or 0) for m in models]),
-                         np.flatnonzero(learned), np.ascontiguousarray(self.quality.U_[lcols]), self.quality.c_[lcols],
-                         np.ascontiguousarray(self.quality.table_[:, lcols]),
-                         (self.prior.alpha_ * ability + self.prior.gamma_).astype(np.float32))
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731 - the kernel's operand types
+        K = kernel.Candidates(
+            ability_term=f32(self.prior.alpha_ * ability + self.prior.gamma_),
+            coverageT=f32(np.stack(covs).T), learned_idx=np.flatnonzero(learned).astype(np.int64),
+            U=f32(self.quality.U_[lcols]), c=f32(self.quality.c_[lcols]), table=f32(self.quality.table_[:, lcols]),
+            len_offset=f32(lens), hidden=np.array([float(m.hidden_reasoning_tokens or 0) for m in models]),
+            pin=np.array([m.input_pico / 1e12 for m in models]), pout=np.array([m.output_pico / 1e12 for m in models]))
+        p = _ModelParams(col, learned, K.coverageT, ability, K.len_offset, K.pin, K.pout, K.hidden, K.learned_idx,
+                         K.U, K.c, K.table, K.ability_term, K)
         with self._lock:
             if len(self._params) >= 256:
                 self._params.clear()
@@ -309,13 +322,24 @@ class Router:
         reasoning); per prompt ``familiarity``, ``everyday`` (how like an everyday request, 0–1) and ``category``
         (index of the most likely training domain).
 
-        One request goes through :meth:`_kernel` (the same arithmetic, fused: what serves); many through
+        One request goes through :meth:`decide` (the same arithmetic, fused: what serves); many through
         :meth:`predict_plain`, the predictors composed as they were fitted (the reference it is tested against)."""
         X = np.asarray(X, np.float32)
         if X.shape[0] != 1:
             return self.predict_plain(X, coverage, models, prompt_tokens, max_tokens)
-        return self._kernel(X[0], float(np.asarray(coverage).reshape(-1)[0]), self.params(models),
-                            float(np.asarray(prompt_tokens).reshape(-1)[0]), max_tokens)
+        r = self.decide(X[0], float(np.asarray(coverage).reshape(-1)[0]), self.params(models),
+                        float(np.asarray(prompt_tokens).reshape(-1)[0]), max_tokens, self.default_tradeoff)
+        return {"quality": r.quality[None, :], "prior_weight": r.prior_weight[None, :], "cost": r.cost[None, :],
+                "output_tokens": r.output_tokens[None, :], "familiarity": np.array([r.familiarity]),
+                "everyday": np.array([r.everyday]), "category": np.array([r.category])}
+
+    def decide(self, x: np.ndarray, coverage: float, p: _ModelParams, prompt_tokens: float, max_tokens: int | None,
+               tradeoff: float) -> kernel.Decision:
+        """One request's predictions, scores and order: the compiled kernel once it is ready, else its numpy
+        reference (the same numbers within float32 tolerance, the same order)."""
+        run = kernel.decide_compiled if kernel.compiled_ready() else kernel.decide_numpy
+        return run(np.ascontiguousarray(x, np.float32), coverage, self._fused(), p.kernel, prompt_tokens, max_tokens,
+                   tradeoff)
 
     def predict_plain(self, X: np.ndarray, coverage: np.ndarray, models: Sequence[Model], prompt_tokens: np.ndarray,
                       max_tokens: int | None = None) -> dict[str, np.ndarray]:
@@ -339,55 +363,21 @@ class Router:
         return {"quality": Q, "prior_weight": pw, "cost": cost, "output_tokens": billed, "familiarity": fam,
                 "everyday": everyday, "category": P_cat.argmax(1)}
 
-    def _fused(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _fused(self) -> kernel.Ops:
         """Every linear map of the request vector side by side — domain logits, familiarity logits, prior
         difficulty, answer length, the quality tower's prompt part — as one matrix (and bias), so that one request
-        costs one product; and the tower's domain part (scaled)."""
+        costs one product; the tower's domain part (scaled); and the scalars of the familiarity, prior and tower."""
         f = self.__dict__.get("_fused_ops")
         if f is None:
-            q, d = self.quality, self.category.W_.shape[0]
-            M = np.hstack([self.category.W_, self.fam.W_, self.prior.w_[:, None], self.length.w_[:, None], q.W_[:d]])
-            bias = np.concatenate([self.category.b_, self.fam.b_, [self.prior.w0_, self.length.w0_], q.b_])
-            f = self._fused_ops = (np.ascontiguousarray(M, np.float32), bias.astype(np.float32),
-                                   np.ascontiguousarray(q.cat_scale * q.W_[d:], np.float32))
+            q, d, fm = self.quality, self.category.W_.shape[0], self.fam
+            M = np.hstack([self.category.W_, fm.W_, self.prior.w_[:, None], self.length.w_[:, None], q.W_[:d]])
+            bias = np.concatenate([self.category.b_, fm.b_, [self.prior.w0_, self.length.w0_], q.b_])
+            scalars = np.array([fm.lo, fm.hi, fm.everyday_lo, fm.everyday_hi, self.cov_lo, self.cov_hi,
+                                self.prior.d_mean_, self.prior.beta_, q.temperature_, q.table_weight_], np.float64)
+            f = self._fused_ops = kernel.Ops(np.ascontiguousarray(M, np.float32), bias.astype(np.float32),
+                                             np.ascontiguousarray(q.cat_scale * q.W_[d:], np.float32),
+                                             len(self.category.b_), scalars)
         return f
-
-    def _kernel(self, x: np.ndarray, coverage: float, p: _ModelParams, prompt_tokens: float,
-                max_tokens: int | None) -> dict[str, np.ndarray]:
-        """:meth:`predict_plain` of one request, fused (one product for every linear map, scalars in Python)."""
-        M, bias, Wqc = self._fused()
-        k = len(self.category.b_)
-        h = x @ M + bias
-        e = np.exp(h[:k] - h[:k].max())
-        P = e / e.sum()
-        f0, f1, f2, d, log_len = h[k:k + 5].tolist()
-        top = max(f0, f1, f2)  # the familiarity softmax over three kinds, in Python floats
-        e0, e1, e2 = math.exp(f0 - top), math.exp(f1 - top), math.exp(f2 - top)
-        fm, tot = self.fam, e0 + e1 + e2
-        fam = min(max((e0 / tot - fm.lo) / (fm.hi - fm.lo), 0.0), 1.0)
-        everyday = min(max((e1 / tot - fm.everyday_lo) / (fm.everyday_hi - fm.everyday_lo), 0.0), 1.0)
-        fam = min(fam, min(max((coverage - self.cov_lo) / (self.cov_hi - self.cov_lo), 0.0), 1.0))
-        trust = max(fam, everyday)
-        d = trust * d + (1.0 - trust) * self.prior.d_mean_
-        q_prior = 0.5 * (1.0 + np.tanh(0.5 * (p.ability_term + self.prior.beta_ * d)))
-        Q = q_prior.astype(np.float64)
-        pw = 1.0 - fam * (P @ p.coverageT)
-        if len(p.learned_idx):
-            q = self.quality
-            z = np.tanh(h[k + 5:] + P @ Wqc)
-            ql = 0.5 * (1.0 + np.tanh((0.5 / q.temperature_) * (p.U @ z + p.c)))
-            if q.table_weight_:
-                ql = (1.0 - q.table_weight_) * ql + q.table_weight_ * (P @ p.table)
-            li = p.learned_idx
-            Q[li] += (1.0 - pw[li]) * (ql - q_prior[li])
-        out = np.exp(log_len + p.len_offset) / CHARS_PER_TOKEN
-        if max_tokens:
-            out = np.minimum(out, max_tokens)
-        billed = out + p.hidden
-        cost = prompt_tokens * p.pin + billed * p.pout
-        return {"quality": Q[None, :], "prior_weight": pw[None, :], "cost": cost[None, :],
-                "output_tokens": billed[None, :], "familiarity": np.array([fam]), "everyday": np.array([everyday]),
-                "category": np.array([int(P.argmax())])}
 
     # -- constraints --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -465,9 +455,9 @@ class Router:
         if not kept:
             return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
         x, coverage = self.features(req, parsed)
-        pred = self.predict(x[None, :], np.array([coverage]), kept, np.array([prompt_tokens]), c.max_tokens)
-        q, cost, pw, out = pred["quality"][0], pred["cost"][0], pred["prior_weight"][0], pred["output_tokens"][0]
-        fam = float(pred["familiarity"][0])
+        r = self.decide(x, coverage, self.params(kept), prompt_tokens, c.max_tokens, t)
+        q, cost, pw, out, fam = r.quality, r.cost, r.prior_weight, r.output_tokens, r.familiarity
+        order, S, near_best = r.order, r.score, r.near_best
         if c.max_price_request is not None:
             over = cost > c.max_price_request
             for i in np.flatnonzero(over):
@@ -475,19 +465,19 @@ class Router:
                                              f"{fmt_usd(c.max_price_request)}"))
             if over.all():
                 return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
-            keep = np.flatnonzero(~over)
-            kept = [kept[i] for i in keep]
-            q, cost, pw, out = q[keep], cost[keep], pw[keep], out[keep]
-        order, S, near_best = policy.rank(q, cost, t)
+            if over.any():
+                keep = np.flatnonzero(~over)
+                kept = [kept[i] for i in keep]
+                q, cost, pw, out = q[keep], cost[keep], pw[keep], out[keep]
+                order, S, near_best = policy.rank(q, cost, t)  # ranked again among what is left
         order = order.tolist()
         ids = [m.id for m in kept]
-        cat = category_name(self.category.classes_[int(pred["category"][0])]) if self.category.classes_ else None
+        cat = category_name(self.category.classes_[r.category]) if self.category.classes_ else None
         if fam < 0.5:
-            cat = "everyday request" if float(pred["everyday"][0]) >= 0.5 else None
+            cat = "everyday request" if r.everyday >= 0.5 else None
         # the candidates carry their numbers as the decision reports them (rounded once, here, for all of them)
-        ql, cl, pl, nb = np.round(q, 4).tolist(), np.round(cost, 12).tolist(), np.round(pw, 3).tolist(), \
-            near_best.tolist()
-        sl, ol = np.round(S, 6).tolist(), np.rint(out).astype(int).tolist()
+        ql, cl, pl, sl = reported(q, cost, pw, S)
+        nb, ol = near_best.tolist(), np.rint(out).astype(int).tolist()
         reasons = explain(ids, ql, cl, nb, order, t, fam, cat, pl)
         ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
                   for i, why in zip(order, reasons)]

@@ -1,0 +1,275 @@
+"""The numbers of one decision, from the request vector to the candidates' order: the serving hot path.
+
+:func:`decide_numpy` is the reference: the predictors' arithmetic fused for one request (one matrix product for
+every linear map of the request vector) and the dial's scores and order (:mod:`.policy`). :func:`decide_compiled`
+is the same arithmetic as loops compiled by numba (the ``fast`` extra: a wheel, no compiler at install time), one
+call instead of some forty numpy calls on small arrays. Both give the same numbers within float32 tolerance and the
+same order (tests/router/test_kernel.py).
+
+Which one serves: the compiled one once it is ready, the reference until then and wherever numba is not installed
+or ``METAROUTER_KERNEL=numpy`` is set. Compiling takes seconds the first time (numba caches the machine code next to
+this file, or in its user cache), so :func:`warm_up` does it in a background thread and requests never wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import policy
+
+log = logging.getLogger("metarouter.router")
+
+CHARS_PER_TOKEN = 4.0
+
+
+class Ops(NamedTuple):
+    """What the kernel reads of the router, fixed per artifact: the fused linear maps and the scalars."""
+
+    M: np.ndarray  # (request dims × [domains, familiarity (3), difficulty, length, tower]) float32
+    bias: np.ndarray  # float32
+    Wqc: np.ndarray  # (domains × tower) the tower's domain part, scaled, float32
+    k: int  # number of domains
+    # fam_lo, fam_hi, everyday_lo, everyday_hi, cov_lo, cov_hi, d_mean, beta, temperature, table_weight
+    scalars: np.ndarray  # float64
+
+
+class Candidates(NamedTuple):
+    """What the kernel reads of one candidate list (see ``core._ModelParams``)."""
+
+    ability_term: np.ndarray  # (n,) α·ability + γ, float32
+    coverageT: np.ndarray  # (domains × n) float32
+    learned_idx: np.ndarray  # (l,) int64 positions of the candidates with learned quality
+    U: np.ndarray  # (l × tower) float32
+    c: np.ndarray  # (l,) float32
+    table: np.ndarray  # (domains × l) float32
+    len_offset: np.ndarray  # (n,) float32
+    hidden: np.ndarray  # (n,) float64
+    pin: np.ndarray  # (n,) float64 USD per prompt token
+    pout: np.ndarray  # (n,) float64 USD per output token
+
+
+class Decision(NamedTuple):
+    """Per candidate: quality (P(good)), prior weight, cost (USD), billed output tokens, score, within the tie
+    margin of the best; the order (best first); per request: familiarity, everyday-likeness, the likeliest domain."""
+
+    quality: np.ndarray
+    prior_weight: np.ndarray
+    cost: np.ndarray
+    output_tokens: np.ndarray
+    score: np.ndarray
+    near_best: np.ndarray
+    order: np.ndarray
+    familiarity: float
+    everyday: float
+    category: int
+
+
+def decide_numpy(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt_tokens: float,
+                 max_tokens: int | None, tradeoff: float) -> Decision:
+    """The reference: numpy, scalars in Python floats."""
+    M, bias, Wqc, k, sc = ops
+    fam_lo, fam_hi, ev_lo, ev_hi, cov_lo, cov_hi, d_mean, beta, temperature, table_weight = sc.tolist()
+    h = x @ M + bias
+    e = np.exp(h[:k] - h[:k].max())
+    P = e / e.sum()
+    f0, f1, f2, d, log_len = h[k:k + 5].tolist()
+    top = max(f0, f1, f2)  # the familiarity softmax over three kinds, in Python floats
+    e0, e1, e2 = math.exp(f0 - top), math.exp(f1 - top), math.exp(f2 - top)
+    tot = e0 + e1 + e2
+    fam = min(max((e0 / tot - fam_lo) / (fam_hi - fam_lo), 0.0), 1.0)
+    everyday = min(max((e1 / tot - ev_lo) / (ev_hi - ev_lo), 0.0), 1.0)
+    fam = min(fam, min(max((coverage - cov_lo) / (cov_hi - cov_lo), 0.0), 1.0))
+    trust = max(fam, everyday)
+    d = trust * d + (1.0 - trust) * d_mean
+    q_prior = 0.5 * (1.0 + np.tanh(0.5 * (p.ability_term + beta * d)))
+    Q = q_prior.astype(np.float64)
+    pw = 1.0 - fam * (P @ p.coverageT)
+    if len(p.learned_idx):
+        z = np.tanh(h[k + 5:] + P @ Wqc)
+        ql = 0.5 * (1.0 + np.tanh((0.5 / temperature) * (p.U @ z + p.c)))
+        if table_weight:
+            ql = (1.0 - table_weight) * ql + table_weight * (P @ p.table)
+        li = p.learned_idx
+        Q[li] += (1.0 - pw[li]) * (ql - q_prior[li])
+    out = np.exp(log_len + p.len_offset) / CHARS_PER_TOKEN
+    if max_tokens:
+        out = np.minimum(out, max_tokens)
+    billed = out + p.hidden
+    cost = prompt_tokens * p.pin + billed * p.pout
+    order, S, near = policy.rank(Q, cost, tradeoff)
+    return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, int(P.argmax()))
+
+
+def _decide_loops(x, coverage, M, bias, Wqc, k, sc, ability_term, coverageT, learned_idx, U, c, table, len_offset,
+                  hidden, pin, pout, prompt_tokens, max_tokens, usd_weight, tie_scaled, tie_easy, easy):
+    """:func:`decide_numpy` as loops (what numba compiles; float64 throughout). ``max_tokens`` 0: none."""
+    D, H = M.shape
+    h = np.empty(H)
+    for j in range(H):
+        h[j] = bias[j]
+    for i in range(D):
+        xi = np.float64(x[i])
+        if xi != 0.0:
+            for j in range(H):
+                h[j] += xi * M[i, j]
+    hmax = h[0]
+    cat = 0
+    for j in range(1, k):
+        if h[j] > hmax:
+            hmax, cat = h[j], j
+    P = np.empty(k)
+    tot = 0.0
+    for j in range(k):
+        P[j] = math.exp(h[j] - hmax)
+        tot += P[j]
+    for j in range(k):
+        P[j] /= tot
+    f0, f1, f2, d, log_len = h[k], h[k + 1], h[k + 2], h[k + 3], h[k + 4]
+    top = max(f0, max(f1, f2))
+    e0, e1, e2 = math.exp(f0 - top), math.exp(f1 - top), math.exp(f2 - top)
+    tot = e0 + e1 + e2
+    fam = min(max((e0 / tot - sc[0]) / (sc[1] - sc[0]), 0.0), 1.0)
+    everyday = min(max((e1 / tot - sc[2]) / (sc[3] - sc[2]), 0.0), 1.0)
+    fam = min(fam, min(max((coverage - sc[4]) / (sc[5] - sc[4]), 0.0), 1.0))
+    trust = max(fam, everyday)
+    d = trust * d + (1.0 - trust) * sc[6]
+    beta, temperature, table_weight = sc[7], sc[8], sc[9]
+    n = ability_term.shape[0]
+    Q = np.empty(n)
+    q_prior = np.empty(n)
+    pw = np.empty(n)
+    for m in range(n):
+        q_prior[m] = 0.5 * (1.0 + math.tanh(0.5 * (ability_term[m] + beta * d)))
+        Q[m] = q_prior[m]
+        s = 0.0
+        for j in range(k):
+            s += P[j] * coverageT[j, m]
+        pw[m] = 1.0 - fam * s
+    nl = learned_idx.shape[0]
+    if nl:
+        T = Wqc.shape[1]
+        z = np.empty(T)
+        for t in range(T):
+            s = h[k + 5 + t]
+            for j in range(k):
+                s += P[j] * Wqc[j, t]
+            z[t] = math.tanh(s)
+        for r in range(nl):
+            s = c[r]
+            for t in range(T):
+                s += U[r, t] * z[t]
+            ql = 0.5 * (1.0 + math.tanh((0.5 / temperature) * s))
+            if table_weight != 0.0:
+                a = 0.0
+                for j in range(k):
+                    a += P[j] * table[j, r]
+                ql = (1.0 - table_weight) * ql + table_weight * a
+            m = learned_idx[r]
+            Q[m] += (1.0 - pw[m]) * (ql - q_prior[m])
+    billed = np.empty(n)
+    cost = np.empty(n)
+    best = -1.0
+    for m in range(n):
+        out = math.exp(log_len + len_offset[m]) / CHARS_PER_TOKEN
+        if max_tokens > 0 and out > max_tokens:
+            out = float(max_tokens)
+        billed[m] = out + hidden[m]
+        cost[m] = prompt_tokens * pin[m] + billed[m] * pout[m]
+        if Q[m] > best:
+            best = Q[m]
+    cap = best - (tie_easy if best >= easy else tie_scaled)
+    S = np.empty(n)
+    near = np.empty(n, np.bool_)
+    for m in range(n):
+        S[m] = min(Q[m], cap) - usd_weight * cost[m]
+        near[m] = Q[m] >= cap
+    order = np.empty(n, np.int64)  # insertion sort by (−score, cost), stable: np.lexsort((cost, −S))
+    for m in range(n):
+        j = m
+        while j > 0 and (S[order[j - 1]] < S[m] or (S[order[j - 1]] == S[m] and cost[order[j - 1]] > cost[m])):
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = m
+    return Q, pw, cost, billed, S, near, order, fam, everyday, cat
+
+
+_compiled: Any = None  # the numba dispatcher, once compiled
+_state = {"status": "not started"}
+_lock = threading.Lock()
+
+
+def decide_compiled(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt_tokens: float,
+                    max_tokens: int | None, tradeoff: float) -> Decision:
+    """:func:`decide_numpy` by the compiled loops (call only when :func:`compiled_ready`)."""
+    Q, pw, cost, billed, S, near, order, fam, everyday, cat = _compiled(
+        x, float(coverage), ops.M, ops.bias, ops.Wqc, ops.k, ops.scalars, *p, float(prompt_tokens),
+        int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), policy.TIE, policy.EASY)
+    return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, cat)
+
+
+def compiled_ready() -> bool:
+    return _compiled is not None
+
+
+def status() -> str:
+    """``compiled``, ``compiling``, ``numpy (…why)``: which kernel serves, for logs and ``/health``-like views."""
+    return _state["status"]
+
+
+def wanted() -> bool:
+    return os.environ.get("METAROUTER_KERNEL", "").lower() not in ("numpy", "off", "0")
+
+
+def compile_now() -> bool:
+    """Compile (or load from numba's cache) the loops; True when the compiled kernel serves from now on."""
+    global _compiled
+    with _lock:
+        if _compiled is not None:
+            return True
+        if not wanted():
+            _state["status"] = "numpy (METAROUTER_KERNEL=numpy)"
+            return False
+        try:
+            import numba
+        except ImportError:
+            _state["status"] = "numpy (numba not installed: pip install 'metarouter[fast]')"
+            return False
+        _state["status"] = "compiling"
+        try:
+            fn = numba.njit(cache=True, nogil=True, error_model="numpy")(_decide_loops)
+            _exercise(fn)
+        except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile leaves the numpy one serving
+            log.warning("router kernel: numba could not compile it (%s); the numpy kernel serves", exc)
+            _state["status"] = f"numpy (numba failed: {type(exc).__name__})"
+            return False
+        _compiled = fn
+        _state["status"] = "compiled"
+        log.info("router kernel: compiled (numba %s)", numba.__version__)
+        return True
+
+
+def _exercise(fn) -> None:
+    """One call with the serving argument types, so that the compiled code exists before it is used."""
+    f32, f64 = np.float32, np.float64
+    z = lambda *s, t=f32: np.zeros(s, t)  # noqa: E731
+    fn(z(3), 1.0, z(3, 10), z(10), z(2, 3), 2, np.ones(10), z(2), z(2, 2), np.array([0], np.int64), z(1, 3),
+       z(1), z(2, 1), z(2), z(2, t=f64), z(2, t=f64), z(2, t=f64), 10.0, 0, 1.0, 0.01, 0.02, 0.9)
+
+
+def warm_up(background: bool = True) -> None:
+    """Start compiling the kernel (once per process); requests use the numpy kernel until it is ready."""
+    if _state["status"] != "not started" or not wanted():
+        if not wanted():
+            _state["status"] = "numpy (METAROUTER_KERNEL=numpy)"
+        return
+    _state["status"] = "compiling"
+    if background:
+        threading.Thread(target=compile_now, name="router-kernel-compile", daemon=True).start()
+    else:
+        compile_now()

@@ -1,0 +1,122 @@
+"""The decision's kernel: numba's compiled loops against the numpy reference (same numbers within float32
+tolerance, same order), the choice between them, and routing that gives the same decisions with either."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metarouter.catalog import default_catalog
+from metarouter.router import Constraints, kernel, load_router, policy
+from metarouter.router.core import as_request
+
+pytest.importorskip("numba")  # the `fast` extra (in `dev`, so CI always runs these)
+
+MODELS = list(default_catalog())
+FIXTURES = Path(__file__).parent / "fixtures"
+BODIES = [json.loads(line)["request"] for name in ("everyday_battery.jsonl", "request_battery.jsonl")
+          for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+
+
+def same_order(a: list, b: list, score: dict, tol: float = 1e-5) -> bool:
+    """The same order, except for neighbours whose scores are within ``tol`` (float rounding may swap those)."""
+    if sorted(a) != sorted(b):
+        return False
+    return all(x == y or abs(score[x] - score[y]) <= tol for x, y in zip(a, b))
+
+
+def shape(reason: str) -> str:
+    """A reason without its numbers: which explanation was given (a number may round either way at a boundary)."""
+    return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", reason)
+
+
+@pytest.fixture(scope="module")
+def router():
+    assert kernel.compile_now(), kernel.status()
+    return load_router()
+
+
+def _inputs(router, body, models=MODELS):
+    req = as_request(body)
+    x, cov = router.features(req)
+    return np.ascontiguousarray(x, np.float32), cov, router._fused(), router.params(models).kernel, \
+        float(req.prompt_tokens())
+
+
+@pytest.mark.parametrize("tradeoff", [0.0, 3.0, 7.0, 9.5, 10.0])
+def test_compiled_kernel_matches_numpy(router, tradeoff):
+    """Every number of the compiled kernel is the numpy reference's within float32 tolerance, and the order,
+    the ties and the domain are the same, over both batteries (tools, images, systems, conversations), with and
+    without max_tokens, along the dial."""
+    assert len(BODIES) > 50
+    for i, body in enumerate(BODIES):
+        x, cov, ops, cands, pt = _inputs(router, body)
+        mt = (16, 64, None)[i % 3]
+        a = kernel.decide_numpy(x, cov, ops, cands, pt, mt, tradeoff)
+        b = kernel.decide_compiled(x, cov, ops, cands, pt, mt, tradeoff)
+        for name in ("quality", "prior_weight", "cost", "output_tokens", "score"):
+            assert np.allclose(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-6), (name, body)
+        assert abs(a.familiarity - b.familiarity) < 1e-4 and abs(a.everyday - b.everyday) < 1e-4
+        assert a.category == b.category, body
+        S = dict(enumerate(a.score.tolist()))
+        assert same_order(a.order.tolist(), b.order.tolist(), S), body
+        # within the tie margin: the same verdict unless a quality sits on the margin's edge
+        best = float(a.quality.max())
+        edge = np.abs(a.quality - (best - policy.tie(tradeoff, best))) < 1e-5
+        assert ((a.near_best == b.near_best) | edge).all(), body
+
+
+def test_compiled_order_breaks_equal_scores_by_cost_like_lexsort(router):
+    """Equal scores: the cheaper first — np.lexsort's order, which the compiled sort must reproduce. At 0 on an
+    easy request every candidate within the tie margin of the best scores exactly the margin's top (price counts
+    for nothing there), so only cost orders them."""
+    x, cov, ops, cands, pt = _inputs(router, {"messages": [{"role": "user", "content": "Say hi."}]})
+    a = kernel.decide_numpy(x, cov, ops, cands, pt, None, 0.0)
+    b = kernel.decide_compiled(x, cov, ops, cands, pt, None, 0.0)
+    tied = [i for i in b.order.tolist() if b.near_best[i]]
+    assert len(tied) >= 3  # the case this test is about
+    assert len({b.score[i] for i in tied}) == 1
+    assert [b.cost[i] for i in tied] == sorted(b.cost[i] for i in tied)
+    assert b.order.tolist()[:len(tied)] == a.order.tolist()[:len(tied)] == tied
+
+
+def test_learned_free_candidates(router):
+    """Candidates without learned quality (no labels): the tower is skipped in both kernels alike."""
+    unknown = [m for m in MODELS if router.models.get(m.id.lower(), {}).get("col", -1) < 0]
+    labelled = [m for m in MODELS if m not in unknown]
+    for models in (labelled[:3], unknown or labelled[:1]):
+        x, cov, ops, cands, pt = _inputs(router, BODIES[0], models)
+        a = kernel.decide_numpy(x, cov, ops, cands, pt, None, 7.0)
+        b = kernel.decide_compiled(x, cov, ops, cands, pt, None, 7.0)
+        assert np.allclose(a.quality, b.quality, rtol=1e-4, atol=1e-6)
+        assert same_order(a.order.tolist(), b.order.tolist(), dict(enumerate(a.score.tolist())))
+
+
+def test_route_gives_the_same_decision_with_either_kernel(router, monkeypatch):
+    """What a user sees — models in order, reasons, reported numbers — is the same whichever kernel served."""
+    compiled = [router.route(b, MODELS, Constraints(max_price_request=0.01) if i % 4 == 0 else None, (i % 11))
+                for i, b in enumerate(BODIES)]
+    monkeypatch.setattr(kernel, "_compiled", None)  # as if numba were not installed
+    assert not kernel.compiled_ready()
+    plain = [router.route(b, MODELS, Constraints(max_price_request=0.01) if i % 4 == 0 else None, (i % 11))
+             for i, b in enumerate(BODIES)]
+    for a, b in zip(compiled, plain):
+        assert same_order(a.model_ids, b.model_ids, {c.model_id: c.score for c in a.ranked}, tol=2e-6)
+        assert [m for m, _ in a.excluded] == [m for m, _ in b.excluded]
+        if a.model_ids == b.model_ids:
+            assert [shape(c.reason) for c in a.ranked] == [shape(c.reason) for c in b.ranked]
+        by_id = {c.model_id: c for c in b.ranked}
+        for ca in a.ranked:
+            assert ca.quality == pytest.approx(by_id[ca.model_id].quality, abs=2e-4)
+            assert ca.cost_usd == pytest.approx(by_id[ca.model_id].cost_usd, rel=1e-5, abs=1e-11)
+
+
+def test_the_environment_can_keep_numpy(monkeypatch):
+    monkeypatch.setenv("METAROUTER_KERNEL", "numpy")
+    assert not kernel.wanted()
+    monkeypatch.setenv("METAROUTER_KERNEL", "")
+    assert kernel.wanted()
