@@ -120,3 +120,49 @@ def test_the_environment_can_keep_numpy(monkeypatch):
     assert not kernel.wanted()
     monkeypatch.setenv("METAROUTER_KERNEL", "")
     assert kernel.wanted()
+
+
+def _texts() -> list[str]:
+    import random
+
+    rng = random.Random(3)
+    words = ["the", "eggs.", "x^2", "naïve", "café", "(a)", "λ", "—", "don't", "1234567", "foo_bar", "==", "数学",
+             "tokenisation", "a\x1cb", "tab\tbed"]
+    return [" ".join(rng.choice(words) for _ in range(n)) for n in (0, 1, 5, 300, 900, 2500)] + \
+        ["   ", "ab " * 9000, "é" * 5000, "\n\nlead and trail  "]
+
+
+def test_compiled_chunk_lookup_is_the_numpy_one_exactly(router):
+    """Chunks, their hashes and their rows in the index: integers, so equal, not close."""
+    from metarouter.router import encoder as enc
+
+    keys, krows = router.encoder._index
+    for t in _texts():
+        b = np.frombuffer(t.encode(), np.uint8)
+        a = kernel.chunk_rows_numpy(b, enc._WS_LUT, enc._POW, enc._INV_POW, keys, krows)
+        c = kernel._compiled.chunk_rows(b, enc._WS_LUT, enc._POW, enc._INV_POW, keys, krows)
+        for x, y in zip(a, c):
+            assert x.tolist() == y.tolist(), t[:30]
+        assert len(a[0]) == len(t.split())  # one per chunk, as str.split() makes them
+
+
+def test_compiled_row_sum_matches_numpy(router):
+    e = router.encoder
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 7, 700, 9000):
+        rows = rng.integers(0, e.n_vocab, n).astype(np.intp)
+        (a, wa), (b, wb) = kernel.row_sum_numpy(e.table, e.weights, rows), kernel._compiled.row_sum(e.table, e.weights, rows)
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(1, n) ** 0.5) and wa == pytest.approx(wb, rel=1e-4, abs=1e-6)
+
+
+def test_encoder_vectors_are_the_same_with_either_kernel(router, monkeypatch):
+    """Long texts go through the compiled chunk lookup and row sums: the vector is the numpy path's."""
+    texts = [t for t in _texts() if len(t) > 1200]
+    assert texts
+    compiled = [router.encoder._embed_text(t.lower()) for t in texts]
+    monkeypatch.setattr(kernel, "_compiled", None)
+    plain = [router.encoder._embed_text(t.lower()) for t in texts]
+    for (a, wa, na), (b, wb, nb) in zip(compiled, plain):
+        assert na == nb and wa == pytest.approx(wb, rel=1e-4)
+        assert np.allclose(a, b, rtol=1e-4, atol=1e-3)

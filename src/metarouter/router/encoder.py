@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import kernel
+
 HEAD_CHARS = 12_000  # ≈ 3,000 tokens
 TAIL_CHARS = 12_000
 MAX_WORD_CHARS = 100
@@ -175,7 +177,6 @@ class StaticEncoder:
         self._max_piece = max((len(t) for t in self._word), default=1) + 1
         self._generation = 0
         self._build_hash_index()
-        self._ones = np.ones(8192, np.float32)
         # message text -> its row sum, weight sum and row count: system prompts and the earlier turns of a
         # conversation recur request after request (LRU, bounded in entries and in characters held)
         self._texts: OrderedDict[str, tuple[np.ndarray, float, int]] = OrderedDict()
@@ -329,7 +330,8 @@ class StaticEncoder:
             self._index = (keys, rows[first])
 
     def rows_array(self, low: str) -> np.ndarray:
-        """:meth:`rows` as an array, split and looked up in numpy (the same rows, far fewer Python steps).
+        """:meth:`rows` as an array, split and looked up in one pass over the bytes (:func:`.kernel.chunk_rows`:
+        the same rows, far fewer Python steps).
 
         Works on the UTF-8 bytes: no multi-byte sequence contains an ASCII byte, so splitting on ASCII whitespace
         gives ``str.split()``'s chunks unless the text has non-ASCII whitespace (then: the plain path).
@@ -338,24 +340,11 @@ class StaticEncoder:
         if len(raw) < _MIN_VEC_CHARS or len(raw) > _MAX_VEC_CHARS or (len(raw) != len(low) and _UNICODE_WS.search(low)):
             return np.array(self.rows(low), np.intp)
         b = np.frombuffer(raw, np.uint8)
-        n = len(b)
-        if not n:
+        if not len(b):
             return np.zeros(0, np.intp)
-        word = ~_WS_LUT[b]
-        edge = np.diff(np.concatenate(([False], word, [False])).view(np.int8))
-        starts = np.flatnonzero(edge == 1)
-        ends = np.flatnonzero(edge == -1)
-        if not len(starts):
-            return np.zeros(0, np.intp)
-        S = np.empty(n + 1, np.uint64)
-        S[0] = 0
-        np.cumsum(b.astype(np.uint64) * _POW[:n], out=S[1:])
-        h = (S[ends] - S[starts]) * _INV_POW[starts]  # wraps mod 2^64: the hash of each chunk from position 0
         keys, krows = self._index
-        idx = np.searchsorted(keys, h)
-        idx[idx >= len(keys)] = 0
-        found = keys[idx] == h
-        rows = krows[idx]
+        rows, starts, ends, h = kernel.chunk_rows(b, _WS_LUT, _POW, _INV_POW, keys, krows)
+        found = rows >= 0
         if not found.all():
             get = self._chunk_row.get
             miss = np.flatnonzero(~found)
@@ -382,8 +371,8 @@ class StaticEncoder:
         n = len(arr)
         if not n:
             return np.zeros(self.table.shape[1], np.float32), 0.0, 0
-        tot = self._ones[:n] @ self.table[arr] if n <= len(self._ones) else self.table[arr].sum(0)
-        return tot, float(np.add.reduce(self.weights[arr])), n  # = .sum()
+        tot, w = kernel.row_sum(self.table, self.weights, arr)
+        return tot, w, n
 
     def embed_segment(self, text: str) -> tuple[np.ndarray, float, int]:
         """:meth:`_embed_text` of a message text (clipped, lower-cased), through the LRU cache of recent texts.

@@ -1,10 +1,13 @@
-"""The numbers of one decision, from the request vector to the candidates' order: the serving hot path.
+"""The numbers of one decision, from the prompt's bytes to the candidates' order: the serving hot path.
 
 :func:`decide_numpy` is the reference: the predictors' arithmetic fused for one request (one matrix product for
 every linear map of the request vector) and the dial's scores and order (:mod:`.policy`). :func:`decide_compiled`
 is the same arithmetic as loops compiled by numba (the ``fast`` extra: a wheel, no compiler at install time), one
 call instead of some forty numpy calls on small arrays. Both give the same numbers within float32 tolerance and the
 same order (tests/router/test_kernel.py).
+
+The encoder's two loops over a long text — its whitespace chunks looked up in the vocabulary's hash index
+(:func:`chunk_rows`), the sum of their table rows (:func:`row_sum`) — are here too, each beside its numpy reference.
 
 Which one serves: the compiled one once it is ready, the reference until then and wherever numba is not installed
 or ``METAROUTER_KERNEL=numpy`` is set. Compiling takes seconds the first time (numba caches the machine code next to
@@ -199,7 +202,91 @@ def _decide_loops(x, coverage, M, bias, Wqc, k, sc, ability_term, coverageT, lea
     return Q, pw, cost, billed, S, near, order, fam, everyday, cat
 
 
-_compiled: Any = None  # the numba dispatcher, once compiled
+def chunk_rows_numpy(b: np.ndarray, ws: np.ndarray, pow_: np.ndarray, inv_pow: np.ndarray, keys: np.ndarray,
+                     krows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The whitespace chunks of the bytes ``b`` (``ws``: which bytes are whitespace): for each, its row in the
+    sorted hash index ``keys``/``krows`` (−1: not there), start, end and hash ``Σ b[start + j]·P^j mod 2^64``."""
+    word = ~ws[b]
+    edge = np.diff(np.concatenate(([False], word, [False])).view(np.int8))
+    starts = np.flatnonzero(edge == 1)
+    ends = np.flatnonzero(edge == -1)
+    S = np.empty(len(b) + 1, np.uint64)
+    S[0] = 0
+    np.cumsum(b.astype(np.uint64) * pow_[:len(b)], out=S[1:])
+    h = (S[ends] - S[starts]) * inv_pow[starts]  # wraps mod 2^64: the hash of each chunk from its first byte
+    idx = np.searchsorted(keys, h)
+    idx[idx >= len(keys)] = 0
+    rows = np.where(keys[idx] == h, krows[idx], -1)
+    return rows, starts, ends, h
+
+
+def _chunk_rows_loops(b, ws, pow_, inv_pow, keys, krows):
+    n = b.shape[0]
+    cap = n // 2 + 1
+    rows = np.empty(cap, np.int64)
+    starts = np.empty(cap, np.int64)
+    ends = np.empty(cap, np.int64)
+    hashes = np.empty(cap, np.uint64)
+    nk = keys.shape[0]
+    m = 0
+    i = 0
+    while i < n:
+        while i < n and ws[b[i]]:
+            i += 1
+        if i >= n:
+            break
+        start = i
+        h = np.uint64(0)
+        while i < n and not ws[b[i]]:
+            h += np.uint64(b[i]) * pow_[i - start]
+            i += 1
+        j = np.searchsorted(keys, h)
+        rows[m] = krows[j] if j < nk and keys[j] == h else -1
+        starts[m], ends[m], hashes[m] = start, i, h
+        m += 1
+    return rows[:m], starts[:m], ends[:m], hashes[:m]
+
+
+def chunk_rows(b: np.ndarray, ws: np.ndarray, pow_: np.ndarray, inv_pow: np.ndarray, keys: np.ndarray,
+               krows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`chunk_rows_numpy`, compiled when ready (the same rows, starts, ends and hashes: integers, exact)."""
+    if _compiled is None:
+        return chunk_rows_numpy(b, ws, pow_, inv_pow, keys, krows)
+    return _compiled.chunk_rows(b, ws, pow_, inv_pow, keys, krows)
+
+
+def row_sum_numpy(table: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """The sum of the table's ``rows`` (float32) and of their weights."""
+    n = len(rows)
+    tot = np.ones(n, np.float32) @ table[rows] if n <= 8192 else table[rows].sum(0)
+    return tot, float(np.add.reduce(weights[rows]))  # = .sum(), without the method's Python wrapper
+
+
+def _row_sum_loops(table, weights, rows):
+    D = table.shape[1]
+    acc = np.zeros(D, np.float32)
+    w = 0.0
+    for r in rows:
+        for j in range(D):
+            acc[j] += table[r, j]
+        w += weights[r]
+    return acc, w
+
+
+def row_sum(table: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
+    """:func:`row_sum_numpy`, compiled when ready (float32 sums in another order: within float32 tolerance)."""
+    if _compiled is None:
+        return row_sum_numpy(table, weights, rows)
+    return _compiled.row_sum(table, weights, rows)
+
+
+class _Compiled(NamedTuple):
+    decide: Any
+    chunk_rows: Any
+    row_sum: Any
+
+
+_compiled: _Compiled | None = None  # numba's dispatchers, once compiled
 _state = {"status": "not started"}
 _lock = threading.Lock()
 
@@ -207,7 +294,7 @@ _lock = threading.Lock()
 def decide_compiled(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt_tokens: float,
                     max_tokens: int | None, tradeoff: float) -> Decision:
     """:func:`decide_numpy` by the compiled loops (call only when :func:`compiled_ready`)."""
-    Q, pw, cost, billed, S, near, order, fam, everyday, cat = _compiled(
+    Q, pw, cost, billed, S, near, order, fam, everyday, cat = _compiled.decide(
         x, float(coverage), ops.M, ops.bias, ops.Wqc, ops.k, ops.scalars, *p, float(prompt_tokens),
         int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), policy.TIE, policy.EASY)
     return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, cat)
@@ -242,24 +329,28 @@ def compile_now() -> bool:
             return False
         _state["status"] = "compiling"
         try:
-            fn = numba.njit(cache=True, nogil=True, error_model="numpy")(_decide_loops)
-            _exercise(fn)
+            jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+            fns = _Compiled(jit(_decide_loops), jit(_chunk_rows_loops), jit(_row_sum_loops))
+            _exercise(fns)
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile leaves the numpy one serving
             log.warning("router kernel: numba could not compile it (%s); the numpy kernel serves", exc)
             _state["status"] = f"numpy (numba failed: {type(exc).__name__})"
             return False
-        _compiled = fn
+        _compiled = fns
         _state["status"] = "compiled"
         log.info("router kernel: compiled (numba %s)", numba.__version__)
         return True
 
 
-def _exercise(fn) -> None:
-    """One call with the serving argument types, so that the compiled code exists before it is used."""
+def _exercise(fns: _Compiled) -> None:
+    """One call of each with the serving argument types, so that the compiled code exists before it is used."""
     f32, f64 = np.float32, np.float64
     z = lambda *s, t=f32: np.zeros(s, t)  # noqa: E731
-    fn(z(3), 1.0, z(3, 10), z(10), z(2, 3), 2, np.ones(10), z(2), z(2, 2), np.array([0], np.int64), z(1, 3),
-       z(1), z(2, 1), z(2), z(2, t=f64), z(2, t=f64), z(2, t=f64), 10.0, 0, 1.0, 0.01, 0.02, 0.9)
+    fns.decide(z(3), 1.0, z(3, 10), z(10), z(2, 3), 2, np.ones(10), z(2), z(2, 2), np.array([0], np.int64), z(1, 3),
+               z(1), z(2, 1), z(2), z(2, t=f64), z(2, t=f64), z(2, t=f64), 10.0, 0, 1.0, 0.01, 0.02, 0.9)
+    u64 = np.ones(4, np.uint64)
+    fns.chunk_rows(np.frombuffer(b"a b", np.uint8), np.zeros(256, np.bool_), u64, u64, u64, np.zeros(4, np.intp))
+    fns.row_sum(z(2, 3), z(2), np.zeros(1, np.intp))
 
 
 def warm_up(background: bool = True) -> None:
