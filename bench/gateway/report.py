@@ -186,6 +186,13 @@ def render(R: dict) -> str:
                     cells.append("—" if r is None else f"{r['rps']:,.0f}" + (
                         f" ({r['rps'] / base['rps']:.2f}×)" if base and t != "metarouter" else ""))
                 out.append(f"| {sc} | {c} | " + " | ".join(cells) + " |")
+    timed = [r for r in R["runs"] if r.get("decision_us_p50") is not None]
+    if timed:
+        out += ["", "## The router's decision inside the loaded server (`routing.decision_ms` of the run's records)", "",
+                "| kind | conns | decisions | p50 µs | p99 µs |", "|---|---:|---:|---:|---:|"]
+        for r in timed:
+            out.append(f"| {r['scenario']} | {r['conns']} | {r['decisions']:,} | {r['decision_us_p50']:.0f} | "
+                       f"{r['decision_us_p99']:.0f} |")
     if R["ttfb"]:
         out += ["", "## Streaming time to first byte (ttfb.py: first body byte after the headers)", "",
                 "| target | conns | requests | TTFB p50 ms | p90 | p99 | total p50 ms | total p99 | errors |",

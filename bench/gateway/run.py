@@ -470,7 +470,29 @@ def wrk(target: Target, work: Path, scenario: str, conns: int, duration: float, 
              cpu_us_per_req=round(cpu / r["requests"] * 1e6, 1) if r["requests"] else None,
              foreign_cpu_pct=round(100 * foreign / (wall * (os.cpu_count() or 1)), 1),
              steal_pct=round(100 * (busy1[1] - busy0[1]) / (wall * (os.cpu_count() or 1)), 1))
+    if isinstance(target, Metarouter) and model == "auto":
+        r.update(decision_times(target.data / "metarouter.db", t0, t0 + wall))
     return r
+
+
+def decision_times(db: Path, since: float, until: float) -> dict[str, Any]:
+    """The router's own time per decision inside the loaded server (``routing.decision_ms`` of the run's
+    records, read from the SQLite ledger once it has written them): p50 and p99 in µs."""
+    import sqlite3
+
+    time.sleep(0.5)  # the ledger writes in batches
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        rows = con.execute("SELECT json_extract(routing, '$.decision_ms') FROM generations "
+                           "WHERE created_at BETWEEN ? AND ? AND routing IS NOT NULL", (since, until)).fetchall()
+        con.close()
+    except sqlite3.Error as e:
+        return {"decision_error": str(e)}
+    ms = sorted(v for (v,) in rows if v is not None)
+    if not ms:
+        return {}
+    pick = lambda q: round(ms[min(len(ms) - 1, int(q * len(ms)))] * 1000, 1)  # noqa: E731
+    return {"decision_us_p50": pick(0.5), "decision_us_p99": pick(0.99), "decisions": len(ms)}
 
 
 def ttfb(target: Target, work: Path, concurrency: int, duration: float) -> dict[str, Any]:
@@ -744,7 +766,8 @@ def main() -> int:
                 R["runs"].append(r)
                 log(f"{t.name:10s} {sc:7s} c={c:<4d} {r['rps']:9.1f} req/s  p50 {r['p50_ms']:8.3f} ms  "
                     f"p99 {r['p99_ms']:8.3f} ms  errors {r['errors']}  cpu {r['cpu_us_per_req']} us/req  "
-                    f"foreign {r['foreign_cpu_pct']}%")
+                    f"foreign {r['foreign_cpu_pct']}%" +
+                    (f"  decision p50 {r['decision_us_p50']} us" if r.get("decision_us_p50") is not None else ""))
 
     def availability(t: Target, scenario: str) -> bool:
         stream = scenario.endswith("stream")

@@ -268,10 +268,7 @@ class StaticEncoder:
                 if self._n_rows >= len(self.table):
                     self._new_generation()
                 row = self._n_rows
-                idx = np.array(ids)
-                # = .sum(0) / .sum(), without the methods' Python wrappers (embedding and counts alike)
-                self.table[row] = np.add.reduce(self.table[idx], 0)
-                self.weights[row] = np.add.reduce(self.weights[idx])
+                self.table[row], self.weights[row] = kernel.row_sum(self.table, self.weights, np.array(ids, np.intp))
                 self._n_rows += 1
         self._chunk_row[chunk] = row
         return row
