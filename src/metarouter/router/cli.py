@@ -52,12 +52,16 @@ def _route_settings(args: argparse.Namespace) -> tuple[Catalog, str | None]:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
+    from . import kernel
     from .core import load_router
 
     catalog, artifact = _route_settings(args)
     router = load_router(artifact)
     models = _models(args.models, catalog)
     if args.batch:
+        # the gateway's kernel for many lines (numba's, where installed: a second to load, then faster); one
+        # prompt is decided by the numpy kernel at once (the same order; numbers within float32 tolerance)
+        kernel.compile_now()
         return _route_batch(router, models, args)
     if not args.prompt:
         raise SystemExit("route: give a PROMPT or --batch FILE.jsonl")
