@@ -220,13 +220,12 @@ class CacheRequest:
         entry = await self.cache._get(self.key)
         if entry is None:
             return None
-        model = gateway.catalog.get(entry["model"])
-        if model is None or all(gateway.provider_for(e) is None for e in gateway.catalog.endpoints(model)):
-            return None  # its model is gone: ask again
+        served = gateway.servable(entry["model"], entry.get("served_by"))
+        if served is None:
+            return None  # its model is gone, or no provider of it is available: ask again
         self.status, self.age = "HIT", max(0, int(time.time() - entry["stored_at"]))
         self.cache.hits += 1
-        # the record names the endpoint whose answer it is (the response names it by its display name)
-        entry["provider"] = gateway.provider_names.get(str(entry.get("served_by") or "").lower(), model.provider)
+        entry["provider"] = served  # the record names the endpoint whose answer it replays
         return entry
 
     async def complete(self, gateway, body: dict[str, Any], ctx) -> dict[str, Any]:

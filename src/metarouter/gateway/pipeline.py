@@ -258,6 +258,19 @@ class Gateway:
             return None
         return p
 
+    def servable(self, model_id: str, served_by: str | None = None) -> str | None:
+        """For the response cache: the provider to name on a replay of ``model_id``'s answer that ``served_by`` (a
+        display name, as responses carry it) gave, or None when the model is gone or none of its endpoints has an
+        available provider."""
+        model = self.catalog.get(model_id)
+        if model is None:
+            return None
+        up = [e.provider for e in self.catalog.endpoints(model) if self.provider_for(e) is not None]
+        if not up:
+            return None
+        named = self.provider_names.get(str(served_by or "").lower())
+        return named if named is not None else up[0]
+
     def supported_parameters(self, model: Model) -> list[str]:
         """The request parameters forwarded to ``model`` (none when its provider is not configured)."""
         p = self.settings.providers.get(model.provider)
