@@ -25,6 +25,7 @@ preferences takes none of this: the pipeline's fast path asks nothing of the sto
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -49,6 +50,8 @@ FIELDS = ("order", "only", "ignore", "allow_fallbacks", "require_parameters", "d
 STATS_WINDOW_S = 30 * 60
 STATS_SAMPLES = 200
 STATS_TTL_S = 10.0
+#: a price given as a string (OpenRouter's SDK sends them so): plain decimal digits
+PRICE_STRING = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +116,15 @@ def _bool(value: Any, field: str, default: bool) -> bool:
 def _price(value: Any, field: str) -> Decimal | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _bad(f"`provider.max_price.{field}` must be a number (USD per 1M tokens)", f"provider.max_price.{field}")
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+        isinstance(value, str) and PRICE_STRING.match(value) is not None)
+    if not ok:
+        raise _bad(f"`provider.max_price.{field}` must be a number ≥ 0 (USD per 1M tokens) or such a number as a "
+                   "decimal string", f"provider.max_price.{field}")
     try:
-        d = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise _bad(f"`provider.max_price.{field}` must be a number (USD per 1M tokens)",
-                   f"provider.max_price.{field}") from None
+        d = Decimal(str(value))
+    except InvalidOperation:  # pragma: no cover - the checks above leave nothing Decimal cannot read
+        raise _bad(f"`provider.max_price.{field}` must be a number", f"provider.max_price.{field}") from None
     if not d.is_finite() or d < 0:
         raise _bad(f"`provider.max_price.{field}` must be a finite number ≥ 0", f"provider.max_price.{field}")
     return d
@@ -155,7 +160,8 @@ def parse_prefs(value: Any, known: dict[str, str], *, variant_sort: str | None =
         raise _bad(f"Unknown field(s) in `provider`: {', '.join(unknown)} (supported: {', '.join(FIELDS)})",
                    "provider")
     for name in UNSUPPORTED:
-        if value.get(name) not in (None, False, [], {}):
+        v = value.get(name)
+        if not (v is None or v is False or (isinstance(v, (list, dict)) and not v)):
             raise _bad(f"`provider.{name}` is not supported by this gateway (it has no such data for its endpoints)",
                        f"provider.{name}")
     dc = value.get("data_collection")
