@@ -331,3 +331,19 @@ def test_names_resolve_case_and_display_insensitively():
     p = parse_prefs({"order": ["DeepInfra", "TOGETHER"], "only": ["Fireworks", "deepinfra", "together"],
                      "quantizations": [], "zdr": None}, gw_names)
     assert p.order == ("deepinfra", "together") and p.only == {"fireworks", "deepinfra", "together"}
+
+
+async def test_a_model_whose_default_provider_has_no_key_is_served_by_its_others(store):
+    from metarouter.gateway.auto import AutoResolver
+
+    s = settings()
+    s.providers["together"].api_key = None  # Together configured, but without its key
+    hosts = Hosts()
+    gw = Gateway(s, store, client=MockTransport(hosts))
+    await gw.start()
+    assert LLAMA in {m.id for m in AutoResolver(s, s.catalog).pool()}
+    r = await gw.complete(body(), RequestContext(key=None, want_metadata=True))
+    assert hosts.hosts == ["deepinfra"] and r["provider"] == "DeepInfra"
+    with pytest.raises(GatewayError) as e:
+        await gw.complete(body(provider={"only": ["together"]}), RequestContext(key=None))
+    assert e.value.status == 503 and "provider 'together'" in e.value.message

@@ -219,7 +219,7 @@ class Gateway:
         out: list[Model] = []
         refusal: GatewayError | None = None
         stats = None
-        cost = request_cost_key(body)
+        cost = None
         for model in plan.candidates:
             eps = self.catalog.endpoints(model)
             prefs = plan.prefs
@@ -230,6 +230,7 @@ class Gateway:
                 continue
             if prefs.needs_stats and len(eps) > 1 and stats is None:
                 stats = await self.endpoint_stats.get()
+            cost = cost or request_cost_key(body)
             try:
                 out += order_endpoints(model, eps, prefs, cost=cost, available=self.settings.provider_available,
                                        retains_data=self._retains_data, stats=stats)
