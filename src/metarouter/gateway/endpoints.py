@@ -147,12 +147,12 @@ def _sort(value: Any) -> str | None:
     return by
 
 
-def parse_prefs(value: Any, known: dict[str, str], *, variant_sort: str | None = None) -> ProviderPrefs:
+def parse_prefs(value: Any, known: dict[str, str]) -> ProviderPrefs:
     """The request's ``provider`` object, checked: a 400 naming the field for anything malformed, an unknown
     provider name, a bad ``sort`` or a negative ``max_price``. ``known``: lowercase name or display name → the
-    provider's config name. ``variant_sort``: the sort a ``:nitro``/``:floor`` model id asks for."""
+    provider's config name."""
     if value is None:
-        return ProviderPrefs(sort=variant_sort) if variant_sort else NO_PREFS
+        return NO_PREFS
     if not isinstance(value, dict):
         raise _bad("`provider` must be an object", "provider")
     unknown = sorted(set(value) - set(FIELDS))
@@ -178,18 +178,18 @@ def parse_prefs(value: Any, known: dict[str, str], *, variant_sort: str | None =
                    "provider.max_price")
     prices = {k: _price(mp.get(k), k) for k in MAX_PRICE_FIELDS}  # request, image, audio: checked; nothing costs
     only = value.get("only")
-    sort = _sort(value.get("sort"))
-    return ProviderPrefs(
+    prefs = ProviderPrefs(
         order=tuple(_names(value.get("order"), "order", known)),
         only=frozenset(_names(only, "only", known)) if only is not None else None,
         ignore=frozenset(_names(value.get("ignore"), "ignore", known)),
         allow_fallbacks=_bool(value.get("allow_fallbacks"), "allow_fallbacks", True),
         require_parameters=_bool(value.get("require_parameters"), "require_parameters", False),
         no_data_retention=dc == "deny" or _bool(value.get("zdr"), "zdr", False),
-        sort=sort or variant_sort,
+        sort=_sort(value.get("sort")),
         max_prompt=prices["prompt"],
         max_completion=prices["completion"],
     )
+    return NO_PREFS if prefs == NO_PREFS else prefs  # (an empty object asks for nothing: the fast path)
 
 
 def request_cost_key(body: dict[str, Any]) -> Callable[[Model], int]:
