@@ -26,12 +26,12 @@ ENDPOINTS = {
 }
 
 
-def settings(**extra: Any):
+def settings(providers: dict | None = None, **extra: Any):
     hosts = ("openai", "together", "fireworks", "deepinfra")
     return load_settings(env={f"{h.upper()}_KEY": "sk-test" for h in hosts}, overrides={
         "providers": {h: {"base_url": f"http://{h}.test/v1", "api_key_env": f"{h.upper()}_KEY"} for h in hosts}
         | {"deepinfra": {"base_url": "http://deepinfra.test/v1", "api_key_env": "DEEPINFRA_KEY",
-                         "retains_data": False}},
+                         "retains_data": False}} | (providers or {}),
         "models": {LLAMA: {"endpoints": ENDPOINTS}},
         "timeouts": {"connect": 1, "first_byte": 5, "total": 30},
         "resilience": {"retries": 0, "backoff_base": 0.0, "backoff_max": 0.0, "breaker_failures": 100},
@@ -347,3 +347,35 @@ async def test_a_model_whose_default_provider_has_no_key_is_served_by_its_others
     with pytest.raises(GatewayError) as e:
         await gw.complete(body(provider={"only": ["together"]}), RequestContext(key=None))
     assert e.value.status == 503 and "provider 'together'" in e.value.message
+
+
+async def test_a_self_hosted_openai_compatible_server_is_an_endpoint_of_its_own_name(store):
+    hosts = Hosts()
+    s = settings(providers={"my-vllm": {"base_url": "http://my-vllm.test/v1"}},
+                 models={LLAMA: {"endpoints": {"my-vllm": {"native_model": "llama3.1:70b", "input_usd_per_1m": 0,
+                                                           "output_usd_per_1m": 0}}}})
+    gw = Gateway(s, store, client=MockTransport(hosts))
+    await gw.start()
+    r = await gw.complete(body(), RequestContext(key=None))  # free: the cheapest
+    assert hosts.seen == [("my-vllm", "llama3.1:70b")] and r["provider"] == "my-vllm" and r["usage"]["cost"] == 0
+    hosts.seen.clear()
+    await gw.complete(body(provider={"ignore": ["MY-VLLM"]}), RequestContext(key=None))
+    assert hosts.hosts == ["together"]
+
+
+async def test_the_listing_shows_each_endpoints_health_and_measurements(store):
+    from metarouter.api.app import ENDPOINT_DOWN, ENDPOINT_UP, endpoint_schema
+
+    store.record_generation(_sample("fireworks", 100.0))
+    await store.flush()
+    hosts = Hosts("together")
+    gw = await gateway(store, hosts, resilience={"retries": 0, "backoff_base": 0.0, "breaker_failures": 1,
+                                                 "breaker_cooldown": 60})
+    await gw.complete(body(), RequestContext(key=None))  # Together fails once: its circuit opens
+    stats = await gw.endpoint_stats.get()
+    by = {e.provider: endpoint_schema(e, gw, stats) for e in gw.catalog.endpoints(gw.catalog.get(LLAMA))}
+    assert (by["together"]["status"], by["deepinfra"]["status"]) == (ENDPOINT_DOWN, ENDPOINT_UP)
+    assert by["fireworks"]["throughput_last_30m"]["p50"] == 100.0 and by["fireworks"]["latency_last_30m"]["p50"] == 100.0
+    # DeepInfra's answer just now counts too (measured after it); Together never answered
+    assert by["deepinfra"]["latency_last_30m"] is not None and by["together"]["latency_last_30m"] is None
+    assert by["deepinfra"]["pricing"]["completion"] == "0.0000004" and by["deepinfra"]["max_completion_tokens"] == 4096
