@@ -139,13 +139,16 @@ def _run_uvicorn(settings, args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     settings = _settings(args)
     rows = []
-    for m in settings.catalog:
-        caps = ",".join(c for c in ("tools", "vision", "json_output", "reasoning") if getattr(m, c))
-        rows.append((m.id, m.provider, f"{m.context_length:,}", f"${m.input_usd_per_mtok:g}",
-                     f"${m.output_usd_per_mtok:g}", caps,
-                     "yes" if settings.provider_available(m.provider) else "no key"))
+    for model in settings.catalog:
+        for m in settings.catalog.endpoints(model):  # one row per endpoint: the default one first
+            caps = ",".join(c for c in ("tools", "vision", "json_output", "reasoning") if getattr(m, c))
+            rows.append((m.id, m.provider, f"{m.context_length:,}", f"${m.input_usd_per_mtok:g}",
+                         f"${m.output_usd_per_mtok:g}", caps,
+                         "yes" if settings.provider_available(m.provider) else "no key"))
     if args.json:
-        print(json.dumps([{"id": r[0], "provider": r[1]} for r in rows]))
+        print(json.dumps([{"id": m.id, "provider": m.provider,
+                           "endpoints": [e.provider for e in settings.catalog.endpoints(m)]}
+                          for m in settings.catalog]))
         return 0
     _table(("id", "provider", "context", "in/1M", "out/1M", "capabilities", "available"), rows)
     return 0

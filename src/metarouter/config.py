@@ -28,6 +28,9 @@ class ProviderConfig:
     api_key: str | None = field(default=None, repr=False)  # resolved from api_key_env at start-up
     wire: str = "openai"
     headers: dict[str, str] = field(default_factory=dict)
+    #: whether it may keep or train on prompts (the config's ``retains_data``; true unless said otherwise):
+    #: ``provider.data_collection: "deny"`` routes only to endpoints whose provider says false
+    retains_data: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,6 +109,12 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data or {}
 
 
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false")
+    return value
+
+
 def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderConfig:
     known = PROVIDERS.get(name)
     base = {"base_url": known.base_url, "api_key_env": known.key_env} if known is not None else {}
@@ -125,7 +134,9 @@ def _provider(name: str, spec: dict[str, Any], env: dict[str, str]) -> ProviderC
         api_key=api_key,
         wire=merged.get("wire") or provider_wire(name),
         headers=dict(merged.get("headers") or {}),
-        extra={k: v for k, v in merged.items() if k not in ("base_url", "api_key_env", "wire", "headers")},
+        retains_data=_flag(merged.get("retains_data", True), f"providers.{name}.retains_data"),
+        extra={k: v for k, v in merged.items()
+               if k not in ("base_url", "api_key_env", "wire", "headers", "retains_data")},
     )
 
 
@@ -166,8 +177,8 @@ def load_settings(
         overrides_m.update(models.get("add") or {})
         s.catalog = s.catalog.with_overrides(overrides_m, remove=models.get("remove") or ())
     if disabled:
-        s.catalog = Catalog(m for m in s.catalog if m.provider not in disabled)
-    unknown = sorted({m.provider for m in s.catalog} - set(s.providers))
+        s.catalog = s.catalog.without_providers(disabled)
+    unknown = sorted(s.catalog.providers() - set(s.providers))
     if unknown:
         raise ValueError(f"models refer to providers without configuration: {', '.join(unknown)}")
     s.router = dict(raw.get("router") or {})

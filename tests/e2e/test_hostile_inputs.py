@@ -455,6 +455,59 @@ def test_hostile_admin_bodies(gw, refused):
     check(400)(gw.http.post("/api/v1/keys", headers=auth(ADMIN), content=b"[" * 5000 + b"]" * 5000))
 
 
+# --- provider routing preferences (gateway/endpoints.py) and the endpoints listing ------------------------------
+
+HOSTILE_PREFS = [
+    {"only": ["nowhere"]}, {"order": ["openai", "' OR 1=1 --"]}, {"ignore": ["💥" * 5000]}, {"only": "openai"},
+    {"order": [None]}, {"ignore": [["openai"]]}, {"only": [{"name": "openai"}]},
+    {"sort": "fastest"}, {"sort": ["price"]}, {"sort": 1}, {"sort": {"by": "speed"}}, {"sort": {"partition": "none"}},
+    {"sort": {"by": "price", "extra": 1}},
+    {"max_price": {"prompt": -1}}, {"max_price": {"completion": "-0.5"}}, {"max_price": {"prompt": "1e3"}},
+    {"max_price": {"prompt": "NaN"}}, {"max_price": {"prompt": True}}, {"max_price": {"prompt": [1]}},
+    {"max_price": {"tokens": 1}}, {"max_price": []}, {"max_price": "1"},
+    {"allow_fallbacks": "false"}, {"allow_fallbacks": 0}, {"require_parameters": "yes"}, {"zdr": 1},
+    {"data_collection": "never"}, {"data_collection": True}, {"quantizations": ["int4"]},
+    {"enforce_distillable_text": True}, {"preferred_min_throughput": 0}, {"options": {"x": 1}},
+    {"order": ["openai"], "__proto__": {"admin": True}},
+]
+
+
+@pytest.mark.parametrize("prefs", HOSTILE_PREFS, ids=[str(i) for i in range(len(HOSTILE_PREFS))])
+def test_hostile_provider_preferences(gw, refused, prefs):
+    r = refused(400)(chat(gw, {"model": MODEL, "messages": MSG, "provider": prefs}))
+    assert r.json()["error"]["metadata"]["param"].startswith("provider")
+    assert len(r.content) < 4096  # a huge name is not echoed back in full
+
+
+@pytest.mark.parametrize("prefs", HOSTILE_PREFS[:6], ids=[str(i) for i in range(6)])
+def test_hostile_provider_preferences_on_messages_and_responses(gw, refused, refused_an, prefs):
+    refused_an(400)(messages(gw, {"model": MODEL, "max_tokens": 5, "messages": AN_MSG, "provider": prefs}))
+    refused(400)(gw.http.post("/v1/responses", headers=auth(gw.api_key),
+                              json={"model": MODEL, "input": "hi", "provider": prefs}))
+
+
+@pytest.mark.parametrize("prefs,expect", [
+    ({"only": ["Anthropic"]}, 404), ({"max_price": {"prompt": 0}}, 404), ({"data_collection": "deny"}, 404),
+    ({"order": ["anthropic"], "allow_fallbacks": False}, 404),
+])
+def test_preferences_that_leave_no_endpoint_are_a_clean_404(gw, refused, prefs, expect):
+    refused(expect)(chat(gw, {"model": MODEL, "messages": MSG, "provider": prefs}))
+
+
+@pytest.mark.parametrize("model", [MODEL + ":nitro:nitro", MODEL + ":fast", ":nitro", "nowhere/x:floor"])
+def test_odd_model_variants(gw, refused, model):
+    refused(400)(chat(gw, {"model": model, "messages": MSG}))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/models/../../etc/endpoints", "/api/v1/models/%2e%2e/%2e%2e/endpoints",
+                                  "/api/v1/models/openai/" + "x" * 20_000 + "/endpoints",
+                                  "/api/v1/models/'%20OR%201=1%20--/x/endpoints", "/api/v1/models/%ff/%fe/endpoints",
+                                  "/api/v1/models/openai/gpt-4o-mini-2024-07-18%00/endpoints"])
+def test_hostile_endpoint_listing_paths(gw, refused, path):
+    r = refused(404)(gw.http.get(path))
+    assert len(r.content) < 4096 and "root:" not in r.text
+
+
 # --- POST /messages (Anthropic's Messages API): the same corpus, answered in Anthropic's error shape ---------------
 
 AN_MSG = [{"role": "user", "content": "hi"}]

@@ -49,6 +49,7 @@ PLAN = [
     ("routeChatRequest", POSITIVE, 20),
     ("routeChatRequest", NEGATIVE, 20),
     ("listModels", POSITIVE, 3),
+    ("listModelEndpoints", POSITIVE, 20),
     ("getGeneration", POSITIVE, 20),
     ("getGeneration", NEGATIVE, 10),
     ("getKey", POSITIVE, 3),
@@ -135,6 +136,10 @@ def test_fuzz(fuzz_gw, operation_id, mode, examples):
         cases = st.one_of(cases, op.as_strategy(generation_mode=mode, path_parameters={"public_id": gw.victim_id}))
     if operation_id == "getGeneration" and mode is POSITIVE:
         cases = st.one_of(cases, op.as_strategy(generation_mode=mode, query={"id": gw.gen_id}))
+    if operation_id == "listModelEndpoints" and mode is POSITIVE:  # and half of the model ids are real
+        author, slug = MODEL.split("/")
+        cases = st.one_of(cases, op.as_strategy(generation_mode=mode, path_parameters={"author": author,
+                                                                                        "slug": slug}))
     seen: dict[int, int] = {}
     judged = [0]  # negative cases sent as negative
 

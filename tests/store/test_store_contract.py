@@ -522,3 +522,43 @@ async def test_an_older_schema_keeps_its_holds_summed_per_instance_and_key(backe
         await st.close()
     rows = await backend.sql("SELECT holder, key_id, amount_pico FROM reservations ORDER BY holder")
     assert [r for r in rows if r[0] == "live"] == [("live", "aaaaaaaaaaaa", 450)]
+
+
+# --- endpoint stats ------------------------------------------------------------------------------------------------
+async def test_endpoint_samples_exclude_cache_hits_failures_and_old_records(store):
+    """Latency and throughput per endpoint come from the answered records of the window, newest first, at most
+    ``per_endpoint`` of each; response-cache hits (the endpoint was not called) never count."""
+    from metarouter.store.base import endpoint_stats
+
+    now = time.time()
+    llama = "meta-llama/llama-3.1-70b-instruct"
+    rows = [
+        # streamed on fireworks: 100 tokens in 0.5 s after a 200 ms first token -> 200 tokens/s
+        gen(None, 0, model=llama, provider="fireworks", streamed=True, completion=100, latency_ms=700.0,
+            ttft_ms=200.0, created_at=now - 10),
+        # JSON on together: 50 tokens in 1 s -> 50 tokens/s, latency the whole second
+        gen(None, 0, model=llama, provider="together", completion=50, latency_ms=1000.0, ttft_ms=1000.0,
+            created_at=now - 20),
+        # a cache hit "on" together: instant, and no upstream was called
+        gen(None, 0, model=llama, provider="together", completion=0, latency_ms=1.0, ttft_ms=1.0, created_at=now - 5,
+            routing={"reason": "served from the response cache", "cache": {"hit": True, "original_id": "gen-x"}}),
+        gen(None, 0, model=llama, provider="together", status="error", latency_ms=5.0, created_at=now - 6),
+        gen(None, 0, model=llama, provider="deepinfra", latency_ms=5.0, created_at=now - 7200),  # out of the window
+    ]
+    for r in rows:
+        store.record_generation(r)
+    await store.flush()
+    samples = await store.endpoint_samples(now - 1800, 200)
+    assert sorted((m, p) for m, p, *_ in samples) == [(llama, "fireworks"), (llama, "together")]
+    stats = endpoint_stats(samples)
+    assert stats[(llama, "fireworks")]["throughput"]["p50"] == 200.0
+    assert stats[(llama, "fireworks")]["latency"]["p50"] == 200.0
+    assert stats[(llama, "together")]["throughput"]["p50"] == 50.0
+    assert stats[(llama, "together")]["latency"] == {"p50": 1000.0, "p75": 1000.0, "p90": 1000.0, "p99": 1000.0}
+    assert stats[(llama, "together")]["requests"] == 1
+    for i in range(3):
+        store.record_generation(gen(None, 0, model=llama, provider="fireworks", streamed=True, completion=10,
+                                    latency_ms=1100.0 + i, ttft_ms=100.0, created_at=now - 1 + i / 10))
+    await store.flush()
+    recent = [s for s in await store.endpoint_samples(now - 1800, 2) if s[1] == "fireworks"]
+    assert sorted(s[4] for s in recent) == [1101.0, 1102.0]  # the two newest only

@@ -159,7 +159,10 @@ def test_registry_from_environment(tmp_path, monkeypatch):
 def test_serve_gives_several_workers_a_fresh_directory(tmp_path, monkeypatch):
     from metarouter.cli import _shared_metrics_dir
 
-    monkeypatch.delenv(M.METRICS_DIR_ENV, raising=False)
+    # (set first, so that the variable's absence before the test is what monkeypatch restores: a bare delenv of an
+    # unset variable records nothing, and the directory set below would leak into every later test's servers)
+    monkeypatch.setenv(M.METRICS_DIR_ENV, "")
+    monkeypatch.delenv(M.METRICS_DIR_ENV)
     made = _shared_metrics_dir()  # a directory of this start's own, named to the workers; serve removes it at exit
     try:
         assert made and os.environ[M.METRICS_DIR_ENV] == made and os.path.isdir(made) and not os.listdir(made)

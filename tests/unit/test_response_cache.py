@@ -85,7 +85,7 @@ def test_usage_is_zeroed_and_nothing_else():
 
 
 class FakeGateway:
-    """What the cache uses of the Gateway: the catalog, provider_for, complete/stream, record and durable."""
+    """What the cache uses of the Gateway: the catalog, servable, complete/stream, record and durable."""
 
     def __init__(self):
         self.catalog = {MODEL: SimpleNamespace(id=MODEL, provider="openai")}
@@ -95,8 +95,9 @@ class FakeGateway:
         self.fail: GatewayError | None = None
         self.frames: list[bytes] = []
 
-    def provider_for(self, model):
-        return object() if self.available else None
+    def servable(self, model_id, served_by=None):
+        model = self.catalog.get(model_id)
+        return model.provider if model is not None and self.available else None
 
     async def complete(self, body, ctx):
         assert ctx.cache is None  # the miss comes back without the cache

@@ -17,10 +17,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ..catalog import PICO_PER_USD, Model, pico_to_usd, usd_string
+from ..catalog.providers import provider_display
 from ..config import Settings
 from ..errors import GatewayError
 from ..gateway.cache import is_cache_hit
 from ..gateway.pipeline import Gateway, RequestContext
+from ..gateway.resilience import HALF_OPEN, OPEN
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
 from ..store.base import iso_utc, next_period_start
@@ -155,11 +157,8 @@ TOKENIZER_NAMES = {
 }
 
 
-def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
-    inputs = ["text", "image"] if m.vision else ["text"]
-    created = 0
-    with contextlib.suppress(ValueError):
-        created = int(time.mktime(time.strptime(m.created, "%Y-%m-%d"))) if m.created else 0
+def pricing_schema(m: Model) -> dict[str, str]:
+    """A model's (or an endpoint's) prices as OpenRouter writes them: USD per token, as strings."""
     pricing = {
         "prompt": usd_string(m.input_pico),
         "completion": usd_string(m.output_pico),
@@ -172,21 +171,41 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
         pricing["input_cache_read"] = usd_string(m.cache_read_pico)
     if m.cache_write_pico is not None:
         pricing["input_cache_write"] = usd_string(m.cache_write_pico)
+    return pricing
+
+
+def _created(m: Model) -> int:
+    with contextlib.suppress(ValueError):
+        return int(time.mktime(time.strptime(m.created, "%Y-%m-%d"))) if m.created else 0
+    return 0
+
+
+def _architecture(m: Model) -> dict[str, Any]:
+    inputs = ["text", "image"] if m.vision else ["text"]
+    return {
+        "modality": "+".join(inputs) + "->text",
+        "input_modalities": inputs,
+        "output_modalities": ["text"],
+        "tokenizer": TOKENIZER_NAMES.get(m.tokenizer, "Other"),
+        "instruct_type": None,
+    }
+
+
+def _description(m: Model, gateway: Gateway) -> str:
+    return f"{m.name}, served by {', '.join(e.provider for e in gateway.catalog.endpoints(m))}."
+
+
+def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
+    """A model in ``GET /models``: its default endpoint's prices and limits (the others: ``links.details``)."""
     return {
         "id": m.id,
         "canonical_slug": m.id,
         "name": m.name,
-        "created": created,
-        "description": f"{m.name}, served by {m.provider}.",
+        "created": _created(m),
+        "description": _description(m, gateway),
         "context_length": m.context_length,
-        "architecture": {
-            "modality": "+".join(inputs) + "->text",
-            "input_modalities": inputs,
-            "output_modalities": ["text"],
-            "tokenizer": TOKENIZER_NAMES.get(m.tokenizer, "Other"),
-            "instruct_type": None,
-        },
-        "pricing": pricing,
+        "architecture": _architecture(m),
+        "pricing": pricing_schema(m),
         "top_provider": {
             "context_length": m.context_length,
             "max_completion_tokens": m.max_output_tokens,
@@ -197,7 +216,50 @@ def model_schema(m: Model, gateway: Gateway) -> dict[str, Any]:
         "default_parameters": None,
         "supported_voices": None,
         "links": {"details": f"/api/v1/models/{m.id}/endpoints"},
-        "available": gateway.settings.provider_available(m.provider),
+        "available": any(gateway.settings.provider_available(e.provider) for e in gateway.catalog.endpoints(m)),
+    }
+
+
+#: OpenRouter's endpoint ``status``: 0 serving; here -5 while its circuit lets one probe through, -10 while open
+ENDPOINT_UP, ENDPOINT_PROBING, ENDPOINT_DOWN = 0, -5, -10
+
+
+def endpoint_schema(e: Model, gateway: Gateway, stats: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """One endpoint in OpenRouter's ``PublicEndpoint`` shape: its own prices, limits and health, and the latency
+    (ms to the first token) and throughput (tokens a second) percentiles measured from this gateway's records of
+    the last 30 minutes (null without any). Uptime is not measured (null)."""
+    breaker = gateway.breakers.get((e.provider, e.id))
+    status = ENDPOINT_UP
+    if breaker is not None and breaker.state == HALF_OPEN:
+        status = ENDPOINT_PROBING
+    elif breaker is not None and breaker.state == OPEN:
+        status = ENDPOINT_DOWN if breaker.retry_after() > 0 else ENDPOINT_PROBING
+    measured = stats.get((e.id, e.provider)) or {}
+    display = provider_display(e.provider)
+    return {
+        "name": f"{display} | {e.id}",
+        "model_id": e.id,
+        "model_name": e.name,
+        "context_length": e.context_length,
+        "pricing": pricing_schema(e),
+        "provider_name": display,
+        "tag": e.provider,
+        "quantization": None,
+        "max_completion_tokens": e.max_output_tokens,
+        "max_prompt_tokens": None,
+        "supported_parameters": gateway.supported_parameters(e),
+        "status": status,
+        "uptime_last_30m": None,
+        "uptime_last_5m": None,
+        "uptime_last_1d": None,
+        "supports_implicit_caching": e.cache_read_pico is not None,
+        "supports_tool_choice": {"auto": e.tools, "none": e.tools, "required": e.tools, "function": e.tools},
+        "native_tools": {},
+        "service_tier": None,
+        "supports_diarization": False,
+        "latency_last_30m": measured.get("latency"),
+        "throughput_last_30m": measured.get("throughput"),
+        "available": gateway.settings.provider_available(e.provider),
     }
 
 
@@ -448,6 +510,26 @@ async def list_models(request: Request) -> Response:
     return json_response({"data": data, "total_count": len(data), "links": {"next": None}})
 
 
+async def list_endpoints(request: Request) -> Response:
+    """``GET /models/{author}/{slug}/endpoints``: every endpoint of one model, cheapest first (the default order)."""
+    gw = _gateway(request)
+    model_id = f"{request.path_params['author']}/{request.path_params['slug']}"
+    m = gw.catalog.get(model_id)
+    if m is None:
+        shown = model_id if len(model_id) <= 256 else model_id[:256] + "…"
+        raise GatewayError(404, f"Model {shown} not found", metadata={"model": shown}, retryable=False)
+    stats = await gw.endpoint_stats.get()
+    endpoints = sorted(gw.catalog.endpoints(m), key=lambda e: (e.input_pico + e.output_pico, e.input_pico))
+    return json_response({"data": {
+        "id": m.id,
+        "name": m.name,
+        "created": _created(m),
+        "description": _description(m, gw),
+        "architecture": _architecture(m),
+        "endpoints": [endpoint_schema(e, gw, stats) for e in endpoints],
+    }})
+
+
 async def get_generation(request: Request) -> Response:
     key = await authorize(request)
     gen_id = request.query_params.get("id")
@@ -573,6 +655,7 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         ("/messages", messages, ["POST"]),
         ("/responses", create_response, ["POST"]),
         ("/models", list_models, ["GET"]),
+        ("/models/{author}/{slug}/endpoints", list_endpoints, ["GET"]),
         ("/generation", get_generation, ["GET"]),
         ("/key", get_key, ["GET"]),
         ("/auth/key", get_key, ["GET"]),

@@ -136,6 +136,51 @@ _TOOL = {
 }
 
 
+_NAMES = {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256},
+          "description": "Provider names: as the config names them (`together`) or their display names "
+                         "(`Together`), any case; an unknown name is a 400."}
+_MAX_PRICE = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                        {"type": "null"}]}
+_NOTHING = {"anyOf": [{"type": "null"}, {"const": False}, {"type": "array", "maxItems": 0},
+                      {"type": "object", "maxProperties": 0}],
+            "description": "Not supported (no such data on the endpoints here): accepted only when it asks for "
+                           "nothing (null, false, [] or {})."}
+_SORT_BY = {"enum": ["price", "throughput", "latency", None]}
+#: OpenRouter's provider routing object (gateway/endpoints.py): what it checks, exactly
+PROVIDER_PREFS = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "description": "OpenRouter's provider routing: which endpoints of each model may serve the request, in which "
+                   "order. Without it a model's endpoints are tried cheapest first, each falling back to the next. "
+                   "`model:nitro` is `sort: throughput`, `model:floor` is `sort: price`. When the preferences leave "
+                   "a model no endpoint, the next model of `models` is tried; none left is a 404.",
+    "properties": {
+        "order": {**_NAMES, "description": "These providers first, in this order; then the others unless "
+                                           "`allow_fallbacks` is false."},
+        "only": {**_NAMES, "description": "Only these providers."},
+        "ignore": {**_NAMES, "description": "Never these providers."},
+        "allow_fallbacks": {"type": ["boolean", "null"],
+                            "description": "false: only the `order` providers (without `order`: the first)."},
+        "require_parameters": {"type": ["boolean", "null"],
+                               "description": "Only endpoints whose provider takes every parameter sent."},
+        "data_collection": {"enum": ["allow", "deny", None],
+                            "description": "deny: only providers configured `retains_data: false`."},
+        "zdr": {"type": ["boolean", "null"], "description": "true: as `data_collection: deny`."},
+        "sort": {"anyOf": [_SORT_BY, {"type": "object", "additionalProperties": False, "properties": {
+                     "by": _SORT_BY, "partition": {"enum": ["model", None]}}}],
+                 "description": "price (the request's estimated cost), throughput (tokens/s) or latency (time to "
+                                "first token), measured from this gateway's records of the last 30 minutes; "
+                                "endpoints without records after those with, cheapest first."},
+        "max_price": {"type": ["object", "null"], "additionalProperties": False,
+                      "description": "Endpoints priced above are left out: prompt and completion in USD per 1M "
+                                     "tokens (request, image, audio: USD; nothing here charges them).",
+                      "properties": {k: _MAX_PRICE for k in ("prompt", "completion", "request", "image", "audio")}},
+        **{k: _NOTHING for k in ("quantizations", "enforce_distillable_text", "preferred_min_throughput",
+                                 "preferred_max_latency", "options")},
+    },
+}
+
+
 def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
     return {
         "type": "object",
@@ -203,8 +248,7 @@ def chat_request_schema(max_messages: int = 2000) -> dict[str, Any]:
             "session_id": {"type": ["string", "null"],
                            "description": "Groups requests (sticky routing for `openrouter/auto`); also read from "
                                           "the `X-Session-Id` header."},
-            "provider": {"type": ["object", "null"],
-                         "description": "OpenRouter's provider preferences (order, only, ignore, sort, …)."},
+            "provider": PROVIDER_PREFS,
             "metadata": {"type": ["object", "null"]},
             "plugins": {"type": ["array", "null"],
                         "description": "OpenRouter plugins; `{id: \"auto-router\", allowed_models: [...], "
@@ -284,6 +328,41 @@ _MODEL = {
                                                           "is_moderated": {"type": "boolean"}}},
         "supported_parameters": {"type": "array", "items": {"type": "string"}},
         "available": {"type": "boolean"},
+    },
+}
+
+_PERCENTILES = {"anyOf": [{"type": "null"}, {"type": "object", "required": ["p50", "p75", "p90", "p99"],
+                                               "properties": {p: _NUM for p in ("p50", "p75", "p90", "p99")}}]}
+_ENDPOINT = {
+    "type": "object",
+    "required": ["name", "model_id", "model_name", "context_length", "pricing", "provider_name", "tag",
+                 "supported_parameters", "status", "latency_last_30m", "throughput_last_30m"],
+    "properties": {
+        "name": {"type": "string"}, "model_id": {"type": "string"}, "model_name": {"type": "string"},
+        "context_length": {"type": "integer"}, "pricing": _MODEL["properties"]["pricing"],
+        "provider_name": {"type": "string", "description": "Its display name (as responses and records name it)"},
+        "tag": {"type": "string", "description": "Its provider's config name (what `provider.only` etc. take)"},
+        "quantization": _NSTR, "max_completion_tokens": _NINT, "max_prompt_tokens": _NINT,
+        "supported_parameters": {"type": "array", "items": {"type": "string"}},
+        "status": {"enum": [0, -5, -10], "description": "0 serving, -5 its circuit lets a probe through, -10 its "
+                                                       "circuit is open"},
+        "uptime_last_30m": _NNUM, "uptime_last_5m": _NNUM, "uptime_last_1d": _NNUM,
+        "latency_last_30m": {**_PERCENTILES, "description": "Milliseconds to the first token (of a JSON answer: "
+                                                            "the whole answer), from the last 30 minutes' records "
+                                                            "(response-cache hits excluded); null without any"},
+        "throughput_last_30m": {**_PERCENTILES, "description": "Completion tokens a second while generating (p90: "
+                                                               "what 90 % of answers reach)"},
+        "supports_implicit_caching": {"type": "boolean"},
+        "available": {"type": "boolean", "description": "Its provider is configured with a key"},
+    },
+}
+_MODEL_ENDPOINTS = {
+    "type": "object",
+    "required": ["id", "name", "created", "description", "architecture", "endpoints"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"}, "created": {"type": "integer"},
+        "description": {"type": "string"}, "architecture": _MODEL["properties"]["architecture"],
+        "endpoints": {"type": "array", "items": _ENDPOINT, "minItems": 1},
     },
 }
 
@@ -493,7 +572,7 @@ def messages_request_schema(max_messages: int = 2000) -> dict[str, Any]:
             ], "description": "OpenRouter's `reasoning`; a model's reasoning comes back as `thinking` blocks only "
                               "when enabled."},
             "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256}},
-            "provider": {"type": ["object", "null"]},
+            "provider": PROVIDER_PREFS,
             "plugins": {"type": ["array", "null"]},
             "session_id": {"type": ["string", "null"]},
         },
@@ -645,7 +724,7 @@ def responses_request_schema(max_items: int = 2000) -> dict[str, Any]:
                                 "description": {"description": "A string"}}},
             ]}}},
             "models": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 256}},
-            "provider": {"type": ["object", "null"]},
+            "provider": PROVIDER_PREFS,
             "plugins": {"type": ["array", "null"]},
             "session_id": {"type": ["string", "null"]},
         },
@@ -820,6 +899,15 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                     "data": {"type": "array", "items": _MODEL}, "total_count": {"type": "integer"}}},
                     "Models"), 400),
             }},
+            "/models/{author}/{slug}/endpoints": {"get": {
+                "operationId": "listModelEndpoints", "summary": "The endpoints (providers) of one model",
+                "description": "Each with its own prices, limits, health and measured latency and throughput, "
+                               "cheapest first. The model's id is `{author}/{slug}`.",
+                "security": [],
+                "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                               for n in ("author", "slug")],
+                "responses": _responses(_json(_data(_MODEL_ENDPOINTS), "The model and its endpoints"), 404),
+            }},
             "/generation": {"get": {
                 "operationId": "getGeneration", "summary": "One generation record of the calling key",
                 "parameters": [{"name": "id", "in": "query", "required": True,
@@ -948,6 +1036,7 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
                 "ChatCompletionRequest": chat_request_schema(max_messages),
                 "ChatCompletion": _CHAT_RESPONSE,
                 "Model": _MODEL,
+                "ModelEndpoints": _MODEL_ENDPOINTS,
                 "Generation": _GENERATION,
                 "AdminKey": _ADMIN_KEY,
                 "MessagesRequest": messages_request_schema(max_messages),

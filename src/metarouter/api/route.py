@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from ..errors import GatewayError
 from ..gateway.auto import AUTO_IDS
+from ..gateway.endpoints import parse_prefs
 from ..gateway.pipeline import RequestContext
 from .app import authorize, json_response, read_json
 from .validation import validate_chat_body
@@ -35,6 +36,7 @@ async def route_request(request: Request) -> Response:
     resolver = getattr(state, "auto_resolver", None)
     if resolver is None:
         raise GatewayError(503, "auto routing is not configured")
+    parse_prefs(body.get("provider"), state.gateway.provider_names)  # checked as chat checks it (a 400 here too)
     h = request.headers
     ctx = RequestContext(key=key, session_id=body.get("session_id") or h.get("x-session-id") or None)
     plan = await resolver.plan(body, ctx, ["auto"])

@@ -1,7 +1,14 @@
-"""The model catalog: ids, prices, limits and capabilities of every routable model.
+"""The model catalog: ids, prices, limits and capabilities of every routable model, and the endpoints that serve it.
 
 The 20 seed models ship as ``models.csv`` (figures from OpenRouter's listing of mid-January 2025, see
 NOTICE in that folder); a config file may add, override or remove models.
+
+**Endpoints.** A model is served by one or more *endpoints*: a provider with its own prices, limits and native
+model id. Each endpoint is a :class:`Model` — the model as that provider serves it (same ``id``, its own
+``provider``, ``native_model``, prices, ``context_length``, ``max_output_tokens``) — so pricing, holds, request
+building and records work on an endpoint exactly as on a model. The catalog row (``models.csv``, or a model the
+config adds) is the model's *default endpoint*; the config adds others under the model's ``endpoints:`` (provider
+name → the fields that differ, the rest taken from the default endpoint).
 """
 
 from __future__ import annotations
@@ -154,13 +161,44 @@ def matches(model_id: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(mid, p.lower()) for p in patterns)
 
 
-class Catalog:
-    """An immutable lookup of models by id (case-insensitive)."""
+#: what an endpoint of the config's ``endpoints:`` may set (the rest comes from the model's default endpoint)
+ENDPOINT_FIELDS = frozenset({
+    "native_model", "context_length", "max_output_tokens", "input_usd_per_1m", "output_usd_per_1m",
+    "cache_read_usd_per_1m", "cache_write_usd_per_1m", "tools", "vision", "json_output", "reasoning_control",
+})
 
-    def __init__(self, models: Iterable[Model]):
+
+def endpoints_from_mapping(default: Model, spec: Any) -> list[Model]:
+    """The extra endpoints of ``default``'s model from a config ``endpoints:`` mapping (provider → fields)."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"model {default.id!r}: endpoints must be a mapping of provider name to its fields")
+    out = []
+    for provider, fields in spec.items():
+        fields = {} if fields is None else fields
+        if not isinstance(fields, dict):
+            raise ValueError(f"model {default.id!r}: endpoint {provider!r} must be a mapping of fields")
+        unknown = sorted(set(fields) - ENDPOINT_FIELDS)
+        if unknown:
+            raise ValueError(f"model {default.id!r}: endpoint {provider!r} cannot set {', '.join(unknown)} "
+                             f"(one of {', '.join(sorted(ENDPOINT_FIELDS))})")
+        if str(provider) == default.provider:
+            raise ValueError(f"model {default.id!r}: {provider!r} is already its default provider; override the "
+                             "model's own fields instead")
+        out.append(model_from_mapping({**fields, "provider": str(provider)}, default))
+    return out
+
+
+class Catalog:
+    """An immutable lookup of models by id (case-insensitive), each with its endpoints (the default one first)."""
+
+    def __init__(self, models: Iterable[Model], endpoints: dict[str, Iterable[Model]] | None = None):
         self._models: dict[str, Model] = {}
         for m in models:
             self._models[m.id.lower()] = m
+        #: the extra endpoints by model id (lowercase); a model without any has none here
+        self._extra: dict[str, tuple[Model, ...]] = {
+            mid.lower(): tuple(eps) for mid, eps in (endpoints or {}).items()
+            if mid.lower() in self._models and eps}
 
     def __iter__(self):
         return iter(self._models.values())
@@ -177,6 +215,31 @@ class Catalog:
     def ids(self) -> list[str]:
         return [m.id for m in self._models.values()]
 
+    def endpoints(self, model: Model) -> tuple[Model, ...]:
+        """Every endpoint of ``model``: the default one (``model`` itself), then those the config added."""
+        extra = self._extra.get(model.id.lower())
+        return (model, *extra) if extra else (model,)
+
+    def has_endpoints(self) -> bool:
+        """Whether any model has an endpoint beyond its default one."""
+        return bool(self._extra)
+
+    def providers(self) -> set[str]:
+        """The providers of every endpoint."""
+        return {e.provider for m in self._models.values() for e in self.endpoints(m)}
+
+    def without_providers(self, names: Iterable[str]) -> "Catalog":
+        """A new catalog without the endpoints of providers ``names``; a model whose default endpoint goes keeps
+        its first remaining one as its default, and a model with none left leaves the catalog."""
+        gone = set(names)
+        models, extra = [], {}
+        for m in self._models.values():
+            left = [e for e in self.endpoints(m) if e.provider not in gone]
+            if left:
+                models.append(left[0])
+                extra[m.id] = left[1:]
+        return Catalog(models, extra)
+
     def select(self, allowed: Iterable[str] | None = None, excluded: Iterable[str] | None = None) -> list[Model]:
         allowed = list(allowed or [])
         excluded = list(excluded or [])
@@ -188,12 +251,16 @@ class Catalog:
     def with_overrides(self, overrides: dict[str, Any] | None, remove: Iterable[str] = ()) -> "Catalog":
         """A new catalog with config overrides applied: ``{id: {field: value}}`` adds or changes models."""
         models = {k: v for k, v in self._models.items() if not matches(v.id, remove)}
+        extra = {k: v for k, v in self._extra.items() if k in models}
         for mid, fields in (overrides or {}).items():
             fields = dict(fields or {})
+            endpoints = fields.pop("endpoints", None)
             fields.setdefault("id", mid)
             base = models.get(mid.lower())
-            models[mid.lower()] = model_from_mapping(fields, base)
-        return Catalog(models.values())
+            models[mid.lower()] = default = model_from_mapping(fields, base)
+            if endpoints is not None:
+                extra[mid.lower()] = tuple(endpoints_from_mapping(default, endpoints))
+        return Catalog(models.values(), extra)
 
 
 def default_catalog() -> Catalog:
@@ -201,6 +268,6 @@ def default_catalog() -> Catalog:
 
 
 __all__ = [
-    "Catalog", "Model", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
+    "ENDPOINT_FIELDS", "Catalog", "Model", "endpoints_from_mapping", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
     "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico",
 ]

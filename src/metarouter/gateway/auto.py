@@ -177,7 +177,7 @@ class AutoResolver:
         return model_id.lower() in AUTO_IDS
 
     def pool(self) -> list[Model]:
-        """Models ``auto`` may choose from: those whose provider is configured and available."""
+        """Models ``auto`` may choose from: those with an endpoint whose provider is configured and available."""
         return list(self._pool()[0])
 
     def _pool(self) -> tuple[list[Model], dict[str, Model]]:
@@ -186,13 +186,13 @@ class AutoResolver:
         catalog = self.catalog
         names = self._provider_names
         if names is None or names[0] is not catalog:
-            names = self._provider_names = (catalog, tuple(dict.fromkeys(m.provider for m in catalog)))
+            names = self._provider_names = (catalog, tuple(sorted(catalog.providers())))
         available = self.settings.provider_available
         key = tuple([available(p) for p in names[1]])
         hit = self._pools.get(key)
         if hit is None or hit[0] is not catalog:
             up = {p for p, ok in zip(names[1], key) if ok}
-            pool = [m for m in catalog if m.provider in up]
+            pool = [m for m in catalog if any(e.provider in up for e in catalog.endpoints(m))]
             hit = (catalog, pool, {m.id: m for m in pool})
             if len(self._pools) >= 64:
                 self._pools.clear()

@@ -220,12 +220,12 @@ class CacheRequest:
         entry = await self.cache._get(self.key)
         if entry is None:
             return None
-        model = gateway.catalog.get(entry["model"])
-        if model is None or gateway.provider_for(model) is None:
-            return None  # its model is gone: ask again
+        served = gateway.servable(entry["model"], entry.get("served_by"))
+        if served is None:
+            return None  # its model is gone, or no provider of it is available: ask again
         self.status, self.age = "HIT", max(0, int(time.time() - entry["stored_at"]))
         self.cache.hits += 1
-        entry["provider"] = model.provider
+        entry["provider"] = served  # the record names the endpoint whose answer it replays
         return entry
 
     async def complete(self, gateway, body: dict[str, Any], ctx) -> dict[str, Any]:
@@ -244,7 +244,8 @@ class CacheRequest:
         response = await gateway.complete(body, dataclasses.replace(ctx, cache=None))
         choice0 = (response.get("choices") or [{}])[0]
         if _complete_answer(body, choice0.get("finish_reason")):
-            await self.cache._put(self.key, _entry(response["model"], response["id"], response=response), self.ttl)
+            await self.cache._put(self.key, _entry(response["model"], response["id"], response.get("provider"),
+                                                   response=response), self.ttl)
         return response
 
     async def stream(self, gateway, body: dict[str, Any], ctx) -> AsyncIterator[bytes]:
@@ -299,7 +300,7 @@ class CacheRequest:
                         failed = failed or c.get("finish_reason") == "error"
                 if done and chunks and not failed and _complete_answer(body, finish):
                     await self.cache._put(self.key, _entry(chunks[0].get("model"), chunks[0].get("id"),
-                                                           chunks=chunks), self.ttl)
+                                                           chunks[0].get("provider"), chunks=chunks), self.ttl)
                 yield frame
         finally:
             await frames.aclose()  # type: ignore[attr-defined]
@@ -314,8 +315,8 @@ def _complete_answer(body: dict[str, Any], finish_reason: str | None) -> bool:
         body.get("max_completion_tokens") is not None
 
 
-def _entry(model: str | None, gen_id: str | None, **content: Any) -> dict[str, Any]:
-    return {"model": model, "original_id": gen_id, "stored_at": time.time(), **content}
+def _entry(model: str | None, gen_id: str | None, served_by: str | None, **content: Any) -> dict[str, Any]:
+    return {"model": model, "original_id": gen_id, "served_by": served_by, "stored_at": time.time(), **content}
 
 
 def _fresh(obj: dict[str, Any], gen_id: str, created: int) -> dict[str, Any]:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from ..catalog import Model
-from ..catalog.providers import provider_display
+from ..catalog.providers import PROVIDERS, provider_display
 from ..config import ResilienceSettings, Settings
 from ..errors import GatewayError
 from ..providers import get_adapter
@@ -26,6 +27,8 @@ from ..providers.base import ProviderConfig
 from ..providers.sse import SSE_DONE, SSEParser, SSETooLarge, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
+from .endpoints import NO_PREFS, EndpointStats, ProviderPrefs, order_endpoints, parse_prefs, request_cost_key, \
+    split_variant
 from .images import ImageFetcher, remote_image_urls
 from .upstream import Upstream, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import HALF_OPEN, OPEN, CircuitBreaker, backoff_delay, counts_against_provider
@@ -73,6 +76,10 @@ class Plan:
     router: str | None = None  # "auto" when the meta-model chose
     routing: dict[str, Any] | None = None  # the decision, kept on the record and shown as metadata
     on_served: Callable[[str], Awaitable[None]] | None = None  # told which model answered (sticky sessions)
+    #: the request's ``provider`` object (gateway/endpoints.py): which endpoints of each candidate, in which order
+    prefs: ProviderPrefs = NO_PREFS
+    #: the sort a candidate's ``:nitro``/``:floor`` id asked for, by model id
+    variants: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +119,13 @@ class Gateway:
         #: per key, requests waiting for holds in flight to settle (oldest first)
         self._budget_waiters: dict[str, collections.deque[asyncio.Future]] = {}
         self.resolver = None  # set by the app: an object with ``plan(body, ctx) -> Plan`` for ``auto``
+        #: latency and throughput per endpoint, measured from the records (``sort``, ``:nitro``, the listing)
+        self.endpoint_stats = EndpointStats(store)
+        #: the names ``provider.order``/``only``/``ignore`` may use (config names and display names, any case)
+        self.provider_names: dict[str, str] = {}
+        for name in [*PROVIDERS, *settings.providers]:
+            self.provider_names[name.lower()] = name
+            self.provider_names.setdefault(provider_display(name).lower(), name)
         #: callables ``(event, data)`` told of each ``"generation"`` (the record, once written to the queue) and
         #: each ``"attempt"`` that failed (``Attempt.as_dict()``), e.g. for metrics and token rate limits
         self.observers: list = []
@@ -178,15 +192,58 @@ class Gateway:
             requested += [m for m in models_field if m not in requested]
         if not requested:
             raise GatewayError(400, "`model` is required (a model id, or \"auto\")")
+        prefs = parse_prefs(body.get("provider"), self.provider_names)
         if self.resolver is not None and self.resolver.handles(requested[0]):
-            return await self.resolver.plan(body, ctx, requested)
+            plan = await self.resolver.plan(body, ctx, requested)
+            plan.prefs = prefs
+            return plan
         candidates = []
+        variants: dict[str, str] = {}
         for mid in requested:
             m = self.catalog.get(mid)
             if m is None:
-                raise GatewayError(400, f"{mid} is not a valid model ID", metadata={"model": mid})
+                base, sort = split_variant(mid)
+                m = self.catalog.get(base) if sort else None
+                if m is None:
+                    raise GatewayError(400, f"{mid} is not a valid model ID", metadata={"model": mid})
+                variants.setdefault(m.id, sort)
             candidates.append(m)
-        return Plan(requested_model=requested[0], candidates=candidates)
+        return Plan(requested_model=requested[0], candidates=candidates, prefs=prefs, variants=variants)
+
+    async def endpoints(self, plan: Plan, body: dict[str, Any]) -> list[Model]:
+        """The endpoints to try, in order: each candidate model's (gateway/endpoints.py), the candidates in their
+        order. A model with one endpoint and no preferences is its own endpoint, asking nothing of the store. A
+        candidate the preferences leave no endpoint of is passed over; when none has any, the first's 404."""
+        if plan.prefs is NO_PREFS and not plan.variants and not self.catalog.has_endpoints():
+            return plan.candidates
+        out: list[Model] = []
+        refusal: GatewayError | None = None
+        stats = None
+        cost = None
+        for model in plan.candidates:
+            eps = self.catalog.endpoints(model)
+            prefs = plan.prefs
+            if model.id in plan.variants and prefs.sort is None:
+                prefs = dataclasses.replace(prefs, sort=plan.variants[model.id])
+            if len(eps) == 1 and prefs is NO_PREFS:
+                out.append(model)
+                continue
+            if prefs.needs_stats and len(eps) > 1 and stats is None:
+                stats = await self.endpoint_stats.get()
+            cost = cost or request_cost_key(body)
+            try:
+                out += order_endpoints(model, eps, prefs, cost=cost, available=self.settings.provider_available,
+                                       retains_data=self._retains_data, stats=stats)
+            except GatewayError as exc:
+                refusal = refusal or exc
+        if not out:
+            assert refusal is not None
+            raise refusal
+        return out
+
+    def _retains_data(self, provider: str) -> bool:
+        p = self.settings.providers.get(provider)
+        return p is None or p.retains_data
 
     def breaker(self, provider: str, model_id: str) -> CircuitBreaker:
         """One breaker per model of a provider: one failing model does not refuse its siblings."""
@@ -201,6 +258,19 @@ class Gateway:
         if p is None or not self.settings.provider_available(model.provider):
             return None
         return p
+
+    def servable(self, model_id: str, served_by: str | None = None) -> str | None:
+        """For the response cache: the provider to name on a replay of ``model_id``'s answer that ``served_by`` (a
+        display name, as responses carry it) gave, or None when the model is gone or none of its endpoints has an
+        available provider."""
+        model = self.catalog.get(model_id)
+        if model is None:
+            return None
+        up = [e.provider for e in self.catalog.endpoints(model) if self.provider_for(e) is not None]
+        if not up:
+            return None
+        named = self.provider_names.get(str(served_by or "").lower())
+        return named if named is not None else up[0]
 
     def supported_parameters(self, model: Model) -> list[str]:
         """The request parameters forwarded to ``model`` (none when its provider is not configured)."""
@@ -369,10 +439,13 @@ class Gateway:
         durable = self.record(record, hop.reserved)  # the key pays at most the hold
         return record, usage_with_cost(usage, charged_parts(parts, record["cost_pico"])), durable
 
-    def _metadata(self, plan: Plan, attempts: list[Attempt], selected: Model | None) -> dict[str, Any]:
+    def _metadata(self, req: "_Request", selected: Model | None) -> dict[str, Any]:
         """``openrouter_metadata`` in OpenRouter's shape (requested, strategy, summary, endpoints, attempts), plus
-        the router's candidates with predicted quality and cost, the selected model and the reason."""
-        strategy = plan.router or ("fallback" if len(plan.candidates) > 1 else "direct")
+        the router's candidates with predicted quality and cost, the selected model and the reason. ``selected``:
+        the endpoint that answered."""
+        plan, attempts = req.plan, req.attempts
+        endpoints = req.endpoints or plan.candidates
+        strategy = plan.router or ("fallback" if len(endpoints) > 1 else "direct")
         sel = selected.id if selected else None
         reason = (plan.routing or {}).get("reason")
         summary = reason or (f"{sel} answered" if sel else "no model answered")
@@ -389,9 +462,10 @@ class Gateway:
             "is_byok": False,
             "region": None,
             "endpoints": {
-                "available": [{"model": m.id, "provider": provider_display(m.provider), "selected": m.id == sel}
-                              for m in plan.candidates],
-                "total": len(plan.candidates),
+                "available": [{"model": m.id, "provider": provider_display(m.provider),
+                               "selected": selected is not None and (m.id, m.provider) == (sel, selected.provider)}
+                              for m in endpoints],
+                "total": len(endpoints),
             },
             "attempts": [{"model": a.model, "provider": provider_display(a.provider), "status": a.status or 0,
                           **({"error": a.error} if a.error else {}),
@@ -422,9 +496,10 @@ class Gateway:
         if (body.get("provider") or {}).get("require_parameters"):
             unsupported = check_parameters(body, adapter, model)
             if unsupported:
-                msg = f"{model.id} does not support {', '.join(unsupported)} (provider.require_parameters)"
-                return msg, GatewayError(400, msg, metadata={"model": model.id, "unsupported": unsupported},
-                                         retryable=False)
+                msg = (f"{model.id} on {provider.name} does not support {', '.join(unsupported)} "
+                       "(provider.require_parameters)")
+                return msg, GatewayError(400, msg, metadata={"model": model.id, "provider_name": provider.name,
+                                                             "unsupported": unsupported}, retryable=False)
         return None
 
     async def _answer(self, req: "_Request", read: Callable[["_Hop"], Awaitable[Any]]) -> tuple["_Hop", Any]:
@@ -444,7 +519,8 @@ class Gateway:
         last_error: GatewayError | None = None
         fetched: dict[str, str] = {}  # remote image URL → data URL, fetched once per request
         needs_vision = message_text_and_images(req.body["messages"])[1] > 0
-        for i, model in enumerate(plan.candidates):
+        req.endpoints = endpoints = await self.endpoints(plan, req.body)
+        for i, model in enumerate(endpoints):
             provider = self.provider_for(model)
             if provider is None:
                 attempts.append(Attempt(model.id, model.provider, 503, "provider not configured"))
@@ -478,7 +554,7 @@ class Gateway:
             except BaseException:  # the store is unreachable, or the request was cancelled
                 breaker.release(probe)
                 raise
-            tries = 1 + (res.retries if i == len(plan.candidates) - 1 else 0)  # fall back first; retry the last
+            tries = 1 + (res.retries if i == len(endpoints) - 1 else 0)  # fall back first; retry the last
             hop: _Hop | None = None
             verdict = False
             try:
@@ -568,7 +644,7 @@ class Gateway:
             "usage": usage,
         }
         if ctx.want_metadata:
-            response["openrouter_metadata"] = self._metadata(plan, req.attempts, model)
+            response["openrouter_metadata"] = self._metadata(req, model)
         await self.durable(durable, record)  # no answer leaves before its record is written
         return response
 
@@ -602,6 +678,7 @@ class _Request:
     stream: bool
     attempts: list[Attempt] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    endpoints: list[Model] = field(default_factory=list)  # what is tried, in order (the candidates' endpoints)
 
 
 @dataclass
@@ -786,7 +863,7 @@ class _StreamRun:
             recorded = True
             final: dict[str, Any] = {"choices": [], "usage": usage}
             if self.req.ctx.want_metadata:
-                final["openrouter_metadata"] = self.gw._metadata(self.req.plan, self.req.attempts, self.model)
+                final["openrouter_metadata"] = self.gw._metadata(self.req, self.model)
             await self.gw.durable(durable, record)  # the last byte leaves only once the record is written
             yield sse_data(self._stamp(final)) + SSE_DONE  # the usage chunk and the end: one write
         finally:

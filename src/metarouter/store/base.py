@@ -18,7 +18,7 @@ import secrets
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 KEY_PREFIX = "sk-mr-"
 
@@ -349,6 +349,40 @@ def breakdown_row(names: list[str], row: Any) -> dict[str, Any]:
     return d
 
 
+#: the percentiles of an endpoint's latency and throughput, as OpenRouter's ``PercentileStats`` names them
+PERCENTILES = (50, 75, 90, 99)
+
+
+def _percentiles(values: list[float], *, higher_is_better: bool) -> dict[str, float]:
+    """Nearest-rank percentiles; for a figure where more is better (throughput) the p90 is the value 90 % of
+    samples reach (as OpenRouter reports it: p99 is the slow tail)."""
+    ordered = sorted(values, reverse=higher_is_better)
+    n = len(ordered)
+    return {f"p{p}": round(ordered[min(n - 1, max(0, -(-p * n // 100) - 1))], 2) for p in PERCENTILES}
+
+
+def endpoint_stats(rows: Iterable[Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Latency and throughput per (model, provider) from :meth:`Store.endpoint_samples`' rows (model, provider,
+    streamed, completion_tokens, latency_ms, ttft_ms): ``{"requests", "latency", "throughput"}``.
+
+    Latency is the time to the first token in milliseconds (of a JSON answer, the whole answer: its first token
+    arrives with its last). Throughput is completion tokens a second while the answer was generated: a stream's
+    time after its first token, a JSON answer's whole time; records without output tokens have none. Each is a dict
+    of :data:`PERCENTILES` (``p50``...), or None without samples."""
+    latency: dict[tuple[str, str], list[float]] = {}
+    speed: dict[tuple[str, str], list[float]] = {}
+    for model, provider, streamed, tokens, latency_ms, ttft_ms in rows:
+        key = (model, provider)
+        first = ttft_ms if streamed and ttft_ms is not None else latency_ms
+        latency.setdefault(key, []).append(float(first))
+        generating = (latency_ms - (ttft_ms or 0)) if streamed else latency_ms
+        if tokens and generating and generating > 0:
+            speed.setdefault(key, []).append(tokens * 1000.0 / generating)
+    return {key: {"requests": len(values), "latency": _percentiles(values, higher_is_better=False),
+                  "throughput": _percentiles(speed[key], higher_is_better=True) if key in speed else None}
+            for key, values in latency.items()}
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
 
@@ -451,6 +485,12 @@ class Store(Protocol):
     ) -> list[dict[str, Any]]:
         """The records ``query`` covers, newest first (``created_at``, then ``id``, descending): ``limit`` of them
         after skipping ``offset``, or, with ``before=(created_at, id)``, those after that record (keyset paging)."""
+        ...
+
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
+        """For :func:`endpoint_stats`: of each (model, provider), its ``per_endpoint`` most recent answered records
+        since ``since`` that were not response-cache hits, as (model, provider, streamed, completion_tokens,
+        latency_ms, ttft_ms). One query; records still queued may be missing (it never waits on the ledger)."""
         ...
 
     async def activity_breakdown(

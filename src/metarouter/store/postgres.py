@@ -400,6 +400,10 @@ class PostgresStore:
         await self.flush()
         return [generation_from_row(r) for r in await self._require().fetch(sql, *args)]
 
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
+        sql, args = CORE.endpoint_samples(since, per_endpoint)
+        return [tuple(r) for r in await self._require().fetch(sql, *args)]
+
     async def activity_breakdown(
         self, query: ActivityQuery, *, by: str | None = None, bucket: int | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:

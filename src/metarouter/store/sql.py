@@ -74,12 +74,15 @@ SQLITE = Dialect("sqlite", numbered=False, words={
     "bigint": "INTEGER", "double": "REAL", "flag": "INTEGER", "false": "0", "json": "TEXT", "instant": "REAL",
     "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "default_now": "", "greatest": "MAX", "for_update": "",
     "skip_locked": "", "day": "date(created_at, 'unixepoch')", "distinct": "IS NOT",
+    # a response-cache hit (routing.cache.hit, see gateway/cache.py is_cache_hit)
+    "cache_hit": "COALESCE(json_extract(routing, '$.cache.hit'), 0) = 1",
 })
 POSTGRES = Dialect("postgres", numbered=True, words={
     "bigint": "BIGINT", "double": "DOUBLE PRECISION", "flag": "BOOLEAN", "false": "FALSE", "json": "JSONB",
     "instant": "TIMESTAMPTZ", "serial": "BIGSERIAL PRIMARY KEY", "default_now": " DEFAULT now()",
     "greatest": "GREATEST", "for_update": " FOR UPDATE", "skip_locked": " FOR UPDATE SKIP LOCKED",
     "day": "to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "distinct": "IS DISTINCT FROM",
+    "cache_hit": "COALESCE(routing->'cache'->>'hit' = 'true', FALSE)",  # (as SQLite's)
 })
 
 # --- schema ------------------------------------------------------------------------------------------------------
@@ -582,6 +585,16 @@ class Core:
         return (f"SELECT {GEN_COLS} FROM generations WHERE {where} ORDER BY created_at DESC, id DESC "
                 f"LIMIT {self.dialect.placeholder(n - 1)} OFFSET {self.dialect.placeholder(n)}"), args
 
+    def endpoint_samples(self, since: float, per_endpoint: int) -> tuple[str, list[Any]]:
+        """The most recent ``per_endpoint`` answered records since ``since`` of each (model, provider), cache hits
+        left out (:func:`~metarouter.gateway.cache.is_cache_hit`: the endpoint was not called): the samples of
+        :func:`~.base.endpoint_stats`."""
+        return self.dialect.sql(
+            f"SELECT {', '.join(ENDPOINT_SAMPLE_COLUMNS)} FROM (SELECT {', '.join(ENDPOINT_SAMPLE_COLUMNS)}, "
+            "ROW_NUMBER() OVER (PARTITION BY model, provider ORDER BY created_at DESC) AS recent "
+            "FROM generations WHERE created_at >= ? AND status = 'ok' AND latency_ms IS NOT NULL "
+            "AND NOT ({cache_hit})) samples WHERE recent <= ?"), [float(since), int(per_endpoint)]
+
     def breakdown(self, query: ActivityQuery, by: str | None, bucket: int | None,
                   limit: int | None) -> tuple[str, list[str], list[Any]]:
         if self.dialect.name == "postgres":
@@ -593,6 +606,7 @@ class Core:
         return breakdown_sql(query, by, bucket, limit, self.dialect.placeholder, floor)
 
 
+ENDPOINT_SAMPLE_COLUMNS = ("model", "provider", "streamed", "completion_tokens", "latency_ms", "ttft_ms")
 ACTIVITY_COLUMNS = ("date", "model", "requests", "prompt_tokens", "completion_tokens", "reasoning_tokens",
                     "cost_pico")
 APP_RANKING_COLUMNS = ("app", "requests", "tokens", "cost_pico")

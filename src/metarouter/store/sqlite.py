@@ -464,11 +464,17 @@ class SQLiteStore:
         sql, names, args = CORE.breakdown(query, by, bucket, limit)
         return await self._read(lambda conn: [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()])
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
+        sql, args = CORE.endpoint_samples(since, per_endpoint)
+        return await self._read(lambda conn: [tuple(r) for r in conn.execute(sql, args).fetchall()], flush=False)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any], *, flush: bool = True) -> Any:
         """Run a read-only query on a connection of its own, on a thread of its own, after every queued record is
-        written: a dashboard's scans of many records neither wait for the writer thread nor hold up the
-        reservations and charges queued behind them (WAL readers and the writer do not block each other)."""
-        await self.flush()
+        written (unless not ``flush``): a dashboard's scans of many records neither wait for the writer thread nor
+        hold up the reservations and charges queued behind them (WAL readers and the writer do not block each
+        other)."""
+        if flush:
+            await self.flush()
         if self.path == ":memory:":  # a second connection would open another, empty database
             return await self._call(fn)
         if self._reader is None:
