@@ -96,6 +96,11 @@ def _seed_records(now: float, ka: str, kb: str) -> list[dict]:
          "error": XSS_ERROR, "model": XSS_MODEL, "requested_model": XSS_MODEL, "provider": "evil"},
         {**base, "id": "gen-formula", "created_at": now - 180, "app_title": FORMULA_APP, "model": MODELS[1],
          "requested_model": MODELS[1], "provider": "anthropic"},
+        # not charged: zero completion insurance, and an answer from the response cache
+        {**base, "id": "gen-insured", "created_at": now - 240, "status": "error", "error": "upstream failed",
+         "completion_tokens": 0, "cost_pico": 0, "insured": True},
+        {**base, "id": "gen-cached", "created_at": now - 300, "cost_pico": 0,
+         "routing": {"cache": {"hit": True, "age_s": 12}}},
     ]
     return records
 
@@ -370,6 +375,11 @@ def test_activity_page_filters_pages_exports_and_fits_a_phone(seeded, tmp_path):
         assert b.eval(f"{tiny}.querySelector('.cost').textContent") == "$0.00000097"
         assert b.eval(f"{tiny}.querySelector('.latency').textContent") == "< 1 ms"
         assert b.eval(f"{tiny}.querySelector('.provider').textContent") == "openai"
+        # answers not charged say why: from the cache, or insured (nothing delivered)
+        tags = b.eval("Object.fromEntries([...document.querySelectorAll('#recent tr')].map((tr) => "
+                      "[tr.dataset.id, [...tr.querySelectorAll('.tag')].map((t) => t.textContent)]))")
+        assert tags["gen-cached"] == ["cached"] and tags["gen-insured"] == ["insured"]
+        assert sum(bool(v) for v in tags.values()) == 2
         figures = b.eval("[...document.querySelectorAll('#recent .num, #models .num, #apps .num, .card b')]"
                          ".map((e) => e.textContent)")
         assert len(figures) > 150 and not [f for f in figures if re.search(r"\d[eE][-+]?\d", f)]
