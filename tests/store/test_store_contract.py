@@ -562,3 +562,5 @@ async def test_endpoint_samples_exclude_cache_hits_failures_and_old_records(stor
     await store.flush()
     recent = [s for s in await store.endpoint_samples(now - 1800, 2) if s[1] == "fireworks"]
     assert sorted(s[4] for s in recent) == [1101.0, 1102.0]  # the two newest only
+    # busy traffic: only the newest answered records are read at all (here 3: the fireworks ones just written)
+    assert sorted(s[4] for s in await store.endpoint_samples(now - 1800, 200, scan=3)) == [1100.0, 1101.0, 1102.0]

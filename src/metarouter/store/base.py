@@ -487,10 +487,11 @@ class Store(Protocol):
         after skipping ``offset``, or, with ``before=(created_at, id)``, those after that record (keyset paging)."""
         ...
 
-    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200, scan: int = 50_000) -> list[tuple]:
         """For :func:`endpoint_stats`: of each (model, provider), its ``per_endpoint`` most recent answered records
         since ``since`` that were not response-cache hits, as (model, provider, streamed, completion_tokens,
-        latency_ms, ttft_ms). One query; records still queued may be missing (it never waits on the ledger)."""
+        latency_ms, ttft_ms), from the newest ``scan`` such records only (busy traffic: the last seconds). One
+        query; records still queued may be missing (it never waits on the ledger)."""
         ...
 
     async def activity_breakdown(

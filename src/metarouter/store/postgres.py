@@ -400,8 +400,8 @@ class PostgresStore:
         await self.flush()
         return [generation_from_row(r) for r in await self._require().fetch(sql, *args)]
 
-    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
-        sql, args = CORE.endpoint_samples(since, per_endpoint)
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200, scan: int = 50_000) -> list[tuple]:
+        sql, args = CORE.endpoint_samples(since, per_endpoint, scan)
         return [tuple(r) for r in await self._require().fetch(sql, *args)]
 
     async def activity_breakdown(

@@ -464,8 +464,8 @@ class SQLiteStore:
         sql, names, args = CORE.breakdown(query, by, bucket, limit)
         return await self._read(lambda conn: [breakdown_row(names, r) for r in conn.execute(sql, args).fetchall()])
 
-    async def endpoint_samples(self, since: float, per_endpoint: int = 200) -> list[tuple]:
-        sql, args = CORE.endpoint_samples(since, per_endpoint)
+    async def endpoint_samples(self, since: float, per_endpoint: int = 200, scan: int = 50_000) -> list[tuple]:
+        sql, args = CORE.endpoint_samples(since, per_endpoint, scan)
         return await self._read(lambda conn: [tuple(r) for r in conn.execute(sql, args).fetchall()], flush=False)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any], *, flush: bool = True) -> Any:
