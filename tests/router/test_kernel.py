@@ -166,3 +166,20 @@ def test_encoder_vectors_are_the_same_with_either_kernel(router, monkeypatch):
     for (a, wa, na), (b, wb, nb) in zip(compiled, plain):
         assert na == nb and wa == pytest.approx(wb, rel=1e-4)
         assert np.allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_warm_up_compiles_once_and_the_environment_can_refuse(router, monkeypatch):
+    """The gateway calls warm_up on every auto request: the first starts the (cached) compilation, the others
+    return at once; METAROUTER_KERNEL=numpy keeps the numpy kernel."""
+    monkeypatch.setattr(kernel, "_compiled", None)
+    monkeypatch.setitem(kernel._state, "status", "not started")
+    monkeypatch.setenv("METAROUTER_KERNEL", "numpy")
+    kernel.warm_up(background=False)
+    assert kernel.status().startswith("numpy") and not kernel.compiled_ready()
+    monkeypatch.setitem(kernel._state, "status", "not started")
+    monkeypatch.delenv("METAROUTER_KERNEL")
+    kernel.warm_up(background=False)
+    assert kernel.status() == "compiled" and kernel.compiled_ready()
+    again = kernel._compiled
+    kernel.warm_up(background=False)
+    assert kernel._compiled is again  # (the module's state is put back by monkeypatch)

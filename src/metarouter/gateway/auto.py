@@ -164,7 +164,6 @@ class AutoResolver:
         self.catalog = catalog
         cfg = settings.router or {}
         self.router = router or load_router(cfg.get("artifact"))
-        kernel.warm_up()  # the compiled kernel, built in the background; the numpy one serves until it is ready
         self.sticky = sticky or StickySessions(float(cfg.get("sticky_ttl", STICKY_TTL)))
         self.defaults: dict[str, Any] = {k: cfg[k] for k in (
             "allowed_models", "excluded_models", "cost_quality_tradeoff", "cost_tier", "max_price") if k in cfg}
@@ -237,6 +236,9 @@ class AutoResolver:
         ), tradeoff
 
     async def plan(self, body: dict[str, Any], ctx: RequestContext, requested: list[str]) -> Plan:
+        # the compiled kernel, loaded in the background on the first auto request (a gateway that never routes
+        # never pays its memory); the numpy kernel serves until it is ready
+        kernel.warm_up()
         controls = self._controls(body, ctx)
         try:
             request = RouteRequest.from_body(body)

@@ -354,10 +354,12 @@ def _exercise(fns: _Compiled) -> None:
 
 
 def warm_up(background: bool = True) -> None:
-    """Start compiling the kernel (once per process); requests use the numpy kernel until it is ready."""
-    if _state["status"] != "not started" or not wanted():
-        if not wanted():
-            _state["status"] = "numpy (METAROUTER_KERNEL=numpy)"
+    """Start compiling the kernel (once per process: later calls return at once); requests use the numpy kernel
+    until it is ready."""
+    if _state["status"] != "not started":
+        return
+    if not wanted():
+        _state["status"] = "numpy (METAROUTER_KERNEL=numpy)"
         return
     _state["status"] = "compiling"
     if background:
