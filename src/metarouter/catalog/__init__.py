@@ -268,6 +268,6 @@ def default_catalog() -> Catalog:
 
 
 __all__ = [
-    "ENDPOINT_FIELDS", "Catalog", "Model", "endpoints_from_mapping", "PICO_PER_USD", "default_catalog", "load_seed_models", "matches",
-    "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico",
+    "ENDPOINT_FIELDS", "Catalog", "Model", "PICO_PER_USD", "default_catalog", "endpoints_from_mapping",
+    "load_seed_models", "matches", "model_from_mapping", "pico_to_usd", "usd_per_mtok_to_pico", "usd_string", "usd_to_pico",
 ]
