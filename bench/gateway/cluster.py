@@ -13,7 +13,8 @@ What runs (all on 127.0.0.1):
   * two ``metarouter serve`` replicas (one worker each, both pinned to CPU 0) on that database and Redis;
   * a load-balancing nginx (round robin over the two, keep-alive upstream connections; pinned to CPU 1);
   * wrk (CPU 1) through the balancer, explicit model, JSON, 50 connections; the unlimited and the limited key
-    alternate (U L, L U, U L, ...), each run after a warm-up of both.
+    alternate (U L, L U, U L, ...) after a warm-up of both;
+  * then ``--exact`` requests per key whose answers are read to the end and matched to their records by id.
 
 Per run: req/s, p50/p99, errors, CPU per request of the replicas, of PostgreSQL (this database's backends and the
 server's own processes: walwriter, checkpointer, ...) and of redis-server, and the CPU the rest of the machine used.
@@ -532,9 +533,9 @@ def main() -> int:
                 answered[k] += 1
         log(f"replicas up in {R['startup_s']} s; balancer {lb_url}; warm-up")
         for k in KINDS:
-            w = run.wrk(targets[k], work, "json", 10, min(2.0, a.duration))
+            w = run.wrk(targets[k], work, "json", a.conns, min(2.0, a.duration))
             answered[k] += w["requests"] - w["err_status"]
-            slack[k] += 10
+            slack[k] += a.conns
         time.sleep(PG_STATS_WAIT)  # the warm-up's transactions reported before the first run counts from there
         for i in range(a.repeat):
             for k in (KINDS if i % 2 == 0 else KINDS[::-1]):
