@@ -205,3 +205,31 @@ async def test_an_idle_lease_elsewhere_is_what_a_refused_replica_waits_for(lease
         assert await b.reserve(rec.public_id, AMOUNT)
     assert await b.reserve(rec.public_id, AMOUNT) is False
     assert await held_in_store(a, rec.public_id) == (0, limit)
+
+
+async def test_requests_that_find_the_view_stale_share_one_read(leases):
+    """When a key's view expires, the requests arriving before the store answers wait for one read of it, not one
+    each; one of them cancelled does not cancel the read for the others; a change of the key is read afresh."""
+    a, _ = leases
+    _, rec = await a.create_key("k", limit_pico=10**9)
+    reads = 0
+    gate = asyncio.Event()
+    real = a.store.get_key
+
+    async def slow(key_id):
+        nonlocal reads
+        reads += 1
+        await gate.wait()
+        return await real(key_id)
+
+    a.store.get_key = slow
+    waiters = [asyncio.ensure_future(a.budget_view(rec.public_id)) for _ in range(25)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    gate.set()
+    views = await asyncio.gather(*waiters[1:])
+    assert reads == 1 and all(v.public_id == rec.public_id and v.limit_pico == 10**9 for v in views)
+    assert waiters[0].cancelled()
+    await a.update_key(rec.public_id, limit_pico=5 * 10**8)
+    a._leases[rec.public_id].view_at = float("-inf")  # expired: the next request reads the changed key
+    assert (await a.budget_view(rec.public_id)).limit_pico == 5 * 10**8 and reads == 2

@@ -84,6 +84,9 @@ class BudgetLeases:
         self.holds, self.spare, self.view_ttl, self.idle = holds, spare, view_ttl, idle
         self._leases: dict[str, _Lease] = {}
         self._ticker: asyncio.Task | None = None
+        #: a key's re-read in flight: the requests that find its view stale meanwhile wait for it (one store read
+        #: per key per ``view_ttl``, not one per request that arrives before the first read returns)
+        self._reads: dict[str, asyncio.Task] = {}
 
     def __getattr__(self, name: str) -> Any:  # the rest of the Store interface (and a backend's attributes)
         return getattr(self.store, name)
@@ -132,6 +135,13 @@ class BudgetLeases:
         if (lease is not None and lease.keep and lease.view is not None and now - lease.view_at < self.view_ttl
                 and lease.view.as_of(self.clock()) is lease.view):
             return lease.view
+        read = self._reads.get(key_id)
+        if read is None:
+            read = self._reads[key_id] = asyncio.ensure_future(self._read_view(key_id, now))
+            read.add_done_callback(lambda t, k=key_id: self._reads.pop(k, None) if self._reads.get(k) is t else None)
+        return await asyncio.shield(read)  # a waiter that is cancelled leaves the read to the others
+
+    async def _read_view(self, key_id: str, now: float) -> KeyRecord | None:
         view = await self.store.get_key(key_id)
         lease = self._leases.get(key_id)
         if lease is not None:
@@ -161,6 +171,7 @@ class BudgetLeases:
 
     async def update_key(self, public_id: str, **fields: Any) -> KeyRecord | None:
         lease = self._leases.get(public_id)
+        self._reads.pop(public_id, None)  # a read begun before the change: requests from now on read afresh
         if lease is not None:  # the key changes: its lease goes back first (a lowered limit binds at once)
             lease.keep, lease.view = False, None
             await self._give_back(public_id, lease)
