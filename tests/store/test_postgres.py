@@ -115,3 +115,23 @@ async def test_writes_survive_a_lost_connection(pg_schema):
         assert (await a.get_key(rec.public_id)).usage_pico == 100
     finally:
         await a.close()
+
+
+async def test_a_connection_given_back_mid_transaction_is_rolled_back(pg_schema):
+    """The pool's lean reset (no full asyncpg reset per release): an unfinished transaction does not survive the
+    connection's return to the pool, and nothing it wrote is kept."""
+    url, _ = pg_schema
+    a = PostgresStore(url, min_size=1, max_size=1)  # one connection: the next acquire gets the same one back
+    await a.open()
+    try:
+        _, rec = await a.create_key("k")
+        conn = await a._pool.acquire()
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("UPDATE keys SET usage_pico = 12345 WHERE public_id = $1", rec.public_id)
+        await a._pool.release(conn)  # given back without commit or rollback
+        async with a._pool.acquire() as c2:
+            assert not c2.is_in_transaction()
+        assert (await a.get_key(rec.public_id)).usage_pico == 0
+    finally:
+        await a.close()
