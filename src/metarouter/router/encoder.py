@@ -93,7 +93,8 @@ def clip(text: str) -> str:
 
 _HASH_P = 0x9E3779B97F4A7C15  # odd: invertible mod 2^64
 _MAX_VEC_CHARS = 2 * (HEAD_CHARS + TAIL_CHARS) + 16
-_MIN_VEC_CHARS = 1_200  # below this the dict path wins (numpy's per-call overhead)
+_MIN_VEC_CHARS = 1_200  # below this the dict path wins (numpy's per-call overhead) ...
+_MIN_COMPILED_CHARS = 300  # ... or, with the compiled kernel, below this (its one call's overhead)
 # str.split() whitespace within ASCII: \t \n \v \f \r, \x1c-\x1f and space
 _WS_LUT = np.zeros(256, bool)
 _WS_LUT[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
@@ -334,7 +335,8 @@ class StaticEncoder:
         gives ``str.split()``'s chunks unless the text has non-ASCII whitespace (then: the plain path).
         """
         raw = low.encode()
-        if len(raw) < _MIN_VEC_CHARS or len(raw) > _MAX_VEC_CHARS or (len(raw) != len(low) and _UNICODE_WS.search(low)):
+        least = _MIN_COMPILED_CHARS if kernel.compiled_ready() else _MIN_VEC_CHARS
+        if len(raw) < least or len(raw) > _MAX_VEC_CHARS or (len(raw) != len(low) and _UNICODE_WS.search(low)):
             return np.array(self.rows(low), np.intp)
         b = np.frombuffer(raw, np.uint8)
         if not len(b):
