@@ -198,19 +198,9 @@ class _ModelParams:
 
     col: np.ndarray  # quality column (int), -1: no labels (prior only)
     learned: np.ndarray  # bool
-    coverageT: np.ndarray  # (domains × candidates): share of each training domain's prompts labelled for the model
     ability: np.ndarray
-    len_offset: np.ndarray
-    pin: np.ndarray  # USD per prompt token
-    pout: np.ndarray  # USD per output token
-    hidden: np.ndarray  # hidden reasoning tokens per answer
-    # the quality model's rows for the learned candidates (the one-request kernel's operands)
-    learned_idx: np.ndarray  # positions of the learned candidates
-    U: np.ndarray  # (learned × H) model vectors
-    c: np.ndarray  # (learned,) model biases
-    table: np.ndarray  # (domains × learned) domain accuracy table
-    ability_term: np.ndarray  # α·ability + γ of the prior
-    kernel: kernel.Candidates  # the same, as the one-request kernel reads them
+    #: prices, lengths, coverage and the quality model's rows of the learned candidates (the kernel's operands)
+    kernel: kernel.Candidates
 
 
 class Router:
@@ -285,8 +275,7 @@ class Router:
             U=f32(self.quality.U_[lcols]), c=f32(self.quality.c_[lcols]), table=f32(self.quality.table_[:, lcols]),
             len_offset=f32(lens), hidden=np.array([float(m.hidden_reasoning_tokens or 0) for m in models]),
             pin=np.array([m.input_pico / 1e12 for m in models]), pout=np.array([m.output_pico / 1e12 for m in models]))
-        p = _ModelParams(col, learned, K.coverageT, ability, K.len_offset, K.pin, K.pout, K.hidden, K.learned_idx,
-                         K.U, K.c, K.table, K.ability_term, K)
+        p = _ModelParams(col, learned, ability, K)
         with self._lock:
             if len(self._params) >= 256:
                 self._params.clear()
@@ -353,13 +342,14 @@ class Router:
         if p.learned.any():
             q_learned = q_prior.copy()
             q_learned[:, p.learned] = self.quality.predict(X, P_cat, p.col[p.learned])
-        pw = 1.0 - fam[:, None] * (P_cat @ p.coverageT)  # 1 where unfamiliar, or where the model has no labels
+        k = p.kernel
+        pw = 1.0 - fam[:, None] * (P_cat @ k.coverageT)  # 1 where unfamiliar, or where the model has no labels
         Q = (1.0 - pw) * q_learned + pw * q_prior
-        out = np.exp(self.length.shared(X)[:, None] + p.len_offset[None, :]) / CHARS_PER_TOKEN
+        out = np.exp(self.length.shared(X)[:, None] + k.len_offset[None, :]) / CHARS_PER_TOKEN
         if max_tokens:
             out = np.minimum(out, max_tokens)
-        billed = out + p.hidden[None, :]
-        cost = np.asarray(prompt_tokens, np.float64)[:, None] * p.pin[None, :] + billed * p.pout[None, :]
+        billed = out + k.hidden[None, :]
+        cost = np.asarray(prompt_tokens, np.float64)[:, None] * k.pin[None, :] + billed * k.pout[None, :]
         return {"quality": Q, "prior_weight": pw, "cost": cost, "output_tokens": billed, "familiarity": fam,
                 "everyday": everyday, "category": P_cat.argmax(1)}
 
