@@ -33,9 +33,12 @@ from metarouter.router.data import is_test, load_shared, split_mask  # noqa: E40
 from metarouter.router.evaluate import TRADEOFF_GRID, pool_for_source, predict_matrix, sweep  # noqa: E402
 from metarouter.router.train import VAL_FRACTION, train  # noqa: E402
 
-# name → overrides of metarouter.router.train.QUALITY_PARAMS (the tower width served is dim × ensemble, ≤ 96)
+# the configuration before this comparison (artifact r2-49d2e56653d4); the shipped one, train.QUALITY_PARAMS, is
+# ens4x24_drop0.2
+BEFORE = {"dim": 48, "epochs": 600, "ensemble": 1, "l2": 1e-4, "input_dropout": 0.0, "domain_dropout": 0.0, "seed": 0}
+# name → changes to BEFORE (the tower width served is dim × ensemble, ≤ 96)
 CONFIGS: dict[str, dict] = {
-    "shipped": {},
+    "before": {},
     "seed1": {"seed": 1},
     "seed2": {"seed": 2},
     "ens2x48": {"ensemble": 2},
@@ -57,6 +60,9 @@ CONFIGS: dict[str, dict] = {
     "ens2x48_drop0.2": {"ensemble": 2, "input_dropout": 0.2},
     "ens2x48_drop0.35": {"ensemble": 2, "input_dropout": 0.35},
     "domdrop0.5": {"domain_dropout": 0.5},
+    "ens4x24_drop0.35": {"ensemble": 4, "dim": 24, "input_dropout": 0.35},
+    "ens4x24_drop0.2_seed10": {"ensemble": 4, "dim": 24, "input_dropout": 0.2, "seed": 10},
+    "ens4x24_drop0.2_seed20": {"ensemble": 4, "dim": 24, "input_dropout": 0.2, "seed": 20},
     "ens4x24_domdrop0.5": {"ensemble": 4, "dim": 24, "domain_dropout": 0.5},
 }
 
@@ -70,7 +76,7 @@ def artifacts(data_dir: str, cache: Path, name: str, sources: list[str]) -> dict
         print(f"{name}: training {'on every source' if key == 'full' else 'without ' + key} ...", file=sys.stderr,
               flush=True)
         train(data_dir, path, sources=None if key == "full" else [s for s in sources if s != key],
-              encoder_from=DEFAULT_ARTIFACT, quality_params=CONFIGS[name], quiet=True)
+              encoder_from=DEFAULT_ARTIFACT, quality_params={**BEFORE, **CONFIGS[name]}, quiet=True)
     return out
 
 

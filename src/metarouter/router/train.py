@@ -49,8 +49,11 @@ MIN_LABELS = 150  # a model with fewer labels than this is served by the prior
 VAL_FRACTION = 0.15  # of the training prompts: calibration and familiarity thresholds
 ANCHOR_WEIGHT = 10.0  # an everyday anchor's weight in the difficulty regression (a few hundred beside ~10k prompts)
 COV_RANGE = (0.7, 0.95)  # share of words seen in training: ≤ 0.7 → unfamiliar, ≥ 0.95 → familiar
-# the quality model's parameters (:class:`.predictors.QualityModel`); bench/router/tune_quality.py compares others
-QUALITY_PARAMS: dict[str, Any] = {"dim": 48, "epochs": 600, "ensemble": 1, "l2": 1e-4, "input_dropout": 0.0,
+# the quality model's parameters (:class:`.predictors.QualityModel`): four towers of width 24 over seeds (served as
+# one of width 96), trained with 20 % input dropout — of the configurations of bench/router/tune_quality.py, the best
+# on training prompts out of distribution (each source under a router trained without it) and in it, over 3 seeds
+# (bench/router/RESULTS.md, "What was tried")
+QUALITY_PARAMS: dict[str, Any] = {"dim": 24, "epochs": 600, "ensemble": 4, "l2": 1e-4, "input_dropout": 0.2,
                                   "domain_dropout": 0.0, "seed": SEED}
 
 
