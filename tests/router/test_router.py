@@ -324,6 +324,23 @@ def test_predictors_share_the_contract():
     assert np.allclose(q2.predict(X, Pc, np.array([1])), P[:, [1]], rtol=1e-5, atol=1e-6)
 
 
+def test_quality_ensemble_is_one_wider_tower():
+    """An ensemble of towers over seeds serves as one tower of the summed width whose logits are the members' mean."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 6)).astype(np.float32)
+    Pc = np.full((200, 2), 0.5, np.float32)
+    Y = (X[:, :3] @ rng.normal(size=(3, 3)) > 0).astype(np.float32)
+    Y[::5, 2] = np.nan
+    members = [QualityModel(dim=3, epochs=80, seed=s).fit(X, Pc, Y) for s in (4, 5, 6)]
+    ens = QualityModel(dim=3, epochs=80, seed=4, ensemble=3).fit(X, Pc, Y)
+    assert ens.W_.shape == (8, 9) and ens.U_.shape == (3, 9) and ens.c_.shape == (3,)
+    mean = np.mean([m.logits(X, Pc) for m in members], axis=0)
+    assert np.allclose(ens.logits(X, Pc), mean, atol=1e-4)
+    assert not np.allclose(members[0].logits(X, Pc), mean, atol=1e-2)  # the members differ: the mean is not one
+    with pytest.raises(ValueError, match="ensemble"):
+        QualityModel(ensemble=0).fit(X, Pc, Y)
+
+
 # -- training on Not Diamond's CSV format ----------------------------------------------------------------------------
 def _nd_csv(path, n=120, seed=0):
     rng = random.Random(seed)

@@ -81,8 +81,9 @@ class QualityModel:
     (``A``, shrunk to the model's mean); ``T`` and ``w`` are chosen on validation prompts (least log loss)."""
 
     def __init__(self, dim: int = 48, cat_scale: float = 3.0, l2: float = 1e-4, lr: float = 0.01, epochs: int = 600,
-                 seed: int = 0):
+                 seed: int = 0, ensemble: int = 1, input_dropout: float = 0.0, domain_dropout: float = 0.0):
         self.dim, self.cat_scale, self.l2, self.lr, self.epochs, self.seed = dim, cat_scale, l2, lr, epochs, seed
+        self.ensemble, self.input_dropout, self.domain_dropout = ensemble, input_dropout, domain_dropout
 
     def _inputs(self, X: np.ndarray, P_cat: np.ndarray) -> np.ndarray:
         return np.hstack([X, self.cat_scale * P_cat]).astype(np.float32)
@@ -90,22 +91,46 @@ class QualityModel:
     def fit(self, X: np.ndarray, P_cat: np.ndarray, Y: np.ndarray, col_weight: np.ndarray | None = None,
             row_weight: np.ndarray | None = None, category: np.ndarray | None = None) -> QualityModel:
         """``Y`` (prompts × columns, NaN = unlabelled); ``col_weight`` / ``row_weight`` scale the loss; ``category``:
-        each prompt's domain (index into ``P_cat``'s columns; default: its most likely one) for the accuracy table."""
+        each prompt's domain (index into ``P_cat``'s columns; default: its most likely one) for the accuracy table.
+
+        ``ensemble`` > 1 fits that many towers of width ``dim`` (seeds ``seed``, ``seed + 1``, ...) and folds the
+        mean of their logits into one tower of width ``ensemble · dim``: ``W = [W_1 … W_K]``, ``b = [b_1 … b_K]``,
+        ``u_m = [u_1m … u_Km] / K``, ``c_m = mean_k c_km`` — the same arrays, and the same serving kernel, as one
+        wider tower."""
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be ≥ 1, not {self.ensemble}")
         k = np.asarray(category) if category is not None else np.asarray(P_cat).argmax(1)
         mean = (np.nansum(Y, 0) + 1) / ((~np.isnan(Y)).sum(0) + 2)
         self.table_ = np.stack([(np.nansum(Y[k == c], 0) + 5 * mean) / ((~np.isnan(Y[k == c])).sum(0) + 5)
                                 for c in range(P_cat.shape[1])]).astype(np.float32)
         self.table_weight_ = 0.0
         X2 = np.asarray(self._inputs(X, P_cat), np.float64)  # float64: the same fit on every machine's BLAS
-        n, d = X2.shape
-        m = Y.shape[1]
         mask = ~np.isnan(Y)
         T = np.nan_to_num(Y).astype(np.float64)
-        Wt = mask * (np.ones(m) if col_weight is None else np.asarray(col_weight, float))[None, :]
+        Wt = mask * (np.ones(Y.shape[1]) if col_weight is None else np.asarray(col_weight, float))[None, :]
         if row_weight is not None:
             Wt = Wt * np.asarray(row_weight, float)[:, None]
         Wt /= Wt.sum()
-        rng = np.random.default_rng(self.seed)
+        towers = [self._fit_tower(X2, T, mask, Wt, P_cat.shape[1], self.seed + i) for i in range(self.ensemble)]
+        K = len(towers)
+        W = np.hstack([t[0] for t in towers])
+        b = np.concatenate([t[1] for t in towers])
+        U = np.hstack([t[2] for t in towers]) / K
+        c = np.mean([t[3] for t in towers], axis=0)
+        self.W_, self.b_, self.U_, self.c_ = (p.astype(np.float32) for p in (W, b, U, c))
+        self.temperature_ = 1.0
+        return self
+
+    def _fit_tower(self, X2: np.ndarray, T: np.ndarray, mask: np.ndarray, Wt: np.ndarray, n_cat: int, seed: int
+                   ) -> list[np.ndarray]:
+        """One tower (W, b, U, c) by full-batch Adam on the weighted log loss. ``input_dropout``: each epoch drops
+        that share of the input entries (inverted dropout), so that no prediction hangs on a few directions;
+        ``domain_dropout``: each epoch hides the domain input (the last ``n_cat`` columns, ``s·p_cat``) of that share
+        of the prompts, so that the tower also predicts from the prompt alone (a prompt of no known domain gets a
+        confident but wrong ``p_cat``)."""
+        n, d = X2.shape
+        m = T.shape[1]
+        rng = np.random.default_rng(seed)
         W = rng.normal(0, 1 / np.sqrt(d), (d, self.dim))
         b = np.zeros(self.dim)
         U = rng.normal(0, 0.1, (m, self.dim))
@@ -115,19 +140,22 @@ class QualityModel:
         mom = [np.zeros_like(p) for p in params]
         vel = [np.zeros_like(p) for p in params]
         b1, b2, eps = 0.9, 0.999, 1e-8
+        keep = 1.0 - self.input_dropout
         for t in range(1, self.epochs + 1):
-            Z = np.tanh(X2 @ W + b)
+            Xt = X2 * (rng.random(X2.shape) < keep) / keep if self.input_dropout else X2
+            if self.domain_dropout:
+                Xt = Xt.copy() if Xt is X2 else Xt
+                Xt[rng.random(n) < self.domain_dropout, d - n_cat:] = 0.0
+            Z = np.tanh(Xt @ W + b)
             P = sigmoid(Z @ U.T + c)
             G = (P - T) * Wt
             dA = (G @ U) * (1 - Z * Z)
-            grads = (X2.T @ dA + 2 * self.l2 * W, dA.sum(0), G.T @ Z + 2 * self.l2 * U, G.sum(0))
+            grads = (Xt.T @ dA + 2 * self.l2 * W, dA.sum(0), G.T @ Z + 2 * self.l2 * U, G.sum(0))
             for k, g in enumerate(grads):
                 mom[k] = b1 * mom[k] + (1 - b1) * g
                 vel[k] = b2 * vel[k] + (1 - b2) * g * g
                 params[k] -= self.lr * (mom[k] / (1 - b1**t)) / (np.sqrt(vel[k] / (1 - b2**t)) + eps)
-        self.W_, self.b_, self.U_, self.c_ = (p.astype(np.float32) for p in params)
-        self.temperature_ = 1.0
-        return self
+        return params
 
     def calibrate(self, X: np.ndarray, P_cat: np.ndarray, Y: np.ndarray) -> QualityModel:
         """Temperature of the logits and weight of the domain table, on labelled validation prompts (least log

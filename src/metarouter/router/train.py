@@ -49,6 +49,12 @@ MIN_LABELS = 150  # a model with fewer labels than this is served by the prior
 VAL_FRACTION = 0.15  # of the training prompts: calibration and familiarity thresholds
 ANCHOR_WEIGHT = 10.0  # an everyday anchor's weight in the difficulty regression (a few hundred beside ~10k prompts)
 COV_RANGE = (0.7, 0.95)  # share of words seen in training: ≤ 0.7 → unfamiliar, ≥ 0.95 → familiar
+# the quality model's parameters (:class:`.predictors.QualityModel`): four towers of width 24 over seeds (served as
+# one of width 96), trained with 20 % input dropout — of the configurations of bench/router/tune_quality.py, the best
+# on training prompts out of distribution (each source under a router trained without it) and in it, over 3 seeds
+# (bench/router/RESULTS.md, "What was tried")
+QUALITY_PARAMS: dict[str, Any] = {"dim": 24, "epochs": 600, "ensemble": 4, "l2": 1e-4, "input_dropout": 0.2,
+                                  "domain_dropout": 0.0, "seed": SEED}
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -93,11 +99,13 @@ def embedding_table(encoder_from: str | Path | None, distill_corpus: list[str] |
 
 
 def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray, arena: dict[str, float],
-        anchors: RoutingData | None = None, reference: list[str] | None = None, mf_dim: int = 48, epochs: int = 600,
-        quiet: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
+        anchors: RoutingData | None = None, reference: list[str] | None = None,
+        quality_params: dict[str, Any] | None = None, quiet: bool = False
+        ) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
     """Fit every predictor on the labelled prompts ``tr``; ``anchors`` (everyday requests, every model correct) teach
     the prior's difficulty; ``anchors`` and ``reference`` (unlabelled real user prompts) are what the familiarity
-    classifier learns to tell apart from ``tr``. Returns the artifact's arrays, metadata and routable model ids."""
+    classifier learns to tell apart from ``tr``; ``quality_params`` override :data:`QUALITY_PARAMS`. Returns the
+    artifact's arrays, metadata and routable model ids."""
     from .core import as_request
 
     t0 = time.time()
@@ -132,7 +140,8 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     P_cat = cat.predict(X)
     col_is_cat = np.array([m in tr.catalog_ids for m in tr.models])
     ki = np.array([cat.classes_.index(x) for x in tr.datasets])
-    quality = QualityModel(dim=mf_dim, epochs=epochs, seed=SEED).fit(
+    qp = quality_parameters(quality_params)
+    quality = QualityModel(**qp).fit(
         X[fit_rows], P_cat[fit_rows], tr.correct[fit_rows], col_weight=np.where(col_is_cat, 2.0, 1.0),
         category=ki[fit_rows])
     quality.calibrate(X[val], P_cat[val], tr.correct[val])
@@ -215,7 +224,8 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
         digest.update(np.ascontiguousarray(arrays[k]).tobytes())
     meta = {
         "router_format": 2, "version": "r2-" + digest.hexdigest()[:12], "default_tradeoff": DEFAULT_TRADEOFF, "dims": dims,
-        "mf_dim": mf_dim, "epochs": epochs, "seed": SEED, "categories": cat.classes_,
+        "mf_dim": int(quality.W_.shape[1]), "epochs": qp["epochs"], "quality_params": qp, "seed": SEED,
+        "categories": cat.classes_,
         "n_train_prompts": int(fit_rows.sum()), "n_validation_prompts": int(val.sum()), "n_anchors": n_anchor,
         "n_reference": len(X_extra) - n_anchor, "train_sources": sorted(set(tr.sources)),
         "arena_coef": arena_coef.tolist(), "len_fill": len_fill, "cov_range": list(COV_RANGE),
@@ -223,6 +233,14 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     }
     _log(f"fitted in {time.time() - t0:.0f}s", quiet)
     return arrays, meta, [m.id for m in models]
+
+
+def quality_parameters(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """:data:`QUALITY_PARAMS` with ``overrides``; an unknown name is an error, not ignored."""
+    unknown = sorted(set(overrides or {}) - set(QUALITY_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown quality parameter(s) {', '.join(unknown)}; known: {', '.join(QUALITY_PARAMS)}")
+    return {**QUALITY_PARAMS, **(overrides or {})}
 
 
 def _raw_vector(enc: StaticEncoder, req) -> np.ndarray:
@@ -233,14 +251,20 @@ def _raw_vector(enc: StaticEncoder, req) -> np.ndarray:
     return np.concatenate([x, np.array(req.features(), np.float32)])
 
 
-def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, epochs: int = 600,
+def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, epochs: int | None = None,
           encoder_from: str | Path | None = None, distill: bool = False, anchors: Path | None = ANCHORS,
-          sources: list[str] | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train and write an artifact; ``sources`` limits training to those sources (leave-one-source-out runs).
+          sources: list[str] | None = None, quality_params: dict[str, Any] | None = None, quiet: bool = False
+          ) -> dict[str, Any]:
+    """Train and write an artifact; ``sources`` limits training to those sources (leave-one-source-out runs);
+    ``quality_params`` (and ``epochs``, one of them) override :data:`QUALITY_PARAMS`.
 
     The artifact is written to a temporary file beside ``out`` and renamed into place, so a failed run leaves
     nothing half-written."""
     t0 = time.time()
+    quality_params = dict(quality_params or {})
+    if epochs is not None:
+        quality_params["epochs"] = epochs
+    quality_parameters(quality_params)  # unknown names fail before anything is loaded
     data_dir = Path(data_dir)
     data = load_any(data_dir)
     test = split_mask(data) if holdout else np.zeros(len(data), bool)
@@ -265,7 +289,7 @@ def train(data_dir: str | Path, out: str | Path, *, holdout: bool = True, epochs
         corpus = tr.prompts + (load_arena_hard(shared_dir)[0] if shared_dir else [])
     vocab, table, sif = embedding_table(encoder_from, corpus, 128, quiet)
     arrays, meta, ids = fit(tr, vocab=vocab, table=table, sif=sif, arena=arena_scores(shared_dir),
-                            anchors=anchor_data, reference=reference, epochs=epochs, quiet=quiet)
+                            anchors=anchor_data, reference=reference, quality_params=quality_params, quiet=quiet)
     meta["holdout"] = holdout
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,7 +321,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="distil a new embedding table from all-MiniLM-L6-v2 (needs the [train] extra and torch)")
     ap.add_argument("--no-anchors", action="store_true", help="leave out the shipped everyday anchors")
     ap.add_argument("--sources", default=None, help="comma-separated sources to train on (default: all)")
-    ap.add_argument("--epochs", type=int, default=600)
+    ap.add_argument("--epochs", type=int, default=None, help=f"quality model epochs (default {QUALITY_PARAMS['epochs']})")
+    ap.add_argument("--mf-dim", type=int, default=None,
+                    help=f"width of one quality tower (default {QUALITY_PARAMS['dim']})")
+    ap.add_argument("--ensemble", type=int, default=None,
+                    help=f"quality towers over seeds, folded into one (default {QUALITY_PARAMS['ensemble']})")
     ap.add_argument("--quiet", action="store_true")
 
 
@@ -305,8 +333,9 @@ def run(args: argparse.Namespace) -> int:
     enc = args.encoder_from
     if enc == "shipped":
         enc = None
+    qp = {k: v for k, v in (("dim", args.mf_dim), ("ensemble", args.ensemble)) if v is not None}
     try:
-        train(args.data, args.out, holdout=not args.all_data, epochs=args.epochs, encoder_from=enc,
+        train(args.data, args.out, holdout=not args.all_data, epochs=args.epochs, encoder_from=enc, quality_params=qp,
               distill=args.distill, anchors=None if args.no_anchors else ANCHORS,
               sources=[s for s in args.sources.split(",") if s] if args.sources else None, quiet=args.quiet)
     except (ValueError, FileNotFoundError, KeyError) as e:
