@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
 
     router = load_router()
-    if args.kernel == "compiled" and not kernel.compile_now():
+    kernel.warm_up(background=False)  # compiled now (or, with --kernel numpy, the numpy kernel named)
+    if args.kernel == "compiled" and not kernel.compiled_ready():
         ap.error(f"no compiled kernel: {kernel.status()}")
     models = list(default_catalog())
     resolver = make_resolver()
