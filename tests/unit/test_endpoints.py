@@ -379,3 +379,49 @@ async def test_the_listing_shows_each_endpoints_health_and_measurements(store):
     # DeepInfra's answer just now counts too (measured after it); Together never answered
     assert by["deepinfra"]["latency_last_30m"] is not None and by["together"]["latency_last_30m"] is None
     assert by["deepinfra"]["pricing"]["completion"] == "0.0000004" and by["deepinfra"]["max_completion_tokens"] == 4096
+
+
+# --- auto prices a model at its cheapest endpoint; endpoints too small for a request go last ------------------------
+CHEAP = {**ENDPOINTS, "deepinfra": {**ENDPOINTS["deepinfra"], "input_usd_per_1m": 0.05, "output_usd_per_1m": 0.08,
+                                    "max_output_tokens": 2048}}
+
+
+def test_the_routing_view_is_the_cheapest_available_endpoint_with_the_widest_limits():
+    s = settings(models={LLAMA: {"endpoints": CHEAP}})
+    llama = s.catalog.get(LLAMA)
+    view = s.catalog.routing_view(llama, {"together", "fireworks", "deepinfra"})
+    assert (view.provider, view.input_pico, view.output_pico) == ("deepinfra", 50_000, 80_000)
+    assert view.max_output_tokens == llama.max_output_tokens > 2048  # DeepInfra's own is 2,048: the widest counts
+    assert s.catalog.endpoints(view) == s.catalog.endpoints(llama)  # any endpoint leads to all of them
+    assert s.catalog.routing_view(llama, {"fireworks"}).provider == "fireworks"
+    assert s.catalog.routing_view(llama, set()) is None
+    mini = s.catalog.get(MINI)
+    assert s.catalog.routing_view(mini, {"openai"}) is mini
+
+
+async def test_auto_prices_a_model_at_its_cheapest_endpoint_and_is_served_there(store):
+    from metarouter.gateway.auto import AutoResolver
+
+    hosts = Hosts()
+    gw = Gateway(settings(models={LLAMA: {"endpoints": CHEAP}}), store, client=MockTransport(hosts))
+    await gw.start()
+    gw.resolver = AutoResolver(gw.settings, gw.catalog)
+    b = body("auto", plugins=[{"id": "auto-router", "allowed_models": [LLAMA]}])
+    plan = await gw.resolver.plan(b, RequestContext(key=None), ["auto"])
+    c = plan.routing["candidates"][0]
+    tokens = c["prompt_tokens"], c["output_tokens"]
+    # DeepInfra's $0.05/$0.08 (the output tokens are reported rounded), not the default Together's $0.12/$0.30
+    assert c["cost_usd"] == pytest.approx((tokens[0] * 0.05 + tokens[1] * 0.08) / 1e6, rel=0.02)
+    r = await gw.complete(b, RequestContext(key=None))
+    assert r["model"] == LLAMA and hosts.hosts == ["deepinfra"]
+    await gw.close()
+
+
+async def test_an_endpoint_whose_limits_do_not_take_the_request_is_tried_after_those_that_do(store):
+    hosts = Hosts()
+    gw = Gateway(settings(models={LLAMA: {"endpoints": CHEAP}}), store, client=MockTransport(hosts))
+    await gw.start()
+    await gw.complete(body(max_tokens=100), RequestContext(key=None))
+    await gw.complete(body(max_tokens=3000), RequestContext(key=None))  # beyond DeepInfra's 2,048
+    assert hosts.hosts == ["deepinfra", "together"]
+    await gw.close()

@@ -14,11 +14,12 @@ name → the fields that differ, the rest taken from the default endpoint).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 #: Money is kept as integer picodollars (1e-12 USD): every catalog price per token is an integer there,
 #: so costs are exact and sums never drift.
@@ -216,9 +217,25 @@ class Catalog:
         return [m.id for m in self._models.values()]
 
     def endpoints(self, model: Model) -> tuple[Model, ...]:
-        """Every endpoint of ``model``: the default one (``model`` itself), then those the config added."""
-        extra = self._extra.get(model.id.lower())
-        return (model, *extra) if extra else (model,)
+        """Every endpoint of ``model``'s model (any of its endpoints, or its routing view, may be given): the
+        default one, then those the config added."""
+        key = model.id.lower()
+        extra = self._extra.get(key)
+        return (self._models.get(key, model), *extra) if extra else (model,)
+
+    def routing_view(self, model: Model, available: Container[str]) -> Model | None:
+        """The model as ``auto`` ranks it: priced at its cheapest endpoint whose provider is ``available``, with
+        the widest limits and every capability of those endpoints (each request then tries the endpoints that take
+        it, cheapest first: gateway/endpoints.py). None when no endpoint's provider is available."""
+        eps = [e for e in self.endpoints(model) if e.provider in available]
+        if len(eps) <= 1:
+            return eps[0] if eps else None
+        cheapest = min(eps, key=lambda e: (e.input_pico + e.output_pico, e.input_pico))
+        outs = [e.max_output_tokens for e in eps]
+        return dataclasses.replace(
+            cheapest, context_length=max(e.context_length for e in eps),
+            max_output_tokens=None if None in outs else max(outs), tools=any(e.tools for e in eps),
+            vision=any(e.vision for e in eps), json_output=any(e.json_output for e in eps))
 
     def has_endpoints(self) -> bool:
         """Whether any model has an endpoint beyond its default one."""

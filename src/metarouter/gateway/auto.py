@@ -191,7 +191,8 @@ class AutoResolver:
         hit = self._pools.get(key)
         if hit is None or hit[0] is not catalog:
             up = {p for p, ok in zip(names[1], key) if ok}
-            pool = [m for m in catalog if any(e.provider in up for e in catalog.endpoints(m))]
+            # each model at its cheapest available endpoint's prices (the pipeline tries that one first)
+            pool = [v for v in (catalog.routing_view(m, up) for m in catalog) if v is not None]
             hit = (catalog, pool, {m.id: m for m in pool})
             if len(self._pools) >= 64:
                 self._pools.clear()

@@ -200,6 +200,15 @@ def request_cost_key(body: dict[str, Any]) -> Callable[[Model], int]:
     return lambda e: prompt * e.input_pico + output * e.output_pico
 
 
+def request_fits(body: dict[str, Any]) -> Callable[[Model], bool]:
+    """Whether an endpoint's limits take the request: its estimated prompt and the ``max_tokens`` asked for within
+    the context, and that ``max_tokens`` within the endpoint's largest answer."""
+    prompt = estimate_prompt_tokens(body)
+    asked = requested_max_tokens(body) or 0
+    return lambda e: prompt + asked <= e.context_length and not (asked and e.max_output_tokens
+                                                                  and asked > e.max_output_tokens)
+
+
 def _none_allowed(model: Model, endpoints: Sequence[Model], requested: Iterable[str]) -> GatewayError:
     return GatewayError(404, "No allowed providers are available for the selected model.", retryable=False,
                         metadata={"model": model.id, "available_providers": [e.provider for e in endpoints],
@@ -209,10 +218,13 @@ def _none_allowed(model: Model, endpoints: Sequence[Model], requested: Iterable[
 def order_endpoints(model: Model, endpoints: Sequence[Model], prefs: ProviderPrefs, *,
                     cost: Callable[[Model], int], available: Callable[[str], bool],
                     retains_data: Callable[[str], bool],
-                    stats: dict[tuple[str, str], dict[str, Any]] | None = None) -> list[Model]:
+                    stats: dict[tuple[str, str], dict[str, Any]] | None = None,
+                    fits: Callable[[Model], bool] | None = None) -> list[Model]:
     """The endpoints of ``model`` that may serve this request, in the order to try them; a 404 in OpenRouter's
     words when the preferences leave none. Endpoints whose provider has no key go last (the pipeline's error for
-    them names the key to set), as does nothing else: health is the pipeline's (an open circuit is skipped)."""
+    them names the key to set), and before them those whose limits do not take the request (``fits``: too small a
+    context or largest answer; their upstream's error is the answer if nothing else serves); nothing else: health
+    is the pipeline's (an open circuit is skipped)."""
     eps = list(endpoints)
     if prefs.only is not None:
         eps = [e for e in eps if e.provider in prefs.only]
@@ -239,7 +251,8 @@ def order_endpoints(model: Model, endpoints: Sequence[Model], prefs: ProviderPre
                      "1M tokens)", retryable=False, metadata={"model": model.id})
     if len(eps) > 1:
         eps.sort(key=_sort_key(prefs.sort, cost, stats))
-        eps.sort(key=lambda e: not available(e.provider))  # stable: the order above among each
+        # stable: the order above within each group
+        eps.sort(key=lambda e: (not available(e.provider), fits is not None and not fits(e)))
     if prefs.order:
         first = [e for name in prefs.order for e in eps if e.provider == name]
         if not first and not prefs.allow_fallbacks:

@@ -28,7 +28,7 @@ from ..providers.sse import SSE_DONE, SSEParser, SSETooLarge, sse_data
 from ..store import KeyRecord, Store, new_generation_id
 from ..swr import SWRCache
 from .endpoints import NO_PREFS, EndpointStats, ProviderPrefs, order_endpoints, parse_prefs, request_cost_key, \
-    split_variant
+    request_fits, split_variant
 from .images import ImageFetcher, remote_image_urls
 from .upstream import Upstream, UpstreamClient, UpstreamError, UpstreamResponse, UpstreamTimeout
 from .resilience import HALF_OPEN, OPEN, CircuitBreaker, backoff_delay, counts_against_provider
@@ -219,7 +219,7 @@ class Gateway:
         out: list[Model] = []
         refusal: GatewayError | None = None
         stats = None
-        cost = None
+        cost = fits = None
         for model in plan.candidates:
             eps = self.catalog.endpoints(model)
             prefs = plan.prefs
@@ -230,10 +230,11 @@ class Gateway:
                 continue
             if prefs.needs_stats and len(eps) > 1 and stats is None:
                 stats = await self.endpoint_stats.get()
-            cost = cost or request_cost_key(body)
+            if cost is None:
+                cost, fits = request_cost_key(body), request_fits(body)
             try:
                 out += order_endpoints(model, eps, prefs, cost=cost, available=self.settings.provider_available,
-                                       retains_data=self._retains_data, stats=stats)
+                                       retains_data=self._retains_data, stats=stats, fits=fits)
             except GatewayError as exc:
                 refusal = refusal or exc
         if not out:
