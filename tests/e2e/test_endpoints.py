@@ -144,6 +144,21 @@ def test_openrouter_sdk_provider_and_endpoints_listing(gw, fake):
     ListEndpointsResponse.model_validate(raw["data"])  # the SDK's own type, strictly from the JSON
 
 
+def test_the_auto_models_link_lists_the_models_it_routes_to(gw):
+    """/models names auto's details link; it lists the pool, each model where auto prices it (Llama at its cheapest
+    endpoint, Together), in the SDK's shape."""
+    models = httpx.get(f"{gw.url}/api/v1/models").json()["data"]
+    link = next(m for m in models if m["id"] == "openrouter/auto")["links"]["details"]
+    raw = httpx.get(gw.url + link).json()
+    assert raw["data"]["id"] == "openrouter/auto"
+    ListEndpointsResponse.model_validate(raw["data"])
+    eps = raw["data"]["endpoints"]
+    by_model = {e["model_id"]: e["tag"] for e in eps}
+    assert by_model[LLAMA] == "together" and len(by_model) == len(eps) > 5
+    prices = [float(e["pricing"]["prompt"]) + float(e["pricing"]["completion"]) for e in eps]
+    assert prices == sorted(prices)  # cheapest first
+
+
 def test_unknown_model_endpoints_is_a_404(gw):
     r = httpx.get(f"{gw.url}/api/v1/models/nobody/nothing/endpoints")
     assert r.status_code == 404 and r.json()["error"]["code"] == 404

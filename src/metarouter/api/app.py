@@ -514,6 +514,18 @@ async def list_endpoints(request: Request) -> Response:
     """``GET /models/{author}/{slug}/endpoints``: every endpoint of one model, cheapest first (the default order)."""
     gw = _gateway(request)
     model_id = f"{request.path_params['author']}/{request.path_params['slug']}"
+    resolver = gw.resolver
+    if resolver is not None and resolver.handles(model_id):  # auto: the models it may choose, each where it is
+        stats = await gw.endpoint_stats.get()  # priced (its cheapest available endpoint)
+        pool = sorted(resolver.pool(), key=lambda e: (e.input_pico + e.output_pico, e.input_pico, e.id))
+        from ..gateway.auto import auto_model_schema
+
+        schema = auto_model_schema(resolver)
+        return json_response({"data": {
+            "id": schema["id"], "name": schema["name"], "created": schema["created"],
+            "description": schema["description"], "architecture": schema["architecture"],
+            "endpoints": [endpoint_schema(e, gw, stats) for e in pool],
+        }})
     m = gw.catalog.get(model_id)
     if m is None:
         shown = model_id if len(model_id) <= 256 else model_id[:256] + "…"

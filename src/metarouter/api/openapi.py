@@ -902,7 +902,8 @@ def openapi_document(max_messages: int = 2000) -> dict[str, Any]:
             "/models/{author}/{slug}/endpoints": {"get": {
                 "operationId": "listModelEndpoints", "summary": "The endpoints (providers) of one model",
                 "description": "Each with its own prices, limits, health and measured latency and throughput, "
-                               "cheapest first. The model's id is `{author}/{slug}`.",
+                               "cheapest first. The model's id is `{author}/{slug}`; for `openrouter/auto`, the "
+                               "models auto may choose, each at the endpoint it is priced at.",
                 "security": [],
                 "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
                                for n in ("author", "slug")],
