@@ -122,6 +122,21 @@ class _Metric:
             self._memo[raw] = key
         return key
 
+    def _slots(self, table: dict, labels: dict[str, Any], width: int, integer: bool):
+        """The mutable slots of a label set in ``table`` (``width`` of them, created at 0), or None if the set
+        is dropped (too many series, or the shared file is full)."""
+        key = self._key(labels, table)
+        if key is None:
+            return None
+        slots = table.get(key)
+        if slots is None:
+            slots = self._alloc(self.name, key, width, integer)
+            if slots is None:
+                self._drop()
+                return None
+            table[key] = slots
+        return slots
+
     def _drop(self) -> None:
         if not self._dropped:
             self._dropped = True
@@ -151,17 +166,7 @@ class Counter(_Metric):
 
     def slot_for(self, **labels: Any):
         """The mutable one-element slot of a label set (created at 0), or None if it is dropped."""
-        key = self._key(labels, self.values)
-        if key is None:
-            return None
-        slot = self.values.get(key)
-        if slot is None:
-            slot = self._alloc(self.name, key, 1, self.scale != 1)
-            if slot is None:
-                self._drop()
-                return None
-            self.values[key] = slot
-        return slot
+        return self._slots(self.values, labels, 1, self.scale != 1)
 
     def value(self, **labels: Any) -> float:
         key = tuple((n, str(labels[n])) for n in self.labelnames if labels.get(n) not in (None, ""))
@@ -196,17 +201,7 @@ class Histogram(_Metric):
 
     def series_for(self, **labels: Any):
         """The mutable [bucket counts..., sum, count] of a label set (created empty), or None if it is dropped."""
-        key = self._key(labels, self.series)
-        if key is None:
-            return None
-        s = self.series.get(key)
-        if s is None:
-            s = self._alloc(self.name, key, len(self.buckets) + 2, False)
-            if s is None:
-                self._drop()
-                return None
-            self.series[key] = s
-        return s
+        return self._slots(self.series, labels, len(self.buckets) + 2, False)
 
     def count(self, **labels: Any) -> int:
         key = tuple((n, str(labels[n])) for n in self.labelnames if labels.get(n) not in (None, ""))
