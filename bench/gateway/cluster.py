@@ -185,23 +185,7 @@ class Balanced(run.Target):
 
 def balancer_conf(work: Path, port: int, upstreams: list[int]) -> str:
     servers = "".join(f"        server 127.0.0.1:{p};\n" for p in upstreams)
-    return f"""
-worker_processes 1;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; multi_accept on; }}
-http {{
-    access_log off;
-    client_body_temp_path {work}/ngx-body;
-    proxy_temp_path {work}/ngx-proxy;
-    fastcgi_temp_path {work}/ngx-fastcgi;
-    uwsgi_temp_path {work}/ngx-uwsgi;
-    scgi_temp_path {work}/ngx-scgi;
-    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    tcp_nodelay on;
+    return run.nginx_head(work) + f"""
     upstream replicas {{
 {servers}        keepalive 128;
         keepalive_requests 10000000;

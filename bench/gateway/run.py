@@ -211,21 +211,10 @@ def check_answer(status: int, headers: dict[str, str], data: bytes, stream: bool
 
 
 # --- nginx ------------------------------------------------------------------------------------------------------
-def nginx_conf(work: Path, port: int, echo: bool) -> str:
-    json_body = json.dumps(COMPLETION, separators=(",", ":"))
-    sse = sse_body()
-    for s in (json_body, sse):
-        assert "'" not in s and "$" not in s and "\\" not in s
-    slow = ""
-    if echo:
-        slow = f"""
-        location = /slow/v1/chat/completions {{
-            default_type application/json;
-            echo_sleep 0.2;
-            echo -n '{json_body}';
-        }}"""
+def nginx_head(work: Path) -> str:
+    """The start of a benchmark nginx config, up to the open ``http {`` block: one worker in the foreground, its
+    files under ``work``, no logs, long keep-alive (the upstream and the balancer of cluster.py alike)."""
     return f"""
-{"load_module " + str(ECHO_MODULE) + ";" if echo else ""}
 worker_processes 1;
 daemon off;
 pid {work}/nginx.pid;
@@ -241,7 +230,23 @@ http {{
     scgi_temp_path {work}/ngx-scgi;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
-    tcp_nodelay on;
+    tcp_nodelay on;"""
+
+
+def nginx_conf(work: Path, port: int, echo: bool) -> str:
+    json_body = json.dumps(COMPLETION, separators=(",", ":"))
+    sse = sse_body()
+    for s in (json_body, sse):
+        assert "'" not in s and "$" not in s and "\\" not in s
+    slow = ""
+    if echo:
+        slow = f"""
+        location = /slow/v1/chat/completions {{
+            default_type application/json;
+            echo_sleep 0.2;
+            echo -n '{json_body}';
+        }}"""
+    return ("load_module " + str(ECHO_MODULE) + ";" if echo else "") + nginx_head(work) + f"""
     map $http_accept $bench_sse {{ default 0; "~event-stream" 1; }}
     server {{
         listen 127.0.0.1:{port} backlog=8192;
