@@ -60,12 +60,6 @@ def key_usage(gateway) -> float:
     return r.json()["data"]["usage"]
 
 
-def get_generation(gateway, gen_id: str) -> dict:
-    r = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id},
-                  headers={"Authorization": f"Bearer {gateway.api_key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def raw_events(gateway, body: dict, path: str = "/v1/messages") -> list[dict]:
     """A streamed answer's events, each checked strictly against ``RawMessageStreamEvent`` and its event line."""
@@ -104,7 +98,7 @@ def test_plain_message_usage_cost_and_record(client, gateway, fake):
     assert sent["temperature"] == 0.5 and sent["top_p"] == 0.9 and sent["user"] == "user-42"
     assert sent["messages"] == [{"role": "user", "content": "What is two plus two?"}]
     # recorded and billed as a chat request, on the key that sent it
-    rec = get_generation(gateway, m.id)
+    rec = gateway.generation(m.id)
     assert rec["model"] == MODEL and rec["requested_model"] == MODEL and rec["streamed"] is False
     assert rec["tokens_prompt"] == 6 and rec["tokens_completion"] == 8 and rec["external_user"] == "user-42"
     assert rec["total_cost"] == pytest.approx(6 * IN_PRICE + 8 * OUT_PRICE, rel=1e-12)
@@ -217,7 +211,7 @@ def test_streaming_text_assembled_by_the_sdk(client, gateway, model):
     assert final.model == model and final.stop_reason == "end_turn"
     assert [b.type for b in final.content] == ["text"] and final.content[0].text == text
     assert final.usage.output_tokens > 0 and final.usage.input_tokens > 0
-    rec = get_generation(gateway, final.id)
+    rec = gateway.generation(final.id)
     assert rec["streamed"] is True and rec["model"] == model
     assert rec["tokens_prompt"] == final.usage.input_tokens and rec["tokens_completion"] == final.usage.output_tokens
 
@@ -255,7 +249,7 @@ def test_auto_routes_and_names_the_model(client, gateway):
     m = create(client, model="auto", max_tokens=100, messages=[{"role": "user", "content": "What is 2+2?"}],
                extra_body={"plugins": [{"id": "auto-router", "allowed_models": [MODEL, "openai/gpt-4o-2024-08-06"]}]})
     assert m.model in (MODEL, "openai/gpt-4o-2024-08-06")
-    rec = get_generation(gateway, m.id)
+    rec = gateway.generation(m.id)
     assert rec["router"] == "auto" and rec["requested_model"] == "auto" and rec["model"] == m.model
 
 

@@ -31,12 +31,6 @@ def ask(client, prompt: str, *, extra_body=None, headers=None, **kw):
         extra_headers={**META, **(headers or {})}, **kw)
 
 
-def generation(gateway, gen_id):
-    r = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id},
-                  headers={"Authorization": f"Bearer {gateway.api_key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def cost_of(model_id: str, prompt_tokens: int, completion_tokens: int) -> float:
     m = CATALOG.get(model_id)
@@ -53,7 +47,7 @@ def test_auto_names_the_model_prices_it_and_explains(client, gateway):
     assert meta["candidates"][0]["model_id"] == r.model
     assert all(0 <= c["quality"] <= 1 and c["cost_usd"] > 0 and c["reason"] for c in meta["candidates"])
     assert meta["reason"] == meta["candidates"][0]["reason"]
-    rec = generation(gateway, r.id)
+    rec = gateway.generation(r.id)
     assert rec["router"] == "auto" and rec["model"] == r.model and rec["requested_model"] == "auto"
     assert rec["routing"]["candidates"] == meta["candidates"]
     assert rec["routing"]["reason"] == meta["reason"]
@@ -63,7 +57,7 @@ def test_metadata_is_kept_even_when_not_asked(client, gateway):
     r = client.chat.completions.create(model="openrouter/auto", messages=[{"role": "user", "content": "hello"}],
                                        extra_body=auto_plugin(allowed_models=OPENAI_COMPATIBLE))
     assert "openrouter_metadata" not in (r.model_extra or {})
-    rec = generation(gateway, r.id)
+    rec = gateway.generation(r.id)
     assert rec["routing"]["candidates"][0]["model_id"] == rec["model"]
 
 
@@ -120,7 +114,7 @@ def test_failing_first_choice_falls_back_and_bills_only_the_answer(client, gatew
     assert meta["attempts"][0]["status"] == 503
     assert meta["attempts"][0]["model"] == meta["router_choice"] != r.model
     assert meta["attempts"][-1] == {**meta["attempts"][-1], "model": r.model, "status": 200}
-    rec = generation(gateway, r.id)
+    rec = gateway.generation(r.id)
     assert rec["model"] == r.model
     assert rec["total_cost"] == pytest.approx(cost_of(r.model, rec["tokens_prompt"], rec["tokens_completion"]))
 
@@ -168,7 +162,7 @@ def test_streaming_auto_with_openai_sdk(client, gateway):
     last = chunks[-1]
     meta = last.model_extra["openrouter_metadata"]
     assert meta["selected"] == last.model and meta["strategy"] == "auto"
-    rec = generation(gateway, last.id)
+    rec = gateway.generation(last.id)
     assert rec["router"] == "auto" and rec["routing"]["candidates"] == meta["candidates"]
 
 
@@ -217,7 +211,7 @@ def test_default_tradeoff_routes_easy_and_hard_prompts_differently(client, gatew
     q = {c["model_id"]: c["quality"] for c in h["candidates"]}
     assert q[hard.model] >= q[easy.model]
     for r in (easy, hard):
-        assert generation(gateway, r.id)["model"] == r.model
+        assert gateway.generation(r.id)["model"] == r.model
 
 
 def test_route_endpoint_decides_without_calling_or_charging(gateway, fake):

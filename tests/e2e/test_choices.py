@@ -3,7 +3,6 @@ a clear 400 naming the model and provider everywhere else, before anything is se
 
 from __future__ import annotations
 
-import httpx
 import openai
 import pytest
 
@@ -24,10 +23,6 @@ def client(gateway):
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.api_key, max_retries=0)
 
 
-def generation(gateway, gen_id: str) -> dict:
-    return httpx.get(gateway.url + "/api/v1/generation", params={"id": gen_id},
-                     headers={"Authorization": f"Bearer {gateway.api_key}"}).json()["data"]
-
 
 def expected_cost(model_id: str, prompt: int, completion: int) -> float:
     m = CAT.get(model_id)
@@ -45,7 +40,7 @@ def test_every_choice_is_returned_and_billed(client, gateway, fake, family):
     assert r.usage.completion_tokens == sum(count_tokens(t) for t in EXPECTED)
     cost = r.usage.model_extra["cost"]
     assert cost == pytest.approx(expected_cost(SUPPORTED[family], r.usage.prompt_tokens, r.usage.completion_tokens))
-    g = generation(gateway, r.id)
+    g = gateway.generation(r.id)
     assert g["tokens_completion"] == r.usage.completion_tokens and g["total_cost"] == pytest.approx(cost)
 
 
@@ -63,7 +58,7 @@ def test_every_choice_streams(client, gateway, family):
         gen_id = chunk.id
     assert [texts[i] for i in range(3)] == EXPECTED and finish == {0: "stop", 1: "stop", 2: "stop"}
     assert usage.completion_tokens == sum(count_tokens(t) for t in EXPECTED)
-    g = generation(gateway, gen_id)
+    g = gateway.generation(gen_id)
     assert g["tokens_completion"] == usage.completion_tokens and g["streamed"] is True
     assert g["total_cost"] == pytest.approx(expected_cost(SUPPORTED[family], usage.prompt_tokens,
                                                           usage.completion_tokens))

@@ -42,12 +42,6 @@ def client(gw):
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.api_key, max_retries=0)
 
 
-def generation(gw, gen_id: str) -> dict:
-    r = httpx.get(f"{gw.url}/api/v1/generation", params={"id": gen_id},
-                  headers={"Authorization": f"Bearer {gw.api_key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def cost(provider: str, prompt: int, completion: int) -> float:
     inp, out = PRICES[provider]
@@ -65,7 +59,7 @@ def test_listing_measures_latency_from_the_records_and_not_cache_hits(gw, client
         r = client.chat.completions.create(model=LLAMA, messages=[{"role": "user", "content": "cached"}],
                                            extra_body={"provider": {"only": ["deepinfra"]}},
                                            extra_headers={"X-OpenRouter-Cache": "true"})
-    assert generation(gw, r.id)["cache_hit"] is True and generation(gw, r.id)["provider_name"] == "deepinfra"
+    assert gw.generation(r.id)["cache_hit"] is True and gw.generation(r.id)["provider_name"] == "deepinfra"
     listing = httpx.get(f"{gw.url}/api/v1/models/{LLAMA}/endpoints").json()["data"]
     eps = {e["tag"]: e for e in listing["endpoints"]}
     assert [e["tag"] for e in listing["endpoints"]] == ["together", "deepinfra", "fireworks"]  # cheapest first
@@ -89,7 +83,7 @@ def test_default_is_cheapest_first_with_fallback_and_priced_at_the_server(gw, cl
     attempts = r.model_extra["openrouter_metadata"]["attempts"]
     assert [(a["provider"], a["status"]) for a in attempts] == [("Together", 503), ("DeepInfra", 200)]
     assert r.usage.cost == pytest.approx(cost("deepinfra", r.usage.prompt_tokens, r.usage.completion_tokens))
-    g = generation(gw, r.id)
+    g = gw.generation(r.id)
     assert g["provider_name"] == "deepinfra" and g["total_cost"] == pytest.approx(r.usage.cost)
     assert [a["provider_name"] for a in g["provider_responses"]] == ["together", "deepinfra"]
 

@@ -57,11 +57,6 @@ def without_output(frame: bytes) -> bytes | None:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def generation(gateway, key, gen_id: str) -> dict:
-    r = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id}, headers={"Authorization": f"Bearer {key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def key_usage(gateway, key) -> float:
     return httpx.get(f"{gateway.url}/api/v1/key", headers={"Authorization": f"Bearer {key}"}).json()["data"]["usage"]
@@ -81,7 +76,7 @@ def test_a_stream_broken_before_any_content_is_not_charged(client, gateway, key,
                                                     stream=True):
             ids.append(chunk.id)
             assert not chunk.choices or not chunk.choices[0].delta.content
-    g = generation(gateway, key, ids[0])
+    g = gateway.generation(ids[0], key)
     assert g["insured"] is True and g["total_cost"] == 0 and g["status"] == "error" and g["streamed"]
     assert activity_record(gateway, key, ids[0])["insured"] is True
     assert key_usage(gateway, key) == 0
@@ -96,7 +91,7 @@ def test_a_stream_broken_after_content_is_charged(client, gateway, key, fake):
             ids.append(chunk.id)
             text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
     assert text == "You said:"
-    g = generation(gateway, key, ids[0])
+    g = gateway.generation(ids[0], key)
     assert g["insured"] is False and g["total_cost"] > 0 and g["status"] == "error"
     assert key_usage(gateway, key) == pytest.approx(g["total_cost"], rel=1e-9)
 
@@ -105,7 +100,7 @@ def test_an_empty_answer_with_no_output_tokens_is_not_charged(client, gateway, k
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi there"}])
     assert r.choices[0].message.content == "" and r.usage.completion_tokens == 0 and r.usage.prompt_tokens > 0
     assert r.usage.model_extra["cost"] == 0
-    g = generation(gateway, key, r.id)
+    g = gateway.generation(r.id, key)
     assert g["insured"] is True and g["total_cost"] == 0 and g["tokens_prompt"] == r.usage.prompt_tokens
     assert activity_record(gateway, key, r.id)["insured"] is True
 
@@ -114,11 +109,11 @@ def test_an_empty_answer_with_no_output_tokens_is_not_charged(client, gateway, k
         chunks = list(s)
     assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage.completion_tokens == 0 and chunks[-1].usage.model_extra["cost"] == 0
-    assert generation(gateway, key, chunks[0].id)["insured"] is True
+    assert gateway.generation(chunks[0].id, key)["insured"] is True
     assert key_usage(gateway, key) == 0
 
 
 def test_an_answer_is_charged_as_ever(client, gateway, key):
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    g = generation(gateway, key, r.id)
+    g = gateway.generation(r.id, key)
     assert g["insured"] is False and g["total_cost"] > 0 and key_usage(gateway, key) == pytest.approx(g["total_cost"])

@@ -18,12 +18,6 @@ def client(gateway):
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key=gateway.api_key, max_retries=0)
 
 
-def get_generation(gateway, gen_id: str) -> dict:
-    r = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id},
-                  headers={"Authorization": f"Bearer {gateway.api_key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def test_chat_completion_model_usage_cost_and_record(client, gateway, fake):
     resp = client.chat.completions.create(
@@ -45,7 +39,7 @@ def test_chat_completion_model_usage_cost_and_record(client, gateway, fake):
     assert sent.body["model"] == "gpt-4o-mini-2024-07-18"
     assert sent.body["temperature"] == 0.2
     assert sent.headers["authorization"] == "Bearer sk-fake-openai"
-    rec = get_generation(gateway, resp.id)
+    rec = gateway.generation(resp.id)
     assert rec["model"] == MODEL
     assert rec["provider_name"] == "openai"
     assert rec["tokens_prompt"] == 6 and rec["tokens_completion"] == 8
@@ -70,7 +64,7 @@ def test_streaming_chunks_usage_and_record(client, gateway):
     assert last.choices == [] and last.usage is not None
     assert last.usage.prompt_tokens == 4 and last.usage.completion_tokens == 7
     assert last.usage.model_extra["cost"] == pytest.approx(4 * IN_PRICE + 7 * OUT_PRICE, rel=1e-12)
-    rec = get_generation(gateway, last.id)
+    rec = gateway.generation(last.id)
     assert rec["streamed"] is True and rec["tokens_completion"] == 7
     assert rec["time_to_first_token"] is not None and rec["time_to_first_token"] <= rec["latency"]
 
@@ -116,7 +110,7 @@ def test_fallback_models_list_bills_only_the_one_that_answered(client, gateway, 
     meta = resp.model_extra["openrouter_metadata"]
     assert [a["model"] for a in meta["attempts"]] == ["openai/gpt-4o-2024-08-06", "meta-llama/llama-3.1-70b-instruct"]
     assert meta["attempts"][0]["status"] == 503
-    rec = get_generation(gateway, resp.id)
+    rec = gateway.generation(resp.id)
     assert rec["model"] == "meta-llama/llama-3.1-70b-instruct"
     # llama 3.1 70b on Together: $0.12 / $0.30
     assert rec["total_cost"] == pytest.approx(rec["tokens_prompt"] * 0.12e-6 + rec["tokens_completion"] * 0.30e-6)
@@ -144,7 +138,7 @@ def test_stream_broken_midway_ends_with_terminal_error_chunk(client, gateway, fa
     terminal = events[-2]
     assert terminal["choices"][0]["finish_reason"] == "error" and terminal["error"]["code"] == 502
     assert events[-1]["choices"] == [] and events[-1]["usage"]["cost"] > 0
-    rec = get_generation(gateway, chunks[0].id)
+    rec = gateway.generation(chunks[0].id)
     assert rec["status"] == "error" and rec["usage_estimated"] is True and rec["total_cost"] > 0
     assert rec["finish_reason"] == "error"
 

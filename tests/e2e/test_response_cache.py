@@ -43,12 +43,6 @@ def create(gw, content: str, headers=None, key=None, **extra):
     return raw.parse(), raw.headers
 
 
-def generation(gw, gen_id, key=None) -> dict:
-    r = httpx.get(gw.url + "/api/v1/generation", params={"id": gen_id},
-                  headers={"Authorization": f"Bearer {key or gw.api_key}"})
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def key_usage(gw, key=None) -> float:
     return httpx.get(gw.url + "/api/v1/key", headers={"Authorization": f"Bearer {key or gw.api_key}"}).json()["data"]["usage"]
@@ -73,7 +67,7 @@ def test_a_repeated_request_is_a_free_hit(gw, fake):
     assert (second.usage.prompt_tokens, second.usage.completion_tokens, second.usage.total_tokens) == (0, 0, 0)
     assert second.usage.model_extra["cost"] == 0
     # recorded: the hit as a generation of its own, cost 0 and flagged; the key paid for the miss only
-    hit, miss = generation(gw, second.id), generation(gw, first.id)
+    hit, miss = gw.generation(second.id), gw.generation(first.id)
     assert hit["cache_hit"] is True and miss["cache_hit"] is False
     assert hit["total_cost"] == 0 and hit["tokens_prompt"] == 0 and hit["model"] == MODEL
     assert hit["routing"]["cache"]["original_id"] == first.id and "response cache" in hit["routing"]["reason"]
@@ -149,7 +143,7 @@ def test_streams_replay_as_streams(gw, fake):
     assert len({c.id for c in second}) == 1 and second[0].id != first[0].id
     assert first[-1].usage.completion_tokens > 0 and first[-1].usage.model_extra["cost"] > 0
     assert second[-1].usage.completion_tokens == 0 and second[-1].usage.model_extra["cost"] == 0
-    hit = generation(gw, second[0].id)
+    hit = gw.generation(second[0].id)
     assert hit["streamed"] is True and hit["cache_hit"] is True and hit["total_cost"] == 0
     # a stream and a JSON answer are not the same request
     assert create(gw, "stream and cache me", CACHE)[1]["x-openrouter-cache-status"] == "MISS"
@@ -159,7 +153,7 @@ def test_auto_answers_are_served_with_the_model_that_gave_them(gw):
     first, _ = create(gw, "auto, cached", CACHE, model="auto")
     second, h = create(gw, "auto, cached", CACHE, model="auto")
     assert h["x-openrouter-cache-status"] == "HIT" and second.model == first.model
-    hit = generation(gw, second.id)
+    hit = gw.generation(second.id)
     assert hit["requested_model"] == "auto" and hit["model"] == first.model and hit["router"] is None
 
 
@@ -226,4 +220,4 @@ def test_the_responses_api_replays_its_stream(gw, fake):
     first, second = finals
     assert second.output_text == first.output_text and second.id != first.id
     assert first.usage.output_tokens > 0 and second.usage.output_tokens == 0
-    assert generation(gw, second.id)["cache_hit"] is True
+    assert gw.generation(second.id)["cache_hit"] is True

@@ -78,11 +78,6 @@ def stream_events(gateway, body: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-def generation(gateway, gen_id: str) -> dict[str, Any]:
-    r = httpx.get(f"{gateway.url}/api/v1/generation", params={"id": gen_id}, headers=auth(gateway))
-    assert r.status_code == 200, r.text
-    return r.json()["data"]
-
 
 def key_usage(gateway) -> float:
     return httpx.get(f"{gateway.url}/api/v1/key", headers=auth(gateway)).json()["data"]["usage"]
@@ -107,7 +102,7 @@ def test_string_input_is_recorded_and_billed_as_chat(client, gateway, fake):
     assert sent.body["messages"] == [{"role": "user", "content": "What is two plus two?"}]
     assert sent.body["temperature"] == 0.2 and sent.body["max_tokens"] == 100
     assert "metadata" not in sent.body and "input" not in sent.body
-    rec = generation(gateway, resp.id)  # the response id is the generation's
+    rec = gateway.generation(resp.id)  # the response id is the generation's
     assert rec["model"] == MODEL and rec["tokens_prompt"] == 6 and rec["tokens_completion"] == 8
     assert rec["total_cost"] == pytest.approx(cost, rel=1e-12) and rec["streamed"] is False
     assert key_usage(gateway) == pytest.approx(before + cost, rel=1e-9)
@@ -185,7 +180,7 @@ def test_auto_routes_and_names_the_model_that_served(client, gateway):
     catalog = default_catalog()
     assert resp.model in catalog and resp.model != "auto"
     assert resp.output_text
-    rec = generation(gateway, resp.id)
+    rec = gateway.generation(resp.id)
     assert rec["router"] == "auto" and rec["requested_model"] == "auto" and rec["model"] == resp.model
 
 
@@ -208,7 +203,7 @@ def test_stream_events_and_the_sdk_assembles_the_final_response(client, gateway)
     assert done["status"] == "completed" and done["usage"]["output_tokens"] == 7
     assert done["output"][0]["content"][0]["text"] == "You said: Tell me a story"
     assert len({e["response"]["id"] for e in events if "response" in e}) == 1
-    rec = generation(gateway, done["id"])
+    rec = gateway.generation(done["id"])
     assert rec["streamed"] is True and rec["tokens_completion"] == 7
     assert rec["total_cost"] == pytest.approx(done["usage"]["cost"], rel=1e-12)
 
@@ -322,7 +317,7 @@ def test_stream_broken_mid_answer_ends_in_response_failed_and_bills_what_was_ser
     assert last["type"] == "response.failed"
     assert last["response"]["status"] == "failed" and last["response"]["error"]["code"] == "server_error"
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["You", " said:"]
-    rec = generation(gateway, last["response"]["id"])
+    rec = gateway.generation(last["response"]["id"])
     assert rec["status"] == "error" and rec["streamed"] is True and rec["total_cost"] > 0
 
 

@@ -15,7 +15,6 @@ from metarouter.gateway.endpoints import parse_prefs
 from metarouter.gateway.pipeline import Gateway, RequestContext
 from metarouter.gateway.upstream import MockResponse, MockTransport, UpstreamRequest
 from metarouter.store import new_generation_id
-from metarouter.store.sqlite import SQLiteStore
 
 LLAMA = "meta-llama/llama-3.1-70b-instruct"  # default endpoint: Together, $0.12 / $0.30 per 1M tokens
 MINI = "openai/gpt-4o-mini-2024-07-18"
@@ -64,14 +63,6 @@ class Hosts:
     @property
     def hosts(self) -> list[str]:
         return [h for h, _ in self.seen]
-
-
-@pytest.fixture
-async def store(tmp_path):
-    st = SQLiteStore(tmp_path / "m.db")
-    await st.open()
-    yield st
-    await st.close()
 
 
 async def gateway(store, hosts: Hosts, **extra: Any) -> Gateway:

@@ -14,7 +14,6 @@ from metarouter.errors import GatewayError
 from metarouter.gateway.pipeline import Gateway, RequestContext
 from metarouter.gateway.resilience import OPEN
 from metarouter.gateway.upstream import MockResponse, MockTransport, UpstreamError, UpstreamRequest, UpstreamTimeout
-from metarouter.store.sqlite import SQLiteStore
 
 BIG = "openai/gpt-4o-2024-08-06"  # $2.50 / $10 per 1M tokens
 SMALL = "openai/gpt-4o-mini-2024-07-18"  # $0.15 / $0.60
@@ -74,14 +73,6 @@ class Upstream:
         if isinstance(step, Exception):
             raise step
         return step() if callable(step) else step
-
-
-@pytest.fixture
-async def store(tmp_path):
-    st = SQLiteStore(tmp_path / "m.db")
-    await st.open()
-    yield st
-    await st.close()
 
 
 async def gateway(store, upstream: Upstream, **resilience: Any) -> Gateway:

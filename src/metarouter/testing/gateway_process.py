@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ class GatewayProcess:
         self.workers = workers
         self.proc: subprocess.Popen | None = None
         self.log_path = self.data_dir / "server.log"
+        self.api_key: str | None = None  # a key the caller created, the default of :meth:`generation`
 
     @property
     def url(self) -> str:
@@ -46,6 +50,18 @@ class GatewayProcess:
         if out.returncode != 0:
             raise RuntimeError(f"metarouter {' '.join(args)} failed: {out.stderr}")
         return out.stdout.strip()
+
+    def generation(self, gen_id: str, key: str | None = None) -> dict[str, Any]:
+        """The stored record of one request (``GET /api/v1/generation``) as ``key`` (default: ``api_key``) sees it;
+        anything but a 200 fails with the status and body."""
+        req = urllib.request.Request(f"{self.url}/api/v1/generation?{urllib.parse.urlencode({'id': gen_id})}",
+                                     headers={"Authorization": f"Bearer {key or self.api_key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())["data"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"GET /generation {gen_id}: HTTP {e.code}: {e.read().decode(errors='replace')}") \
+                from None
 
     def create_key(self, label: str = "test", limit: float | None = None, rpm: int | None = None,
                    tpm: int | None = None) -> str:
