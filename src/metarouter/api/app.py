@@ -517,7 +517,7 @@ async def list_endpoints(request: Request) -> Response:
     resolver = gw.resolver
     if resolver is not None and resolver.handles(model_id):  # auto: the models it may choose, each where it is
         stats = await gw.endpoint_stats.get()  # priced (its cheapest available endpoint)
-        pool = sorted(resolver.pool(), key=lambda e: (e.input_pico + e.output_pico, e.input_pico, e.id))
+        pool = sorted(resolver.pool(), key=lambda e: (e.list_price, e.id))
         from ..gateway.auto import auto_model_schema
 
         schema = auto_model_schema(resolver)
@@ -531,7 +531,7 @@ async def list_endpoints(request: Request) -> Response:
         shown = model_id if len(model_id) <= 256 else model_id[:256] + "…"
         raise GatewayError(404, f"Model {shown} not found", metadata={"model": shown}, retryable=False)
     stats = await gw.endpoint_stats.get()
-    endpoints = sorted(gw.catalog.endpoints(m), key=lambda e: (e.input_pico + e.output_pico, e.input_pico))
+    endpoints = sorted(gw.catalog.endpoints(m), key=lambda e: e.list_price)
     return json_response({"data": {
         "id": m.id,
         "name": m.name,

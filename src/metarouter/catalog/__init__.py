@@ -105,6 +105,20 @@ class Model:
         """The most output tokens one request may ask for."""
         return self.max_output_tokens or self.context_length
 
+    @property
+    def list_price(self) -> tuple[int, int]:
+        """What "cheapest" means among endpoints without a request to price: input + output price per token, then
+        input alone."""
+        return self.input_pico + self.output_pico, self.input_pico
+
+    def limit_violation(self, prompt_tokens: int, max_tokens: int | None) -> str | None:
+        """Why a request of this size does not fit here (the context, or the largest answer), or None."""
+        if prompt_tokens + (max_tokens or 0) > self.context_length:
+            return f"context {self.context_length} tokens < {prompt_tokens} prompt + {max_tokens or 0} max_tokens"
+        if max_tokens and self.max_output_tokens and max_tokens > self.max_output_tokens:
+            return f"max_tokens {max_tokens} > model's max output {self.max_output_tokens}"
+        return None
+
 
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
@@ -230,7 +244,7 @@ class Catalog:
         eps = [e for e in self.endpoints(model) if e.provider in available]
         if len(eps) <= 1:
             return eps[0] if eps else None
-        cheapest = min(eps, key=lambda e: (e.input_pico + e.output_pico, e.input_pico))
+        cheapest = min(eps, key=lambda e: e.list_price)
         outs = [e.max_output_tokens for e in eps]
         return dataclasses.replace(
             cheapest, context_length=max(e.context_length for e in eps),

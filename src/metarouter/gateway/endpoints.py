@@ -203,10 +203,8 @@ def request_cost_key(body: dict[str, Any]) -> Callable[[Model], int]:
 def request_fits(body: dict[str, Any]) -> Callable[[Model], bool]:
     """Whether an endpoint's limits take the request: its estimated prompt and the ``max_tokens`` asked for within
     the context, and that ``max_tokens`` within the endpoint's largest answer."""
-    prompt = estimate_prompt_tokens(body)
-    asked = requested_max_tokens(body) or 0
-    return lambda e: prompt + asked <= e.context_length and not (asked and e.max_output_tokens
-                                                                  and asked > e.max_output_tokens)
+    prompt, asked = estimate_prompt_tokens(body), requested_max_tokens(body)
+    return lambda e: e.limit_violation(prompt, asked) is None
 
 
 def _none_allowed(model: Model, endpoints: Sequence[Model], requested: Iterable[str]) -> GatewayError:

@@ -383,10 +383,9 @@ class Router:
             return "does not accept images"
         if c.needs_json and not m.json_output:
             return "does not support JSON output"
-        if prompt_tokens + (c.max_tokens or 0) > m.context_length:
-            return f"context {m.context_length} tokens < {prompt_tokens} prompt + {c.max_tokens or 0} max_tokens"
-        if c.max_tokens and m.max_output_tokens and c.max_tokens > m.max_output_tokens:
-            return f"max_tokens {c.max_tokens} > model's max output {m.max_output_tokens}"
+        too_big = m.limit_violation(prompt_tokens, c.max_tokens)
+        if too_big:
+            return too_big
         if c.max_price_prompt is not None and m.input_pico / 1e6 > c.max_price_prompt:
             return f"prompt price ${m.input_pico / 1e6:g}/M > max_price.prompt ${c.max_price_prompt:g}/M"
         if c.max_price_completion is not None and m.output_pico / 1e6 > c.max_price_completion:
