@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -218,17 +217,6 @@ def start_balancer(work: Path, logs: Path, upstreams: list[int], procs: list[run
     url = f"http://127.0.0.1:{port}"
     run.wait_until(lambda: run.http(url + "/health", timeout=2)[0] == 200, 10, proc)
     return url
-
-
-def create_key(env: dict[str, str], config: Path, data: Path, label: str, limit: str | None) -> tuple[str, str]:
-    """``metarouter keys create`` on the cluster's database: (the key, its public id)."""
-    out = subprocess.run([run.PY, "-m", "metarouter.cli", "keys", "create", "--label", label, "--config", str(config),
-                          "--data-dir", str(data), *(["--limit", limit] if limit else [])], env=env,
-                         capture_output=True, text=True, timeout=60, cwd=run.REPO)
-    if out.returncode != 0:
-        raise RuntimeError(f"keys create failed: {out.stderr[-2000:]}")
-    public_id = out.stderr.split("created key ", 1)[1].split()[0]
-    return out.stdout.strip().splitlines()[-1], public_id
 
 
 # --- one measured run -------------------------------------------------------------------------------------------
@@ -491,8 +479,8 @@ def main() -> int:
         env = {**os.environ, run.UPSTREAM_KEY_ENV: "bench", "METAROUTER_DATABASE_URL": db_url,
                "METAROUTER_REDIS_URL": redis_url, "METAROUTER_HOME": str(work / "home")}
         keys, ids = {}, {}
-        keys["unlimited"], ids["unlimited"] = create_key(env, config, work / "home", "bench-unlimited", None)
-        keys["limited"], ids["limited"] = create_key(env, config, work / "home", "bench-limited", a.key_limit)
+        keys["unlimited"], ids["unlimited"] = run.create_key(env, config, work / "home", "bench-unlimited", None)
+        keys["limited"], ids["limited"] = run.create_key(env, config, work / "home", "bench-limited", a.key_limit)
         R["key_ids"] = ids
         answered = {k: 0 for k in KINDS}  # 2xx answers counted by wrk or the probes, per key
         slack = {k: 0 for k in KINDS}  # requests wrk may not have counted (in flight at its end), per key

@@ -340,6 +340,17 @@ def metarouter_config(work: Path, upstream: str) -> Path:
     return path
 
 
+def create_key(env: dict[str, str], config: Path, data: Path, label: str, limit: str | None) -> tuple[str, str]:
+    """``metarouter keys create`` on the store ``config``/``data``/``env`` name: (the key, its public id)."""
+    out = subprocess.run([PY, "-m", "metarouter.cli", "keys", "create", "--label", label, "--config", str(config),
+                          "--data-dir", str(data), *(["--limit", limit] if limit else [])], env=env,
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"keys create failed: {out.stderr[-2000:]}")
+    public_id = out.stderr.split("created key ", 1)[1].split()[0]
+    return out.stdout.strip().splitlines()[-1], public_id
+
+
 class Metarouter(Target):
     def __init__(self, name: str, work: Path, logs: Path, upstream: str, workers: int = 1, cpus: str | None = GW_CPU):
         self.name = name
@@ -350,13 +361,7 @@ class Metarouter(Target):
         if SRC_OVERRIDE:
             self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC_OVERRIDE, os.environ.get("PYTHONPATH")]))
         self.models = {"json": EXPLICIT_MODEL, "stream": EXPLICIT_MODEL}
-        out = subprocess.run([PY, "-m", "metarouter.cli", "keys", "create", "--label", "bench", "--config",
-                              str(self.config), "--data-dir", str(self.data),
-                              *(["--limit", KEY_LIMIT] if KEY_LIMIT else [])], env=self.env, capture_output=True,
-                             text=True, timeout=60, cwd=REPO)
-        if out.returncode != 0:
-            raise RuntimeError(f"keys create failed: {out.stderr[-2000:]}")
-        self.auth = out.stdout.strip().splitlines()[-1]
+        self.auth, _ = create_key(self.env, self.config, self.data, "bench", KEY_LIMIT)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
         self.proc = Proc(name, pinned(cpus, [PY, "-m", "metarouter.cli", "serve", "--config", str(self.config),
