@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,17 +72,16 @@ def test_compiled_kernel_matches_numpy(router, tradeoff):
 
 
 def test_compiled_order_breaks_equal_scores_by_cost_like_lexsort(router):
-    """Equal scores: the cheaper first — np.lexsort's order, which the compiled sort must reproduce. At 0 on an
-    easy request every candidate within the tie margin of the best scores exactly the margin's top (price counts
-    for nothing there), so only cost orders them."""
-    x, cov, ops, cands, pt = _inputs(router, {"messages": [{"role": "user", "content": "Say hi."}]})
+    """Equal scores: the cheaper first — np.lexsort's order, which the compiled sort must reproduce. At 0 price
+    counts for nothing, so one model listed at several prices (the same quality) scores the same at each, and only
+    cost orders them."""
+    base = next(m for m in MODELS if m.id == "openai/gpt-4o-mini-2024-07-18")
+    models = [replace(base, input_pico=base.input_pico * f, output_pico=base.output_pico * f) for f in (3, 1, 4, 2)]
+    x, cov, ops, cands, pt = _inputs(router, {"messages": [{"role": "user", "content": "Say hi."}]}, models)
     a = kernel.decide_numpy(x, cov, ops, cands, pt, None, 0.0)
     b = kernel.decide_compiled(x, cov, ops, cands, pt, None, 0.0)
-    tied = [i for i in b.order.tolist() if b.near_best[i]]
-    assert len(tied) >= 3  # the case this test is about
-    assert len({b.score[i] for i in tied}) == 1
-    assert [b.cost[i] for i in tied] == sorted(b.cost[i] for i in tied)
-    assert b.order.tolist()[:len(tied)] == a.order.tolist()[:len(tied)] == tied
+    assert len(set(b.score.tolist())) == 1 and b.near_best.all()  # the case this test is about
+    assert b.order.tolist() == a.order.tolist() == [1, 3, 0, 2]
 
 
 def test_learned_free_candidates(router):

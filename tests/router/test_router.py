@@ -137,20 +137,26 @@ def test_screening_fast_path_agrees_with_the_checks(router):
 
 
 def test_the_dial_at_its_ends():
-    """0: only quality counts, except that candidates of an easy request within the tie margin are equals (the
-    cheaper wins); 7: ties everywhere; 10: the cheapest, even when it is far worse."""
+    """0: only quality counts; from 1 on candidates of an easy request within the tie margin are equals (the
+    cheaper wins), from 7 on those of every request; 10: the cheapest, even when it is far worse."""
     from metarouter.router import policy
 
     cost = np.array([0.01, 0.0001])
     hard, easy = np.array([0.80, 0.79]), np.array([0.97, 0.96])
     assert policy.rank(hard, cost, 0.0)[0][0] == 0  # a point better: chosen whatever it costs
-    assert policy.rank(easy, cost, 0.0)[0][0] == 1  # both answer well: the cheaper
+    assert policy.rank(easy, cost, 0.0)[0][0] == 0  # at 0 even on an easy request
+    assert policy.rank(easy, cost, 1.0)[0][0] == 1  # from 1 on, both answer well: the cheaper
+    assert policy.rank(hard, cost, 1.0)[0][0] == 0
     assert policy.rank(hard, cost, 7.0)[0][0] == 1  # within two points at 7: a tie
     assert policy.rank(np.array([0.80, 0.50]), cost, 10.0)[0][0] == 1
     assert policy.rank(np.array([0.80, 0.50]), cost, 5.0)[0][0] == 0
+    # the margin grows continuously with the setting
+    margins = [policy.tie(t, 0.97) for t in (0.0, 0.25, 0.5, 1.0, 3.0)]
+    assert margins == sorted(margins) and margins[0] == 0.0 and margins[-1] == policy.TIE
     # the batch form agrees with the one-request form
     Q, C = np.stack([hard, easy]), np.stack([cost, cost])
-    assert policy.choose(Q, C, 0.0).tolist() == [0, 1]
+    assert policy.choose(Q, C, 0.0).tolist() == [0, 0]
+    assert policy.choose(Q, C, 1.0).tolist() == [0, 1]
 
 
 def test_wildcards(router):

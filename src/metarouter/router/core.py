@@ -174,7 +174,7 @@ def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_
                 ("cheapest chosen" if i == cheapest else "best for the price")
         elif near_best[i] and i != best:
             margin = float(policy.tie(tradeoff, qbest)) * 100
-            why = f"as good as the best ({ids[best]}, within {margin:.0f} pts) and cheaper"
+            why = f"as good as the best ({ids[best]}, within {margin:.2g} pts) and cheaper"
         elif i == best:
             lead = (qi - q[cheapest]) * 100
             why = "highest expected quality" + (f", +{lead:.0f} pts over the cheapest ({ids[cheapest]})"

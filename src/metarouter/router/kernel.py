@@ -298,7 +298,8 @@ def decide_compiled(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, pro
     """:func:`decide_numpy` by the compiled loops (call only when :func:`compiled_ready`)."""
     Q, pw, cost, billed, S, near, order, fam, everyday, cat = _compiled.decide(
         x, float(coverage), ops.M, ops.bias, ops.Wqc, ops.k, ops.scalars, *p, float(prompt_tokens),
-        int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), policy.TIE, policy.EASY)
+        int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), float(policy.tie(tradeoff, 1.0)),
+        policy.EASY)
     return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, cat)
 
 

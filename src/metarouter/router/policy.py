@@ -10,8 +10,9 @@ Per request, with predicted quality ``q`` (P(good answer)) and cost ``c`` (USD) 
   cost against mean quality (a Lagrangian of "most quality for this budget"), so each setting is a point on it.
 - ``tie(t)``: differences of quality smaller than this do not count: when every candidate is expected to answer
   well (a greeting), they are equals and the cheapest wins, while a hard proof, where a capable model is expected to
-  be tens of points better, keeps it until its price outweighs that at the setting's λ. :data:`TIE` from 7 on,
-  shrinking linearly to none at 0, where only quality counts.
+  be tens of points better, keeps it until its price outweighs that at the setting's λ. :data:`TIE` from 7 on
+  (from 1 on for a request every candidate is expected to answer well), shrinking linearly to none at 0, where only
+  quality counts.
 
 At 10, λ is so high that the cheapest candidate wins unless another is better by more than there is to gain: the
 cheap end of the curve reaches the cheapest model. (A plausibility floor at 10 — the cheapest candidate within some
@@ -38,17 +39,21 @@ def usd_weight(tradeoff: float) -> float:
     return USD_WEIGHT_AT_7 * (USD_WEIGHT_AT_10 / USD_WEIGHT_AT_7) ** ((t - 7.0) / 3.0)
 
 
-EASY = 0.9  # the best candidate's P(good) from which its equals are always equals
+EASY = 0.9  # the best candidate's P(good) from which a request counts as easy (every capable model answers well)
+EASY_RAMP = 1.0  # the setting from which an easy request's equals are always equals
 
 
 def tie(tradeoff: float, best: np.ndarray | float = 0.0) -> np.ndarray | float:
-    """The tie margin at this setting for a request whose best candidate has P(good) ``best``: :data:`TIE` from 7 on
-    and wherever the best is :data:`EASY` (every capable model answers a greeting well, whatever the setting);
-    below 7, on harder requests, shrinking to none at 0, where only quality counts."""
-    scaled = TIE * min(max(float(tradeoff), 0.0) / 7.0, 1.0)
+    """The tie margin at this setting for a request whose best candidate has P(good) ``best``: none at 0, where only
+    quality counts ("the most capable model regardless of price"), growing with the setting to :data:`TIE` — by
+    :data:`EASY_RAMP` where the best is :data:`EASY` (a greeting: from there its equals are equals and the cheapest
+    wins), by 7 on harder requests. Growing continuously on both, so that each setting near 0 gives up a little
+    more quality for price than the one before (chosen on training prompts: bench/router/RESULTS.md)."""
+    t = min(max(float(tradeoff), 0.0), 10.0)
+    easy, scaled = TIE * min(t / EASY_RAMP, 1.0), TIE * min(t / 7.0, 1.0)
     if isinstance(best, float):
-        return TIE if best >= EASY else scaled
-    return np.where(np.asarray(best) >= EASY, TIE, scaled)
+        return easy if best >= EASY else scaled
+    return np.where(np.asarray(best) >= EASY, easy, scaled)
 
 
 def scores(Q: np.ndarray, C: np.ndarray, tradeoff: float) -> tuple[np.ndarray, np.ndarray]:
