@@ -491,3 +491,38 @@ def test_cli_train_and_eval_bad_input(tmp_path, capsys):
         main(["route", "hello", "--models", "nobody/*"])
     assert main(["eval", "--data", str(bad), "--quiet"]) == 2
     assert "'prompt'" in capsys.readouterr().err
+
+
+def test_features_that_never_varied_in_training_read_as_zero_and_outliers_are_clipped():
+    """A feature no training request had (images, JSON mode) teaches nothing: it reads as 0, not as thousands of
+    standard deviations; any other value far outside training reads as the clip."""
+    from metarouter.router.encoder import FEATURE_CLIP, feature_scale, standardised
+
+    scale = feature_scale(np.array([0.0, 2.0], np.float32))
+    x = standardised(np.array([1.0, 1000.0], np.float32), np.zeros(2, np.float32), scale)
+    assert abs(float(x[0])) < 1e-5 and float(x[1]) == FEATURE_CLIP
+    assert float(standardised(np.array([3.0], np.float32), np.array([1.0], np.float32), np.array([2.0], np.float32))[0]) \
+        == pytest.approx(1.0)
+
+
+def test_training_shapes_reshape_a_share_of_requests_keeping_the_request():
+    from metarouter.router import shapes
+
+    picks = [shapes.pick(f"src\x00{i}") for i in range(4000)]
+    assert abs(np.mean([k is not None for k in picks]) - shapes.SHARE) < 0.03
+    assert picks == [shapes.pick(f"src\x00{i}") for i in range(4000)]  # the same requests on every run
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}]
+    for messages in ([{"role": "user", "content": "Q"}],
+                     [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}]):
+        req = RouteRequest.from_body({"messages": messages, "tools": tools})
+        seen = set()
+        for k in range(64):
+            r = shapes.reshape(req, k)
+            roles = [m["role"] for m in r.messages]
+            assert r.messages[-1] == {"role": "user", "content": "Q"} and r.tools == req.tools
+            assert roles.count("system") <= 1 and roles.index("user") >= roles.count("system")  # system first
+            assert roles[:-1].count("user") == roles.count("assistant")  # earlier turns come in exchanges
+            if messages[0]["role"] == "system":
+                assert r.messages[0] == messages[0]  # a request's own system prompt is kept (no second one)
+            seen.add(tuple(roles))
+        assert len(seen) >= 2

@@ -90,11 +90,34 @@ def test_the_dial_is_a_per_request_judgment(router):
         assert all(y <= x * (1 + 1e-6) for x, y in zip(costs, costs[1:])), costs
 
 
+GSM = {"messages": [{"role": "user", "content": "A baker makes 24 muffins each hour for 6 hours and sells 3/4 of them "
+                                              "at $2 each. How much money does she make?"}]}
 def test_familiarity_means_something(router):
     fam_trivial = np.mean([_route(router, b).familiarity for b in TRIVIAL])
-    gsm = {"messages": [{"role": "user", "content": "A baker makes 24 muffins each hour for 6 hours and sells 3/4 of "
-                                                    "them at $2 each. How much money does she make?"}]}
-    assert fam_trivial < 0.5 < _route(router, gsm).familiarity
+    assert fam_trivial < 0.5 < _route(router, GSM).familiarity
+
+
+#: conversations' heads written for this test (not the training's shapes, router/shapes.py)
+HEADS = ([{"role": "system", "content": "You are an assistant. Answer carefully and completely."}],
+         [{"role": "user", "content": "hey there"}, {"role": "assistant", "content": "Hi! What can I do for you?"}],
+         [{"role": "system", "content": "You work for Acme support."}, {"role": "user", "content": "hello again"},
+          {"role": "assistant", "content": "Welcome back! What do you need?"}])
+
+
+def test_a_system_prompt_or_earlier_turns_do_not_decide_alone(router):
+    """No labelled prompt has a system prompt or a conversation before it; real requests often do. Neither makes a
+    hard request an everyday one (a competition problem behind "You are a helpful assistant." once went to the
+    cheapest model as "everyday"), nor a request of a labelled domain unfamiliar."""
+    bare = [{"messages": [{"role": "user", "content": b["prompt"]}]} if "prompt" in b else b for b in HARD]
+    bare = [b for b in bare if [m["role"] for m in b["messages"]] == ["user"]]
+    assert len(bare) >= 30
+    strong = np.mean([_route(router, b).model in STRONG for b in bare])
+    fam = np.mean([_route(router, b).familiarity for b in bare])
+    for head in HEADS:
+        shaped = [{**b, "messages": head + b["messages"]} for b in bare]
+        assert np.mean([_route(router, b).model in STRONG for b in shaped]) >= strong - 0.1, head
+        assert np.mean([_route(router, b).familiarity for b in shaped]) >= fam - 0.15, head
+        assert _route(router, {"messages": head + GSM["messages"]}).familiarity > 0.5, head
 
 
 def test_quality_saturates_on_easy_requests_and_separates_on_hard_ones(router):

@@ -28,7 +28,7 @@ import numpy as np
 from ..catalog import Model, matches
 from . import artifact as art
 from . import kernel, policy
-from .encoder import Parsed, StaticEncoder
+from .encoder import Parsed, StaticEncoder, standardised
 from .predictors import CategoryModel, FamiliarityModel, LengthModel, PriorModel, QualityModel
 from .request import RouteRequest
 
@@ -287,7 +287,7 @@ class Router:
         """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
         ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
         x, coverage = encode_request(self.encoder, request, parsed)
-        r = (np.array(request.features(), np.float32) - self.req_mean) / self.req_std
+        r = standardised(np.array(request.features(), np.float32), self.req_mean, self.req_std)
         return np.concatenate([x, r]).astype(np.float32), coverage
 
     def featurize(self, requests: Iterable[RouteRequest]) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,23 @@ FEATURE_NAMES = (
     "question_marks", "nonascii_density", "punct_density", "newline_density", "has_system", "has_image",
 )
 
+FEATURE_CLIP = 5.0  # standardised features beyond this many standard deviations of training are read as this
+CONSTANT_SCALE = 1e6  # the scale of a feature that never varied in training: whatever its value, it reads as 0
+
+
+def feature_scale(std: np.ndarray) -> np.ndarray:
+    """Training's standard deviations as the scale features are divided by: a feature that never varied there
+    (images, JSON mode: no labelled prompt had one) teaches nothing, so it is read as 0 rather than as thousands of
+    standard deviations (which once made a system prompt look like nothing the router had seen)."""
+    std = np.asarray(std, np.float32)
+    return np.where(std > 1e-6, std + 1e-3, CONSTANT_SCALE).astype(np.float32)
+
+
+def standardised(f: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Features in training's standard deviations, clipped to ±:data:`FEATURE_CLIP` (no value far outside
+    training moves a linear predictor further than one at its edge would)."""
+    return np.clip((f - mean) / scale, -FEATURE_CLIP, FEATURE_CLIP)
+
 
 def count_columns(token: str) -> list[float]:
     """The count columns of one vocabulary entry (``##`` pieces count as their text)."""
@@ -398,7 +415,7 @@ class StaticEncoder:
 
     def hand_features(self, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int, total_chars: int,
                       n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
-        """Prompt statistics of the last user message from its token counts (standardised)."""
+        """Prompt statistics of the last user message from its token counts (not standardised)."""
         n = max(n_tokens, 1)
         code, mathm, number, question, nonascii, punct = counts.tolist()[:6]
         f = np.array([
@@ -406,7 +423,7 @@ class StaticEncoder:
             code * 100.0 / n, mathm * 100.0 / n, number * 100.0 / n, min(question, 10.0), nonascii * 100.0 / n,
             punct * 100.0 / n, newlines * 100.0 / max(n_chars, 1), float(has_system), float(has_image),
         ], np.float32)
-        return (f - self.feat_mean) / self.feat_std
+        return f
 
     def parse(self, messages: list[dict] | str) -> Parsed:
         """Messages → (text, weight) segments, the last user text, total chars, turns, has_system, has_image."""
@@ -481,8 +498,8 @@ class StaticEncoder:
         if counts is None:
             counts = np.zeros(len(_COUNT_COLUMNS), np.float32)
         feats = self.hand_features(counts, n_tok, n_chars, newlines, total, n_turns, has_system, has_image)
-        if raw:
-            feats = feats * self.feat_std + self.feat_mean
+        if not raw:
+            feats = standardised(feats, self.feat_mean, self.feat_std)
         x = np.concatenate([vec, feats])
         if with_coverage:
             return x, (1.0 - float(counts[-1]) / n_tok) if n_tok else 1.0

@@ -6,7 +6,9 @@ What it fits (all in :mod:`.predictors`; the runtime loads the same classes from
 
 1. features: the static embedding table (reused from an artifact, by default the shipped one; ``--distill`` makes a
    new one from all-MiniLM-L6-v2, which needs the ``[train]`` extra) + hand features + request features (tools,
-   response format), standardised on the training prompts;
+   response format), standardised on the training prompts (a feature that never varies there reads as 0, and every
+   standardised value is clipped to ±5); a share of the requests is read behind a generic system prompt or earlier
+   turns (:mod:`.shapes`), so that a conversation's shape alone decides nothing;
 2. a domain classifier, and the quality model over every labelled column (catalog models weigh double), its
    temperature calibrated on a validation split of the training prompts;
 3. the prior (general ability from Arena-Hard against the request's difficulty), for unfamiliar prompts and models
@@ -37,8 +39,9 @@ import numpy as np
 
 from ..catalog import Model, default_catalog
 from . import artifact as art
+from . import shapes
 from .data import RoutingData, is_test, load_anchors, load_any, load_arena_hard, split_mask
-from .encoder import FEATURE_NAMES, StaticEncoder
+from .encoder import FEATURE_NAMES, StaticEncoder, feature_scale, standardised
 from .predictors import CategoryModel, FamiliarityModel, LengthModel, PriorModel, QualityModel
 from .policy import DEFAULT_TRADEOFF
 from .request import REQUEST_FEATURES
@@ -114,36 +117,49 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     dims = table.shape[1]
     nf = len(FEATURE_NAMES)
     enc = StaticEncoder(vocab, table, sif, np.zeros(nf), np.ones(nf))
-    raw = np.stack([_raw_vector(enc, r) for r in tr.requests()]).astype(np.float32)
-    extra = (anchors.requests() if anchors is not None else []) + [as_request(p) for p in reference or []]
+    requests = tr.requests()
+    raw = np.stack([_raw_vector(enc, r) for r in requests]).astype(np.float32)
+    val = np.array([is_test(s, "val\x00" + i, VAL_FRACTION) for s, i in zip(tr.sources, tr.item_ids)])
+    # a share of the training requests is read in another conversation shape (a system prompt, earlier turns:
+    # shapes.py), with its labels; validation prompts stay as they are
+    picks = [(i, shapes.pick(f"{tr.sources[i]}\x00{tr.item_ids[i]}")) for i in np.flatnonzero(~val)]
+    shaped = np.array([i for i, k in picks if k is not None], np.int64)
+    raw_shaped = np.stack([_raw_vector(enc, shapes.reshape(requests[i], k)) for i, k in picks if k is not None]
+                          ).astype(np.float32) if len(shaped) else np.zeros((0, raw.shape[1]), np.float32)
+    anchor_reqs = _with_shapes("anchor", anchors.requests() if anchors is not None else [])
+    extra = anchor_reqs + _with_shapes("reference", [as_request(p) for p in reference or []])
+    n_anchor = len(anchor_reqs)
     raw_extra = np.stack([_raw_vector(enc, r) for r in extra]).astype(np.float32) if extra else \
         np.zeros((0, raw.shape[1]), np.float32)
-    fmean, fstd = raw[:, dims:dims + nf].mean(0), raw[:, dims:dims + nf].std(0) + 1e-3
-    rmean, rstd = raw[:, dims + nf:].mean(0), raw[:, dims + nf:].std(0) + 1e-3
+    both = np.vstack([raw, raw_shaped])  # the statistics of the labelled requests, in every shape
+    fmean, fstd = both[:, dims:dims + nf].mean(0), feature_scale(both[:, dims:dims + nf].std(0))
+    rmean, rstd = both[:, dims + nf:].mean(0), feature_scale(both[:, dims + nf:].std(0))
 
     def standardise(R: np.ndarray) -> np.ndarray:
         X = R.copy()
-        X[:, dims:dims + nf] = (R[:, dims:dims + nf] - fmean) / fstd
-        X[:, dims + nf:] = (R[:, dims + nf:] - rmean) / rstd
+        X[:, dims:dims + nf] = standardised(R[:, dims:dims + nf], fmean, fstd)
+        X[:, dims + nf:] = standardised(R[:, dims + nf:], rmean, rstd)
         return X
 
-    X, X_extra = standardise(raw), standardise(raw_extra)
-    n_anchor = len(anchors) if anchors is not None else 0
-    _log(f"features: {len(X)} labelled + {n_anchor} anchor + {len(X_extra) - n_anchor} reference requests × "
-         f"{X.shape[1]} in {time.time() - t0:.0f}s", quiet)
+    X, X_shaped, X_extra = standardise(raw), standardise(raw_shaped), standardise(raw_extra)
+    _log(f"features: {len(X)} labelled ({len(X_shaped)} reshaped) + {n_anchor} anchor + "
+         f"{len(X_extra) - n_anchor} reference requests × {X.shape[1]} in {time.time() - t0:.0f}s", quiet)
 
-    val = np.array([is_test(s, "val\x00" + i, VAL_FRACTION) for s, i in zip(tr.sources, tr.item_ids)])
     fit_rows = ~val
+    X_shown = X.copy()  # what the predictors learn from: each training request once, a share of them reshaped
+    X_shown[shaped] = X_shaped
+    X_fit = X_shown[fit_rows]
+    fit_idx = np.flatnonzero(fit_rows)
 
     # domain classifier and quality model (labelled prompts only)
-    cat = CategoryModel(seed=SEED).fit(X[fit_rows], [tr.datasets[i] for i in np.flatnonzero(fit_rows)])
+    cat = CategoryModel(seed=SEED).fit(X_fit, [tr.datasets[i] for i in fit_idx])
     P_cat = cat.predict(X)
     col_is_cat = np.array([m in tr.catalog_ids for m in tr.models])
     ki = np.array([cat.classes_.index(x) for x in tr.datasets])
     qp = quality_parameters(quality_params)
     quality = QualityModel(**qp).fit(
-        X[fit_rows], P_cat[fit_rows], tr.correct[fit_rows], col_weight=np.where(col_is_cat, 2.0, 1.0),
-        category=ki[fit_rows])
+        X_fit, cat.predict(X_fit), tr.correct[fit_idx], col_weight=np.where(col_is_cat, 2.0, 1.0),
+        category=ki[fit_idx])
     quality.calibrate(X[val], P_cat[val], tr.correct[val])
     _log(f"quality model fitted in {time.time() - t0:.0f}s (temperature {quality.temperature_:.2f}, domain table "
          f"weight {quality.table_weight_:.1f})", quiet)
@@ -184,8 +200,8 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     # prior: difficulty from the request's shape (labelled prompts and anchors), ability slope from the labels
     lab_models = [i for i, m in enumerate(models) if m.id.lower() in col_of]
     cols = [col_of[models[i].id.lower()] for i in lab_models]
-    Y_prior = tr.correct[fit_rows][:, cols]
-    F_prior = X[fit_rows]
+    Y_prior = tr.correct[fit_idx][:, cols]
+    F_prior = X_fit
     labelled = np.ones(len(Y_prior), bool)
     if n_anchor:
         Y_prior = np.vstack([Y_prior, np.ones((n_anchor, len(cols)), np.float32)])
@@ -195,11 +211,11 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
                              row_weight=np.where(labelled, 1.0, ANCHOR_WEIGHT))
 
     # familiarity: the labelled prompts against everyday requests and other traffic
-    fam = FamiliarityModel(seed=SEED).fit(X[fit_rows], X_extra[:n_anchor], X_extra[n_anchor:])
+    fam = FamiliarityModel(seed=SEED).fit(X_fit, X_extra[:n_anchor], X_extra[n_anchor:])
     _log(f"familiarity: validation prompts familiar (≥ 0.5): {(fam.predict(X[val])[0] >= 0.5).mean():.0%}", quiet)
 
     # answer lengths
-    length = LengthModel().fit(X, tr.out_chars)
+    length = LengthModel().fit(X_shown, tr.out_chars)
     lo = np.array([length.offset_[col_of[m.id.lower()]] if m.id.lower() in col_of else np.nan for m in models],
                   np.float32)
     len_fill = float(np.nanmedian(lo)) if (~np.isnan(lo)).any() else math.log(1500.0)
@@ -226,7 +242,8 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
         "router_format": 2, "version": "r2-" + digest.hexdigest()[:12], "default_tradeoff": DEFAULT_TRADEOFF, "dims": dims,
         "mf_dim": int(quality.W_.shape[1]), "epochs": qp["epochs"], "quality_params": qp, "seed": SEED,
         "categories": cat.classes_,
-        "n_train_prompts": int(fit_rows.sum()), "n_validation_prompts": int(val.sum()), "n_anchors": n_anchor,
+        "n_train_prompts": int(fit_rows.sum()), "n_reshaped": int(len(shaped)),
+        "n_validation_prompts": int(val.sum()), "n_anchors": n_anchor,
         "n_reference": len(X_extra) - n_anchor, "train_sources": sorted(set(tr.sources)),
         "arena_coef": arena_coef.tolist(), "len_fill": len_fill, "cov_range": list(COV_RANGE),
         "request_features": list(REQUEST_FEATURES), "n_labels": {m.id: int(n) for m, n in zip(models, n_lab)},
@@ -241,6 +258,12 @@ def quality_parameters(overrides: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown quality parameter(s) {', '.join(unknown)}; known: {', '.join(QUALITY_PARAMS)}")
     return {**QUALITY_PARAMS, **(overrides or {})}
+
+
+def _with_shapes(kind: str, requests: list) -> list:
+    """``requests``, then the reshaped copies of a share of them (:mod:`.shapes`)."""
+    return requests + [shapes.reshape(r, k) for j, r in enumerate(requests)
+                       if (k := shapes.pick(f"{kind}\x00{j}")) is not None]
 
 
 def _raw_vector(enc: StaticEncoder, req) -> np.ndarray:
