@@ -131,7 +131,7 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     n_anchor = len(anchor_reqs)
     raw_extra = np.stack([_raw_vector(enc, r) for r in extra]).astype(np.float32) if extra else \
         np.zeros((0, raw.shape[1]), np.float32)
-    both = np.vstack([raw, raw_shaped])  # the statistics of the labelled requests, in every shape
+    both = np.vstack([raw, raw_shaped])  # the statistics of the labelled requests, bare and reshaped
     fmean, fstd = both[:, dims:dims + nf].mean(0), feature_scale(both[:, dims:dims + nf].std(0))
     rmean, rstd = both[:, dims + nf:].mean(0), feature_scale(both[:, dims + nf:].std(0))
 
@@ -149,17 +149,16 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     X_shown = X.copy()  # what the predictors learn from: each training request once, a share of them reshaped
     X_shown[shaped] = X_shaped
     X_fit = X_shown[fit_rows]
-    fit_idx = np.flatnonzero(fit_rows)
 
     # domain classifier and quality model (labelled prompts only)
-    cat = CategoryModel(seed=SEED).fit(X_fit, [tr.datasets[i] for i in fit_idx])
+    cat = CategoryModel(seed=SEED).fit(X_fit, [tr.datasets[i] for i in np.flatnonzero(fit_rows)])
     P_cat = cat.predict(X)
     col_is_cat = np.array([m in tr.catalog_ids for m in tr.models])
     ki = np.array([cat.classes_.index(x) for x in tr.datasets])
     qp = quality_parameters(quality_params)
     quality = QualityModel(**qp).fit(
-        X_fit, cat.predict(X_fit), tr.correct[fit_idx], col_weight=np.where(col_is_cat, 2.0, 1.0),
-        category=ki[fit_idx])
+        X_fit, cat.predict(X_fit), tr.correct[fit_rows], col_weight=np.where(col_is_cat, 2.0, 1.0),
+        category=ki[fit_rows])
     quality.calibrate(X[val], P_cat[val], tr.correct[val])
     _log(f"quality model fitted in {time.time() - t0:.0f}s (temperature {quality.temperature_:.2f}, domain table "
          f"weight {quality.table_weight_:.1f})", quiet)
@@ -200,7 +199,7 @@ def fit(tr: RoutingData, *, vocab: list[str], table: np.ndarray, sif: np.ndarray
     # prior: difficulty from the request's shape (labelled prompts and anchors), ability slope from the labels
     lab_models = [i for i, m in enumerate(models) if m.id.lower() in col_of]
     cols = [col_of[models[i].id.lower()] for i in lab_models]
-    Y_prior = tr.correct[fit_idx][:, cols]
+    Y_prior = tr.correct[fit_rows][:, cols]
     F_prior = X_fit
     labelled = np.ones(len(Y_prior), bool)
     if n_anchor:
