@@ -103,6 +103,23 @@ def test_route_shape_and_to_dict(router):
     assert {"model_id", "quality", "cost_usd", "prompt_tokens", "output_tokens", "reason", "score"} <= set(blob["ranked"][0])
 
 
+def test_a_decision_writes_the_fallbacks_reasons_only_when_they_are_read(router):
+    """A decision keeps its candidates as columns (:class:`Ranking`): the model ids, the choice and its reason
+    come without the twenty :class:`Candidate` objects, which are the same when built, also from the columns'
+    JSON (what a generation record keeps)."""
+    from metarouter.router.core import Ranking
+
+    d = router.route(user(MATH), MODELS)
+    assert d.model_ids and d.reason.startswith("choice") and "ranked" not in d.__dict__
+    assert d.model_ids == [c.model_id for c in d.ranked] and d.model == d.ranked[0].model_id
+    assert d.reason == d.ranked[0].reason
+    again = Ranking.from_record(json.loads(json.dumps(d.to_record()["ranking"])))
+    assert again.candidates() == d.ranked
+    assert d.to_record()["reason"] == d.to_dict()["reason"]
+    none = router.route(CHAT, MODELS, Constraints(allowed=["nobody/*"]))
+    assert none.ranked == [] and none.model_ids == [] and none.model is None and none.to_record()["ranking"] is None
+
+
 def test_one_request_kernel_matches_the_plain_predictors(router):
     """What serves (the fused one-request kernel) is the predictors composed as fitted, at float32 tolerance, for
     every kind of request of the batteries (tools, images, systems, long conversations) and with max_tokens."""

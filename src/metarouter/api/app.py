@@ -21,7 +21,7 @@ from ..catalog.providers import provider_display
 from ..config import Settings
 from ..errors import GatewayError
 from ..gateway.cache import is_cache_hit
-from ..gateway.pipeline import Gateway, RequestContext
+from ..gateway.pipeline import Gateway, RequestContext, routing_view
 from ..gateway.resilience import HALF_OPEN, OPEN
 from ..providers.sse import SSE_DONE, SSE_PROCESSING, SSEParser, sse_data
 from ..store import KeyRecord, Store, new_generation_id, open_store, parse_key, verify_key
@@ -752,5 +752,5 @@ def generation_view(rec: dict[str, Any]) -> dict[str, Any]:
             for a in attempts
         ],
         "attempts": attempts,
-        "routing": rec.get("routing"),
+        "routing": routing_view(rec.get("routing")),
     }

@@ -267,15 +267,15 @@ class AutoResolver:
                           "why_released": "the pinned model no longer fits this request's filters"}
                 await self.sticky.unpin(skey)
         top = ids[0]
-        routing = decision.to_dict()
-        candidates = routing.pop("ranked")
+        routing = decision.to_record()  # the candidates as columns: their dicts are built only where shown
+        ranking = routing.pop("ranking")
         reason = routing.pop("reason")
         if sticky and sticky["held"] and pinned != top:
             reason = f"sticky session: kept on {pinned} (router's own choice: {top})"
         routing.update(
             strategy="auto",
             reason=reason,
-            candidates=candidates,
+            ranking=ranking,
             router_choice=top,
             sticky=sticky,
             controls={k: v for k, v in controls.items() if v is not None},
@@ -284,7 +284,7 @@ class AutoResolver:
         async def on_served(model_id: str) -> None:
             await self.sticky.pin(skey, model_id)
 
-        return Plan(requested_model=requested[0], candidates=ranked, router="auto", routing=routing,
+        return Plan(requested_model=requested[0], candidates=ranked, router="auto", record_routing=routing,
                     on_served=on_served)
 
 

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -74,12 +75,29 @@ class Plan:
     requested_model: str
     candidates: list[Model]
     router: str | None = None  # "auto" when the meta-model chose
-    routing: dict[str, Any] | None = None  # the decision, kept on the record and shown as metadata
+    #: the decision as the generation record keeps it (for ``auto``, the ranked candidates as columns: see
+    #: :attr:`routing` for what is shown)
+    record_routing: dict[str, Any] | None = None
     on_served: Callable[[str], Awaitable[None]] | None = None  # told which model answered (sticky sessions)
     #: the request's ``provider`` object (gateway/endpoints.py): which endpoints of each candidate, in which order
     prefs: ProviderPrefs = NO_PREFS
     #: the sort a candidate's ``:nitro``/``:floor`` id asked for, by model id
     variants: dict[str, str] = field(default_factory=dict)
+
+    @functools.cached_property
+    def routing(self) -> dict[str, Any] | None:
+        """The decision as it is shown (response metadata, ``POST /route``): :func:`routing_view` of the record's."""
+        return routing_view(self.record_routing)
+
+
+def routing_view(routing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record's routing as the API shows it: the router's ranking, kept as columns, expanded into its candidates
+    with their reasons (``router.core.expand_routing``); any other routing as it is."""
+    if not routing or "ranking" not in routing:
+        return routing
+    from ..router.core import expand_routing  # only auto's records have a ranking: the router is loaded there
+
+    return expand_routing(routing)
 
 
 @dataclass
@@ -425,7 +443,7 @@ class Gateway:
         record = dict(
             id=gen_id, created_at=time.time(), key_id=ctx.key.public_id if ctx.key else None,
             app_referer=ctx.app_referer, app_title=ctx.app_title, requested_model=plan.requested_model,
-            router=plan.router, routing=plan.routing, streamed=req.stream, session_id=ctx.session_id,
+            router=plan.router, routing=plan.record_routing, streamed=req.stream, session_id=ctx.session_id,
             model=hop.model.id, provider=hop.provider.name, status=status,
             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
             reasoning_tokens=(usage.get("completion_tokens_details") or {}).get("reasoning_tokens", 0),

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -87,11 +88,50 @@ class Excluded(NamedTuple):
     reason: str
 
 
+class Ranking(NamedTuple):
+    """A decision's candidates as columns, in the order they were given, with their numbers as reported, and their
+    ranking (``order``, best first) and the context of their reasons: what a decision keeps. The :class:`Candidate`
+    objects and the reasons of the fallbacks are built from it only when asked for (the gateway stores it as it is,
+    :meth:`record`, and shows it expanded, :func:`expand_routing`)."""
+
+    model_id: list[str]
+    quality: list[float]
+    cost_usd: list[float]
+    prompt_tokens: int
+    output_tokens: list[int]
+    score: list[float]
+    prior_weight: list[float]
+    near_best: list[bool]
+    order: list[int]
+    tradeoff: float
+    familiarity: float  # unrounded: the reasons' thresholds read it
+    category: str | None
+
+    def reasons(self, first: int | None = None) -> list[str]:
+        """The ranked candidates' reasons (only the ``first`` few when given)."""
+        order = self.order if first is None else self.order[:first]
+        return explain(self.model_id, self.quality, self.cost_usd, self.near_best, order, self.tradeoff,
+                       self.familiarity, self.category, self.prior_weight)
+
+    def candidates(self) -> list[Candidate]:
+        ids, q, c, pt, o, s, pw, nb = self[:8]
+        return [Candidate(ids[i], q[i], c[i], pt, o[i], s[i], pw[i], nb[i], why)
+                for i, why in zip(self.order, self.reasons())]
+
+    def record(self) -> dict[str, Any]:
+        """The columns as JSON (what a generation record keeps); :meth:`from_record` reads them back."""
+        return self._asdict()
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> Ranking:
+        return cls(**{f: d[f] for f in cls._fields})
+
+
 @dataclass
 class RouteDecision:
     """The ranked candidates (best first), the models excluded and why, and the decision's context."""
 
-    ranked: list[Candidate]
+    ranking: Ranking | None  # None: no candidate fits
     excluded: list[Excluded]
     tradeoff: float
     decision_ms: float
@@ -99,24 +139,54 @@ class RouteDecision:
     router_version: str = ""
     category: str | None = None  # the training domain the prompt is most like, or "everyday request", or None
 
+    @cached_property
+    def ranked(self) -> list[Candidate]:
+        """The candidates, best first, each with its reason (built on first use)."""
+        return self.ranking.candidates() if self.ranking else []
+
     @property
     def model_ids(self) -> list[str]:
-        return [c.model_id for c in self.ranked]
+        if not self.ranking:
+            return []
+        ids = self.ranking.model_id
+        return [ids[i] for i in self.ranking.order]
 
     @property
     def model(self) -> str | None:
-        return self.ranked[0].model_id if self.ranked else None
+        return self.ranking.model_id[self.ranking.order[0]] if self.ranking else None
 
-    @property
+    @cached_property
     def reason(self) -> str:
-        return self.ranked[0].reason if self.ranked else "no candidate fits the request"
+        """The chosen candidate's reason (the fallbacks' are written only with :attr:`ranked`)."""
+        return self.ranking.reasons(first=1)[0] if self.ranking else "no candidate fits the request"
 
     def to_dict(self) -> dict[str, Any]:
+        return {**self._head(), "ranked": [c.to_dict() for c in self.ranked], "excluded": self._excluded()}
+
+    def to_record(self) -> dict[str, Any]:
+        """:meth:`to_dict` as a generation record keeps it: the ranked candidates as the columns of their
+        :class:`Ranking` (``"ranking"``, in place of ``"ranked"``); :func:`expand_routing` gives them back."""
+        return {**self._head(), "ranking": self.ranking.record() if self.ranking else None,
+                "excluded": self._excluded()}
+
+    def _head(self) -> dict[str, Any]:
         return {"model": self.model, "tradeoff": self.tradeoff, "decision_ms": round(self.decision_ms, 4),
                 "familiarity": round(self.familiarity, 3), "category": self.category,
-                "router_version": self.router_version, "reason": self.reason,
-                "ranked": [c.to_dict() for c in self.ranked],
-                "excluded": [{"model_id": m, "reason": r} for m, r in self.excluded]}
+                "router_version": self.router_version, "reason": self.reason}
+
+    def _excluded(self) -> list[dict[str, str]]:
+        return [{"model_id": m, "reason": r} for m, r in self.excluded]
+
+
+def expand_routing(routing: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A generation record's routing as the API shows it: a ``"ranking"`` (:meth:`RouteDecision.to_record`) becomes
+    the ``"candidates"`` list (:meth:`Candidate.to_dict` of each, best first), in its place; anything else, such as
+    a record written before rankings were kept as columns (with ``"candidates"``), is returned as it is."""
+    if not routing or not isinstance(routing.get("ranking"), dict):
+        return routing
+    return {("candidates" if k == "ranking" else k): (
+        [c.to_dict() for c in Ranking.from_record(v).candidates()] if k == "ranking" else v)
+        for k, v in routing.items()}
 
 
 #: decimals of the reported quality, cost (USD), prior weight and score, as one column of powers of ten
@@ -442,7 +512,7 @@ class Router:
         needs_vision = c.needs_vision if c.needs_vision is not None else parsed.has_image
         kept, excluded = self.screen(models, c, prompt_tokens, needs_vision)
         if not kept:
-            return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
+            return RouteDecision(None, excluded, t, (time.perf_counter() - t0) * 1e3, 1.0, self.version)
         x, coverage = self.features(req, parsed)
         r = self.decide(x, coverage, self.params(kept), prompt_tokens, c.max_tokens, t)
         q, cost, pw, out, fam = r.quality, r.cost, r.prior_weight, r.output_tokens, r.familiarity
@@ -453,7 +523,7 @@ class Router:
                 excluded.append(Excluded(kept[i].id, f"predicted cost {fmt_usd(cost[i])} > max_price.request "
                                              f"{fmt_usd(c.max_price_request)}"))
             if over.all():
-                return RouteDecision([], excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
+                return RouteDecision(None, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version)
             if over.any():
                 keep = np.flatnonzero(~over)
                 kept = [kept[i] for i in keep]
@@ -467,10 +537,11 @@ class Router:
         # the candidates carry their numbers as the decision reports them (rounded once, here, for all of them)
         ql, cl, pl, sl = reported(q, cost, pw, S)
         nb, ol = near_best.tolist(), np.rint(out).astype(int).tolist()
-        reasons = explain(ids, ql, cl, nb, order, t, fam, cat, pl)
-        ranked = [Candidate(ids[i], ql[i], cl[i], prompt_tokens, ol[i], sl[i], pl[i], nb[i], why)
-                  for i, why in zip(order, reasons)]
-        return RouteDecision(ranked, excluded, t, (time.perf_counter() - t0) * 1e3, fam, self.version, cat)
+        d = RouteDecision(Ranking(ids, ql, cl, prompt_tokens, ol, sl, pl, nb, order, t, fam, cat), excluded, t, 0.0,
+                          fam, self.version, cat)
+        d.reason  # noqa: B018 - the choice's reason is part of the decision (the fallbacks' are written when shown)
+        d.decision_ms = (time.perf_counter() - t0) * 1e3
+        return d
 
 
 def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: Parsed | None = None, raw: bool = False
