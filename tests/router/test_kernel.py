@@ -71,6 +71,17 @@ def test_compiled_kernel_matches_numpy(router, tradeoff):
         assert ((a.near_best == b.near_best) | edge).all(), body
 
 
+def test_both_kernels_round_the_reported_numbers_as_reported_numpy_does(router):
+    """The numbers a decision reports (quality, cost, prior weight, score, output tokens) come rounded from either
+    kernel exactly as :func:`kernel.reported_numpy` rounds that kernel's own numbers."""
+    for i, body in enumerate(BODIES):
+        x, cov, ops, cands, pt = _inputs(router, body)
+        for run in (kernel.decide_numpy, kernel.decide_compiled):
+            d = run(x, cov, ops, cands, pt, (16, None)[i % 2], (0.0, 7.0, 10.0)[i % 3])
+            want = kernel.reported_numpy(d.quality, d.cost, d.prior_weight, d.score, d.output_tokens)
+            assert d.reported.shape == (5, len(d.quality)) and np.array_equal(d.reported, want), (run, body)
+
+
 def test_compiled_order_breaks_equal_scores_by_cost_like_lexsort(router):
     """Equal scores: the cheaper first — np.lexsort's order, which the compiled sort must reproduce. At 0 price
     counts for nothing, so one model listed at several prices (the same quality) scores the same at each, and only

@@ -189,16 +189,6 @@ def expand_routing(routing: dict[str, Any] | None) -> dict[str, Any] | None:
         for k, v in routing.items()}
 
 
-#: decimals of the reported quality, cost (USD), prior weight and score, as one column of powers of ten
-_REPORTED_SCALE = np.array([[1e4], [1e12], [1e3], [1e6]])
-
-
-def reported(q: np.ndarray, cost: np.ndarray, prior_weight: np.ndarray, score: np.ndarray) -> list[list[float]]:
-    """The candidates' numbers rounded as a decision reports them, as Python lists — ``np.round`` of each (which
-    is this: scale, round half to even, unscale), done in float64 for the four in one pass."""
-    return (np.rint(np.array((q, cost, prior_weight, score), np.float64) * _REPORTED_SCALE) / _REPORTED_SCALE).tolist()
-
-
 def fmt_usd(x: float) -> str:
     return f"${x:.2g}" if x < 0.01 else f"${x:.4f}"
 
@@ -222,9 +212,8 @@ def explain(ids: Sequence[str], q: Sequence[float], cost: Sequence[float], near_
             order: Sequence[int], tradeoff: float, familiarity: float, category: str | None,
             prior_weight: Sequence[float]) -> list[str]:
     """One line per ranked candidate (in ``order``) on why it is where it is; the first is the decision's reason."""
-    best = max(range(len(q)), key=q.__getitem__)
-    cheapest = min(range(len(cost)), key=cost.__getitem__)
-    qmin, qbest = min(q), q[best]
+    qbest, qmin = max(q), min(q)
+    best, cheapest = q.index(qbest), cost.index(min(cost))  # the first of equals, in the candidates' order
     out = []
     for rank, i in enumerate(order):  # the fallbacks' numbers are their candidates' fields, not repeated here
         qi, ci = q[i], cost[i]
@@ -516,7 +505,7 @@ class Router:
         x, coverage = self.features(req, parsed)
         r = self.decide(x, coverage, self.params(kept), prompt_tokens, c.max_tokens, t)
         q, cost, pw, out, fam = r.quality, r.cost, r.prior_weight, r.output_tokens, r.familiarity
-        order, S, near_best = r.order, r.score, r.near_best
+        order, S, near_best, rep = r.order, r.score, r.near_best, r.reported
         if c.max_price_request is not None:
             over = cost > c.max_price_request
             for i in np.flatnonzero(over):
@@ -529,14 +518,15 @@ class Router:
                 kept = [kept[i] for i in keep]
                 q, cost, pw, out = q[keep], cost[keep], pw[keep], out[keep]
                 order, S, near_best = policy.rank(q, cost, t)  # ranked again among what is left
+                rep = kernel.reported_numpy(q, cost, pw, S, out)
         order = order.tolist()
         ids = [m.id for m in kept]
         cat = category_name(self.category.classes_[r.category]) if self.category.classes_ else None
         if fam < 0.5:
             cat = "everyday request" if r.everyday >= 0.5 else None
-        # the candidates carry their numbers as the decision reports them (rounded once, here, for all of them)
-        ql, cl, pl, sl = reported(q, cost, pw, S)
-        nb, ol = near_best.tolist(), np.rint(out).astype(int).tolist()
+        # the candidates carry their numbers as the decision reports them (rounded by the kernel, for all at once)
+        ql, cl, pl, sl, ol = rep.tolist()
+        ol, nb = [int(v) for v in ol], near_best.tolist()
         d = RouteDecision(Ranking(ids, ql, cl, prompt_tokens, ol, sl, pl, nb, order, t, fam, cat), excluded, t, 0.0,
                           fam, self.version, cat)
         d.reason  # noqa: B018 - the choice's reason is part of the decision (the fallbacks' are written when shown)

@@ -61,7 +61,8 @@ class Candidates(NamedTuple):
 
 class Decision(NamedTuple):
     """Per candidate: quality (P(good)), prior weight, cost (USD), billed output tokens, score, within the tie
-    margin of the best; the order (best first); per request: familiarity, everyday-likeness, the likeliest domain."""
+    margin of the best; the order (best first); per request: familiarity, everyday-likeness, the likeliest domain;
+    and the candidates' numbers as a decision reports them (:func:`reported_numpy`)."""
 
     quality: np.ndarray
     prior_weight: np.ndarray
@@ -73,6 +74,20 @@ class Decision(NamedTuple):
     familiarity: float
     everyday: float
     category: int
+    reported: np.ndarray
+
+
+#: decimals of the reported quality, cost (USD), prior weight and score, as one column of powers of ten
+REPORTED_SCALE = np.array([[1e4], [1e12], [1e3], [1e6]])
+
+
+def reported_numpy(q: np.ndarray, cost: np.ndarray, prior_weight: np.ndarray, score: np.ndarray,
+                   output_tokens: np.ndarray) -> np.ndarray:
+    """The candidates' numbers rounded as a decision reports them, one row each: quality, cost, prior weight and
+    score — ``np.round`` of each (which is this: scale, round half to even, unscale), in float64 — and the billed
+    output tokens rounded to whole tokens."""
+    four = np.rint(np.array((q, cost, prior_weight, score), np.float64) * REPORTED_SCALE) / REPORTED_SCALE
+    return np.vstack((four, np.rint(output_tokens)))
 
 
 def decide_numpy(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt_tokens: float,
@@ -108,7 +123,8 @@ def decide_numpy(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt
     billed = out + p.hidden
     cost = prompt_tokens * p.pin + billed * p.pout
     order, S, near = policy.rank(Q, cost, tradeoff)
-    return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, int(P.argmax()))
+    return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, int(P.argmax()),
+                    reported_numpy(Q, cost, pw, S, billed))
 
 
 def _decide_loops(x, coverage, M, bias, Wqc, k, sc, ability_term, coverageT, learned_idx, U, c, table, len_offset,
@@ -201,7 +217,14 @@ def _decide_loops(x, coverage, M, bias, Wqc, k, sc, ability_term, coverageT, lea
             order[j] = order[j - 1]
             j -= 1
         order[j] = m
-    return Q, pw, cost, billed, S, near, order, fam, everyday, cat
+    rep = np.empty((5, n))  # reported_numpy's rows: the same float64 operations, element by element
+    for m in range(n):
+        rep[0, m] = np.rint(Q[m] * 1e4) / 1e4
+        rep[1, m] = np.rint(cost[m] * 1e12) / 1e12
+        rep[2, m] = np.rint(pw[m] * 1e3) / 1e3
+        rep[3, m] = np.rint(S[m] * 1e6) / 1e6
+        rep[4, m] = np.rint(billed[m])
+    return Q, pw, cost, billed, S, near, order, fam, everyday, cat, rep
 
 
 def chunk_rows_numpy(b: np.ndarray, ws: np.ndarray, pow_: np.ndarray, inv_pow: np.ndarray, keys: np.ndarray,
@@ -296,11 +319,10 @@ _lock = threading.Lock()
 def decide_compiled(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, prompt_tokens: float,
                     max_tokens: int | None, tradeoff: float) -> Decision:
     """:func:`decide_numpy` by the compiled loops (call only when :func:`compiled_ready`)."""
-    Q, pw, cost, billed, S, near, order, fam, everyday, cat = _compiled.decide(
+    return Decision(*_compiled.decide(
         x, float(coverage), ops.M, ops.bias, ops.Wqc, ops.k, ops.scalars, *p, float(prompt_tokens),
         int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), float(policy.tie(tradeoff, 1.0)),
-        policy.EASY)
-    return Decision(Q, pw, cost, billed, S, near, order, fam, everyday, cat)
+        policy.EASY))
 
 
 def compiled_ready() -> bool:
