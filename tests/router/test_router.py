@@ -103,6 +103,23 @@ def test_route_shape_and_to_dict(router):
     assert {"model_id", "quality", "cost_usd", "prompt_tokens", "output_tokens", "reason", "score"} <= set(blob["ranked"][0])
 
 
+def test_request_features_are_standardised_once_per_kind_of_request(router):
+    """The request part of the vector (tools, JSON mode) is the same standardised float32 array for requests of
+    the same kind — made once, shared read-only — and is what the vector ends with."""
+    from metarouter.router.encoder import standardised
+
+    plain = RouteRequest.from_body({"messages": user("hello")})
+    raw = tuple(plain.features())
+    part = router.request_part(raw)
+    assert part is router.request_part(tuple(RouteRequest.from_body({"messages": user("other")}).features()))
+    assert not part.flags.writeable and part.dtype == np.float32
+    assert np.array_equal(part, standardised(np.array(raw, np.float32), router.req_mean, router.req_std))
+    x, _ = router.features(plain)
+    assert x.dtype == np.float32 and np.array_equal(x[-len(part):], part)
+    json_mode = RouteRequest.from_body({"messages": user("hello"), "response_format": {"type": "json_object"}})
+    assert not np.array_equal(router.request_part(tuple(json_mode.features())), part)
+
+
 def test_a_decision_writes_the_fallbacks_reasons_only_when_they_are_read(router):
     """A decision keeps its candidates as columns (:class:`Ranking`): the model ids, the choice and its reason
     come without the twenty :class:`Candidate` objects, which are the same when built, also from the columns'

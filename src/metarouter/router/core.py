@@ -281,6 +281,7 @@ class Router:
         self.dim = encoder.dim
         self._params: dict[tuple, tuple[tuple, _ModelParams]] = {}
         self._screens: dict[tuple, tuple] = {}
+        self._request_parts: dict[tuple, np.ndarray] = {}
         self._lock = threading.Lock()
 
     # -- loading ----------------------------------------------------------------------------------------------------
@@ -346,8 +347,19 @@ class Router:
         """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
         ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
         x, coverage = encode_request(self.encoder, request, parsed)
-        r = standardised(np.array(request.features(), np.float32), self.req_mean, self.req_std)
-        return np.concatenate([x, r]).astype(np.float32), coverage
+        return np.concatenate((x, self.request_part(tuple(request.features())))), coverage
+
+    def request_part(self, raw: tuple[float, ...]) -> np.ndarray:
+        """The request features (:meth:`RouteRequest.features`) standardised, float32; cached per value (a few
+        kinds of request — no tools, JSON mode, some tools — come back again and again)."""
+        r = self._request_parts.get(raw)
+        if r is None:
+            r = standardised(np.array(raw, np.float32), self.req_mean, self.req_std)
+            r.flags.writeable = False  # shared between requests
+            if len(self._request_parts) >= 1024:
+                self._request_parts.clear()
+            self._request_parts[raw] = r
+        return r
 
     def featurize(self, requests: Iterable[RouteRequest]) -> tuple[np.ndarray, np.ndarray]:
         out = [self.features(r) for r in requests]

@@ -492,7 +492,7 @@ class StaticEncoder:
                 vec += (w / s) * tot[:d]
             if counts is None and w == LAST_USER_WEIGHT:
                 counts, n_tok = tot[d:], n
-        norm = float(np.sqrt(vec @ vec))
+        norm = math.sqrt(vec @ vec)  # rounded to float32 by the division: float32's own square root, exactly
         if norm > 0:
             vec /= norm
         if counts is None:
