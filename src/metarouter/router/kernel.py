@@ -165,32 +165,35 @@ def _decide_loops(x, coverage, M, bias, Wqc, k, sc, ability_term, coverageT, lea
     Q = np.empty(n)
     q_prior = np.empty(n)
     pw = np.empty(n)
+    # Each P-weighted sum over the domains j (Σ_j P[j]·A[j, col]) runs along the rows of the row-major matrix for
+    # all its columns at once, which the compiler vectorises: per column, the same additions in the same order.
+    cover = np.zeros(n)
+    for j in range(k):
+        for m in range(n):
+            cover[m] += P[j] * coverageT[j, m]
     for m in range(n):
         q_prior[m] = 0.5 * (1.0 + math.tanh(0.5 * (ability_term[m] + beta * d)))
         Q[m] = q_prior[m]
-        s = 0.0
-        for j in range(k):
-            s += P[j] * coverageT[j, m]
-        pw[m] = 1.0 - fam * s
+        pw[m] = 1.0 - fam * cover[m]
     nl = learned_idx.shape[0]
     if nl:
         T = Wqc.shape[1]
-        z = np.empty(T)
+        z = h[k + 5:k + 5 + T].copy()
+        tab = np.zeros(nl)
+        for j in range(k):
+            for t in range(T):
+                z[t] += P[j] * Wqc[j, t]
+            for r in range(nl):
+                tab[r] += P[j] * table[j, r]
         for t in range(T):
-            s = h[k + 5 + t]
-            for j in range(k):
-                s += P[j] * Wqc[j, t]
-            z[t] = math.tanh(s)
+            z[t] = math.tanh(z[t])
         for r in range(nl):
             s = c[r]
             for t in range(T):
                 s += U[r, t] * z[t]
             ql = 0.5 * (1.0 + math.tanh((0.5 / temperature) * s))
             if table_weight != 0.0:
-                a = 0.0
-                for j in range(k):
-                    a += P[j] * table[j, r]
-                ql = (1.0 - table_weight) * ql + table_weight * a
+                ql = (1.0 - table_weight) * ql + table_weight * tab[r]
             m = learned_idx[r]
             Q[m] += (1.0 - pw[m]) * (ql - q_prior[m])
     billed = np.empty(n)
