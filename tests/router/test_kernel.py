@@ -197,3 +197,31 @@ def test_warm_up_compiles_once_and_the_environment_can_refuse(router, monkeypatc
     again = kernel._compiled
     kernel.warm_up(background=False)
     assert kernel._compiled is again  # (the module's state is put back by monkeypatch)
+
+
+def test_compiled_prompt_vector_is_the_numpy_one_exactly(router, monkeypatch):
+    """The prompt's vector (embedding normalised, hand features standardised, the request features after them)
+    is the same bit for bit from the compiled step and from numpy, over both batteries and texts of every size,
+    with and without a last user message; and the raw hand features (training's) are what is standardised."""
+    from metarouter.router.core import encode_request
+    from metarouter.router.encoder import standardised
+
+    e, rng = router.encoder, np.random.default_rng(1)
+    for n_tok, counts in ((0, np.zeros(7, np.float32)), (37, rng.integers(0, 9, 7).astype(np.float32))):
+        vec = rng.normal(size=e.dim).astype(np.float32)
+        for standardise in (True, False):
+            args = (counts, n_tok, 120, 3, 400, 2, True, False, e.feat_mean, e.feat_std,
+                    np.arange(5, dtype=np.float32), standardise)
+            a = kernel._compiled.prompt_vector(vec.copy(), float(vec @ vec), *args)
+            assert a.tobytes() == kernel.prompt_vector_numpy(vec.copy(), vec @ vec, *args).tobytes()
+    reqs = [as_request(b) for b in BODIES] + [as_request(t or "x") for t in _texts()] + \
+        [as_request([{"role": "assistant", "content": "no user turn"}])]
+    compiled = [router.features(r) for r in reqs]
+    raw = [encode_request(router.encoder, r, raw=True)[0] for r in reqs]
+    monkeypatch.setattr(kernel, "_compiled", None)
+    plain = [router.features(r) for r in reqs]
+    for (a, ca), (b, cb), r, x in zip(compiled, plain, reqs, raw):
+        assert a.dtype == b.dtype == np.float32 and a.tobytes() == b.tobytes() and ca == cb, r.messages
+        d, nf = router.encoder.dim, router.encoder.n_features
+        assert np.array_equal(standardised(x[d:], router.encoder.feat_mean, router.encoder.feat_std), a[d:d + nf])
+        assert np.array_equal(a[-len(router.req_mean):], router.request_part(tuple(r.features())))

@@ -346,8 +346,7 @@ class Router:
     def features(self, request: RouteRequest, parsed: Parsed | None = None) -> tuple[np.ndarray, float]:
         """The request's vector (embedding, hand features, request features) and its word coverage (0–1);
         ``parsed``: :meth:`StaticEncoder.parse` of its messages, when already made."""
-        x, coverage = encode_request(self.encoder, request, parsed)
-        return np.concatenate((x, self.request_part(tuple(request.features())))), coverage
+        return encode_request(self.encoder, request, parsed, tail=self.request_part(tuple(request.features())))
 
     def request_part(self, raw: tuple[float, ...]) -> np.ndarray:
         """The request features (:meth:`RouteRequest.features`) standardised, float32; cached per value (a few
@@ -546,15 +545,16 @@ class Router:
         return d
 
 
-def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: Parsed | None = None, raw: bool = False
-                   ) -> tuple[np.ndarray, float]:
+def encode_request(encoder: StaticEncoder, request: RouteRequest, parsed: Parsed | None = None, raw: bool = False,
+                   tail: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The request's conversation — with the tools' descriptions as one more segment — as the encoder's vector
-    (``raw``: hand features unstandardised, as training needs them first) and its word coverage."""
+    (``raw``: hand features unstandardised, as training needs them first; ``tail`` appended) and its word
+    coverage."""
     parsed = parsed or encoder.parse(request.messages)
     tool_text = request.tool_text() if request.uses_tools else ""
     if tool_text:
         parsed = parsed._replace(segments=[*parsed.segments, (tool_text, TOOL_SEGMENT_WEIGHT)])
-    return encoder.encode(request.messages, parsed, raw=raw, with_coverage=True)
+    return encoder.encode(request.messages, parsed, raw=raw, with_coverage=True, tail=tail)
 
 
 def as_request(request: RouteRequest | dict | list | str) -> RouteRequest:

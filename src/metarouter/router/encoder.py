@@ -11,7 +11,6 @@ Long texts cost no more than their first and last ``HEAD_CHARS`` / ``TAIL_CHARS`
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import unicodedata
@@ -46,7 +45,7 @@ FEATURE_NAMES = (
     "question_marks", "nonascii_density", "punct_density", "newline_density", "has_system", "has_image",
 )
 
-FEATURE_CLIP = 5.0  # standardised features beyond this many standard deviations of training are read as this
+FEATURE_CLIP = kernel.FEATURE_CLIP  # standardised features beyond this many standard deviations of training read as this
 CONSTANT_SCALE = 1e6  # the scale of a feature that never varied in training: whatever its value, it reads as 0
 
 
@@ -140,6 +139,12 @@ del _v, _i, _inv
 def _strip_accents(word: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", word) if unicodedata.category(c) != "Mn")
 
+
+
+#: no counts (no last user message) and no tail, read-only as the arrays the kernel is otherwise given are
+_NO_COUNTS = np.zeros(len(_COUNT_COLUMNS), np.float32)
+_NO_TAIL = np.zeros(0, np.float32)
+_NO_COUNTS.flags.writeable = _NO_TAIL.flags.writeable = False
 
 
 class Parsed(NamedTuple):
@@ -413,18 +418,6 @@ class StaticEncoder:
                         self._texts_chars -= len(old)
         return hit
 
-    def hand_features(self, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int, total_chars: int,
-                      n_turns: int, has_system: bool, has_image: bool) -> np.ndarray:
-        """Prompt statistics of the last user message from its token counts (not standardised)."""
-        n = max(n_tokens, 1)
-        code, mathm, number, question, nonascii, punct = counts.tolist()[:6]
-        f = np.array([
-            math.log1p(n_chars), math.log1p(total_chars), math.log1p(n_turns), math.log1p(n_tokens),
-            code * 100.0 / n, mathm * 100.0 / n, number * 100.0 / n, min(question, 10.0), nonascii * 100.0 / n,
-            punct * 100.0 / n, newlines * 100.0 / max(n_chars, 1), float(has_system), float(has_image),
-        ], np.float32)
-        return f
-
     def parse(self, messages: list[dict] | str) -> Parsed:
         """Messages → (text, weight) segments, the last user text, total chars, turns, has_system, has_image."""
         return self.parse_with_tokens(messages)[0]
@@ -476,8 +469,9 @@ class StaticEncoder:
         return Parsed(segs, last, total, n_turns, has_system, has_image), tokens
 
     def encode(self, messages: list[dict] | str, parsed: Parsed | None = None, raw: bool = False,
-               with_coverage: bool = False):
-        """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features).
+               with_coverage: bool = False, tail: np.ndarray | None = None):
+        """One prompt or conversation → vector of ``out_dim`` floats (embedding, then standardised features), with
+        ``tail`` (float32) appended when given.
 
         ``with_coverage``: also return the share of the last user message's tokens seen in training (0–1).
         """
@@ -492,15 +486,11 @@ class StaticEncoder:
                 vec += (w / s) * tot[:d]
             if counts is None and w == LAST_USER_WEIGHT:
                 counts, n_tok = tot[d:], n
-        norm = math.sqrt(vec @ vec)  # rounded to float32 by the division: float32's own square root, exactly
-        if norm > 0:
-            vec /= norm
         if counts is None:
-            counts = np.zeros(len(_COUNT_COLUMNS), np.float32)
-        feats = self.hand_features(counts, n_tok, n_chars, newlines, total, n_turns, has_system, has_image)
-        if not raw:
-            feats = standardised(feats, self.feat_mean, self.feat_std)
-        x = np.concatenate([vec, feats])
+            counts = _NO_COUNTS
+        x = kernel.prompt_vector(vec, vec @ vec, counts, n_tok, n_chars, newlines, total, n_turns, has_system,
+                                 has_image, self.feat_mean, self.feat_std, _NO_TAIL if tail is None else tail,
+                                 standardise=not raw)
         if with_coverage:
             return x, (1.0 - float(counts[-1]) / n_tok) if n_tok else 1.0
         return x

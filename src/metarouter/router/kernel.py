@@ -31,6 +31,7 @@ from . import policy
 log = logging.getLogger("metarouter.router")
 
 CHARS_PER_TOKEN = 4.0
+FEATURE_CLIP = 5.0  # standardised features beyond this many standard deviations of training read as this (encoder)
 
 
 class Ops(NamedTuple):
@@ -308,10 +309,72 @@ def row_sum(table: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> tuple[n
     return _compiled.row_sum(table, weights, rows)
 
 
+def prompt_vector_numpy(vec: np.ndarray, sq: float, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int,
+                        total_chars: int, n_turns: int, has_system: bool, has_image: bool, feat_mean: np.ndarray,
+                        feat_scale: np.ndarray, tail: np.ndarray, standardise: bool = True) -> np.ndarray:
+    """A prompt's vector from its parts (float32): ``vec``, the weighted sum of its segments' rows, divided by its
+    norm (``sq``: ``vec @ vec``; ``vec`` may be divided in place); the hand features of the last user message (its
+    token ``counts`` and statistics), ``encoder.standardised`` by ``feat_mean``/``feat_scale`` (``standardise``
+    False: as measured, for training); then ``tail``."""
+    norm = math.sqrt(sq)  # rounded to float32 by the division: float32's own square root, exactly
+    if norm > 0:
+        vec /= norm
+    n = max(n_tokens, 1)
+    code, mathm, number, question, nonascii, punct = counts.tolist()[:6]
+    f = np.array([
+        math.log1p(n_chars), math.log1p(total_chars), math.log1p(n_turns), math.log1p(n_tokens),
+        code * 100.0 / n, mathm * 100.0 / n, number * 100.0 / n, min(question, 10.0), nonascii * 100.0 / n,
+        punct * 100.0 / n, newlines * 100.0 / max(n_chars, 1), float(has_system), float(has_image),
+    ], np.float32)
+    if standardise:
+        f = np.clip((f - feat_mean) / feat_scale, -FEATURE_CLIP, FEATURE_CLIP)  # encoder.standardised
+    return np.concatenate((vec, f, tail))
+
+
+def _prompt_vector_loops(vec, sq, counts, n_tokens, n_chars, newlines, total_chars, n_turns, has_system, has_image,
+                         feat_mean, feat_scale, tail, standardise):
+    """:func:`prompt_vector_numpy` element by element: the same float32 and float64 operations, the same bits."""
+    d, nf, nt = vec.shape[0], feat_mean.shape[0], tail.shape[0]
+    out = np.empty(d + nf + nt, np.float32)
+    norm = np.float32(math.sqrt(sq))
+    for j in range(d):
+        out[j] = vec[j] / norm if norm > 0 else vec[j]
+    n = max(n_tokens, 1)
+    f = np.empty(13)
+    f[0], f[1], f[2], f[3] = math.log1p(n_chars), math.log1p(total_chars), math.log1p(n_turns), math.log1p(n_tokens)
+    f[4], f[5], f[6] = np.float64(counts[0]) * 100.0 / n, np.float64(counts[1]) * 100.0 / n, \
+        np.float64(counts[2]) * 100.0 / n
+    f[7] = min(np.float64(counts[3]), 10.0)
+    f[8], f[9] = np.float64(counts[4]) * 100.0 / n, np.float64(counts[5]) * 100.0 / n
+    f[10] = newlines * 100.0 / max(n_chars, 1)
+    f[11], f[12] = 1.0 if has_system else 0.0, 1.0 if has_image else 0.0
+    lo, hi = np.float32(-FEATURE_CLIP), np.float32(FEATURE_CLIP)
+    for j in range(nf):
+        v = np.float32(f[j])
+        if standardise:
+            v = min(max((v - feat_mean[j]) / feat_scale[j], lo), hi)
+        out[d + j] = v
+    for j in range(nt):
+        out[d + nf + j] = tail[j]
+    return out
+
+
+def prompt_vector(vec: np.ndarray, sq: float, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int,
+                  total_chars: int, n_turns: int, has_system: bool, has_image: bool, feat_mean: np.ndarray,
+                  feat_scale: np.ndarray, tail: np.ndarray, standardise: bool = True) -> np.ndarray:
+    """:func:`prompt_vector_numpy`, compiled when ready (one call instead of some ten numpy calls; the same bits)."""
+    if _compiled is None:
+        return prompt_vector_numpy(vec, sq, counts, n_tokens, n_chars, newlines, total_chars, n_turns, has_system,
+                                   has_image, feat_mean, feat_scale, tail, standardise)
+    return _compiled.prompt_vector(vec, float(sq), counts, n_tokens, n_chars, newlines, total_chars, n_turns,
+                                   has_system, has_image, feat_mean, feat_scale, tail, standardise)
+
+
 class _Compiled(NamedTuple):
     decide: Any
     chunk_rows: Any
     row_sum: Any
+    prompt_vector: Any
 
 
 _compiled: _Compiled | None = None  # numba's dispatchers, once compiled
@@ -358,7 +421,7 @@ def compile_now() -> bool:
         _state["status"] = "compiling"
         try:
             jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-            fns = _Compiled(jit(_decide_loops), jit(_chunk_rows_loops), jit(_row_sum_loops))
+            fns = _Compiled(jit(_decide_loops), jit(_chunk_rows_loops), jit(_row_sum_loops), jit(_prompt_vector_loops))
             _exercise(fns)
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile leaves the numpy one serving
             log.warning("router kernel: numba could not compile it (%s); the numpy kernel serves", exc)
@@ -379,6 +442,10 @@ def _exercise(fns: _Compiled) -> None:
     u64 = np.ones(4, np.uint64)
     fns.chunk_rows(np.frombuffer(b"a b", np.uint8), np.zeros(256, np.bool_), u64, u64, u64, np.zeros(4, np.intp))
     fns.row_sum(z(2, 3), z(2), np.zeros(1, np.intp))
+    shared = z(7)
+    shared.flags.writeable = False  # as the encoder's cached row sums and the router's request part are
+    for counts in (shared, z(7)):
+        fns.prompt_vector(z(3), 0.0, counts, 1, 1, 0, 1, 1, False, False, z(13), np.ones(13, f32), shared, True)
 
 
 def warm_up(background: bool = True) -> None:
