@@ -184,9 +184,13 @@ def expand_routing(routing: dict[str, Any] | None) -> dict[str, Any] | None:
     a record written before rankings were kept as columns (with ``"candidates"``), is returned as it is."""
     if not routing or not isinstance(routing.get("ranking"), dict):
         return routing
-    return {("candidates" if k == "ranking" else k): (
-        [c.to_dict() for c in Ranking.from_record(v).candidates()] if k == "ranking" else v)
-        for k, v in routing.items()}
+    shown: dict[str, Any] = {}
+    for k, v in routing.items():
+        if k == "ranking":
+            shown["candidates"] = [c.to_dict() for c in Ranking.from_record(v).candidates()]
+        else:
+            shown[k] = v
+    return shown
 
 
 def fmt_usd(x: float) -> str:
