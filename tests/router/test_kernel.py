@@ -225,3 +225,9 @@ def test_compiled_prompt_vector_is_the_numpy_one_exactly(router, monkeypatch):
         d, nf = router.encoder.dim, router.encoder.n_features
         assert np.array_equal(standardised(x[d:], router.encoder.feat_mean, router.encoder.feat_std), a[d:d + nf])
         assert np.array_equal(a[-len(router.req_mean):], router.request_part(tuple(r.features())))
+
+
+def test_the_dials_constants_are_the_policys_and_made_once_per_setting():
+    for t in (0.0, 0.5, 1.0, 3.0, 7.0, 9.5, 10.0):
+        assert kernel.dial(t) == (policy.usd_weight(t), float(policy.tie(t)), float(policy.tie(t, 1.0)))
+        assert kernel.dial(t) is kernel.dial(t)

@@ -18,6 +18,7 @@ first — does it in a background thread and requests never wait for it. Its pri
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -387,8 +388,14 @@ def decide_compiled(x: np.ndarray, coverage: float, ops: Ops, p: Candidates, pro
     """:func:`decide_numpy` by the compiled loops (call only when :func:`compiled_ready`)."""
     return Decision(*_compiled.decide(
         x, float(coverage), ops.M, ops.bias, ops.Wqc, ops.k, ops.scalars, *p, float(prompt_tokens),
-        int(max_tokens or 0), policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), float(policy.tie(tradeoff, 1.0)),
-        policy.EASY))
+        int(max_tokens or 0), *dial(tradeoff), policy.EASY))
+
+
+@functools.lru_cache(maxsize=256)
+def dial(tradeoff: float) -> tuple[float, float, float]:
+    """The compiled kernel's constants of a setting of the dial (:mod:`.policy`): λ, the tie margin of a hard
+    request and that of an easy one (cached: a few settings serve nearly every request)."""
+    return policy.usd_weight(tradeoff), float(policy.tie(tradeoff)), float(policy.tie(tradeoff, 1.0))
 
 
 def compiled_ready() -> bool:
