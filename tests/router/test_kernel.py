@@ -231,3 +231,30 @@ def test_the_dials_constants_are_the_policys_and_made_once_per_setting():
     for t in (0.0, 0.5, 1.0, 3.0, 7.0, 9.5, 10.0):
         assert kernel.dial(t) == (policy.usd_weight(t), float(policy.tie(t)), float(policy.tie(t, 1.0)))
         assert kernel.dial(t) is kernel.dial(t)
+
+
+def test_the_compiled_lookup_by_slots_finds_what_the_sorted_index_does(router):
+    """The open-addressing table of the hash index (kernel.slots) gives each chunk the row the sorted index's
+    binary search gives (−1 where none), on the vocabulary and on an index grown by merged chunks; the encoder
+    makes a new table when its index changes."""
+    from metarouter.router import encoder as enc
+
+    e = router.encoder
+    keys, krows = e._index
+    table = kernel.slots(keys, krows)
+    assert table.keys is keys and len(table.slot_rows) >= 2 * len(keys) and (table.slot_rows >= 0).sum() == len(keys)
+    words = [" ".join(e.vocab[::97][:400])]
+    for t in _texts() + words:
+        b = np.frombuffer(t.encode(), np.uint8)
+        a = kernel.chunk_rows_numpy(b, enc._WS_LUT, enc._POW, enc._INV_POW, keys, krows)
+        c = kernel.chunk_rows(b, enc._WS_LUT, enc._POW, enc._INV_POW, keys, krows, table)
+        for x, y in zip(a, c):
+            assert x.tolist() == y.tolist(), t[:30]
+    assert (kernel.chunk_rows_numpy(np.frombuffer(words[0].encode(), np.uint8), enc._WS_LUT, enc._POW,
+                                    enc._INV_POW, keys, krows)[0] >= 0).mean() > 0.5  # mostly hits
+    fresh = " ".join(f"zq{i}xv." for i in range(600))  # 600 chunks outside the vocabulary: a merge
+    before = e._index
+    rows = e.rows_array(fresh.lower())
+    assert rows.tolist() == e.rows(fresh.lower())
+    assert e._index is not before  # merged after the look-up: the next one makes the new index's table
+    assert e.rows_array(fresh.lower()).tolist() == rows.tolist() and e._slots.keys is e._index[0]

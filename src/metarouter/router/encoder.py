@@ -335,6 +335,7 @@ class StaticEncoder:
         self._base_index = (hs[order], np.array([self._word[w] for w in words], np.intp)[order])
         self._index = self._base_index
         self._pending: list[tuple[int, int]] = []  # (hash, row) of chunks resolved since the last merge
+        self._slots: kernel.Slots | None = None  # the compiled lookup's table of the index (kernel.slots)
 
     def _merge_pending(self) -> None:
         """Fold recently resolved chunks into the sorted hash index (amortised: every 512 new chunks)."""
@@ -364,7 +365,10 @@ class StaticEncoder:
         if not len(b):
             return np.zeros(0, np.intp)
         keys, krows = self._index
-        rows, starts, ends, h = kernel.chunk_rows(b, _WS_LUT, _POW, _INV_POW, keys, krows)
+        table = self._slots
+        if table is None or table.keys is not keys:  # a new index (or the compiled kernel just became ready)
+            table = self._slots = kernel.slots(keys, krows)
+        rows, starts, ends, h = kernel.chunk_rows(b, _WS_LUT, _POW, _INV_POW, keys, krows, table)
         found = rows >= 0
         if not found.all():
             get = self._chunk_row.get
