@@ -211,7 +211,8 @@ WRONG_TYPES = {
     "top_p": ["1", []], "presence_penalty": [{}, "0"], "frequency_penalty": [True, "0"],
     "max_tokens": [1.5, "10", [], True], "max_completion_tokens": ["10", 0.5], "seed": [1.5, "1", 2**64],
     "n": [0, 129, "1", 1.0], "top_logprobs": [-1, "5"], "logprobs": ["yes", 1], "stop": [5, [1], {"a": 1}, ["s"] * 17],
-    "tools": [{}, "f", [1], [{"function": "f"}], [{"function": {"name": 5}}]], "tool_choice": [5, "always", {"a": 1}],
+    "tools": [{}, "f", [1], [{"function": "f"}], [{"function": {"name": 5}}]],
+    "tool_choice": [5, "always", {"a": 1}, {"type": "function", "function": 1.5}, {"function": ["f"]}],
     "response_format": ["json", {"type": "xml"}, {"type": "json_schema"}], "user": [5, {}],
     "session_id": [[], 5], "provider": ["openai", [1]], "metadata": [[], "x"], "plugins": [{}, "auto-router"],
 }

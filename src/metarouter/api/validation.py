@@ -128,7 +128,7 @@ def validate_chat_body(body: Any, *, max_messages: int) -> dict[str, Any]:
             raise _bad("`tools` must be an array of {type: function, function: {name, parameters}}", "tools")
     tc = body.get("tool_choice")
     if tc is not None and not (tc in ("auto", "none", "required") or (
-        isinstance(tc, dict) and isinstance((tc.get("function") or {}).get("name"), str)
+        isinstance(tc, dict) and isinstance(tc.get("function"), dict) and isinstance(tc["function"].get("name"), str)
     )):
         raise _bad("`tool_choice` must be auto, none, required or {type: function, function: {name}}", "tool_choice")
     rf = body.get("response_format")
