@@ -307,9 +307,10 @@ async def test_slow_reader_pauses_the_socket_and_loses_nothing():
 
 async def test_cancelled_request_closes_its_connection():
     async def stall(w, n):
-        await asyncio.sleep(5)
+        await asyncio.sleep(120)
 
-    c = UpstreamClient(read_timeout=10)
+    # the timeouts are far beyond the cancel at 0.1 s, so that a loaded machine's stall is not read as a timeout
+    c = UpstreamClient(read_timeout=120)
     async with Script(stall) as srv:
         task = asyncio.ensure_future(c.request(srv.url(), b"{}", {}))
         await asyncio.sleep(0.1)
