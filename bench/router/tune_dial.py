@@ -34,11 +34,21 @@ FAMILIARITY = [(0.1, 0.4), (0.3, 0.6), (0.5, 0.8), (0.6, 0.9), (0.7, 0.95), (0.8
 
 
 def tie_rule(kind: str):
-    """``fixed``: :data:`policy.TIE` at every setting; ``shrink``: shrinking below 7; ``easy``: the shipped rule."""
+    """``fixed``: :data:`policy.TIE` at every setting; ``shrink``: shrinking below 7; ``easy0``: shrinking below 7
+    except for easy requests (best P(good) ≥ :data:`policy.EASY`), which keep the full margin even at 0 (the rule
+    until session 6); ``easy``: the shipped rule (an easy request's margin grows from none at 0 to full at
+    :data:`policy.EASY_RAMP`)."""
     if kind == "fixed":
         return lambda t, best=0.0: policy.TIE
     if kind == "shrink":
         return lambda t, best=0.0: policy.TIE * min(max(float(t), 0.0) / 7.0, 1.0)
+    if kind == "easy0":
+        def easy0(t, best=0.0):
+            scaled = policy.TIE * min(max(float(t), 0.0) / 7.0, 1.0)
+            if isinstance(best, float):
+                return policy.TIE if best >= policy.EASY else scaled
+            return np.where(np.asarray(best) >= policy.EASY, policy.TIE, scaled)
+        return easy0
     return SHIPPED_TIE
 
 
@@ -71,7 +81,7 @@ def main() -> int:
         print("| familiarity lo/hi | tie | in: " + " ".join(sources) + " | out: " + " ".join(sources) +
               " | in (mean) | out (mean) | sum |")
         print("|---|---|---|---|---|---|---|")
-        for tie in ("fixed", "shrink", "easy"):
+        for tie in ("fixed", "shrink", "easy0", "easy"):
             policy.tie = tie_rule(tie)
             for lo, hi in FAMILIARITY:
                 ogr = {"in": [], "out": []}
