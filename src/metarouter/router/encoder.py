@@ -57,10 +57,7 @@ def feature_scale(std: np.ndarray) -> np.ndarray:
     return np.where(std > 1e-6, std + 1e-3, CONSTANT_SCALE).astype(np.float32)
 
 
-def standardised(f: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Features in training's standard deviations, clipped to ±:data:`FEATURE_CLIP` (no value far outside
-    training moves a linear predictor further than one at its edge would)."""
-    return np.clip((f - mean) / scale, -FEATURE_CLIP, FEATURE_CLIP)
+standardised = kernel.standardised  # training's standardisation, clipped: one definition, the kernel's
 
 
 def count_columns(token: str) -> list[float]:

@@ -250,33 +250,6 @@ def chunk_rows_numpy(b: np.ndarray, ws: np.ndarray, pow_: np.ndarray, inv_pow: n
     return rows, starts, ends, h
 
 
-def _chunk_rows_loops(b, ws, pow_, inv_pow, keys, krows):
-    n = b.shape[0]
-    cap = n // 2 + 1
-    rows = np.empty(cap, np.int64)
-    starts = np.empty(cap, np.int64)
-    ends = np.empty(cap, np.int64)
-    hashes = np.empty(cap, np.uint64)
-    nk = keys.shape[0]
-    m = 0
-    i = 0
-    while i < n:
-        while i < n and ws[b[i]]:
-            i += 1
-        if i >= n:
-            break
-        start = i
-        h = np.uint64(0)
-        while i < n and not ws[b[i]]:
-            h += np.uint64(b[i]) * pow_[i - start]
-            i += 1
-        j = np.searchsorted(keys, h)
-        rows[m] = krows[j] if j < nk and keys[j] == h else -1
-        starts[m], ends[m], hashes[m] = start, i, h
-        m += 1
-    return rows[:m], starts[:m], ends[:m], hashes[:m]
-
-
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: a slot from a hash's high bits
 
 
@@ -296,9 +269,9 @@ def _slots_loops(keys, krows, bits):
     return sk, sr
 
 
-def _chunk_rows_slots_loops(b, ws, pow_, sk, sr):
-    """:func:`_chunk_rows_loops` looking each chunk up in the table of :func:`_slots_loops` (one or two probes
-    where the binary search over some 26,000 keys took fifteen steps)."""
+def _chunk_rows_loops(b, ws, pow_, sk, sr):
+    """:func:`chunk_rows_numpy` as loops, each chunk looked up in the table of :func:`_slots_loops` (one or two
+    probes where a binary search over some 26,000 keys takes fifteen steps)."""
     n = b.shape[0]
     cap = n // 2 + 1
     rows = np.empty(cap, np.int64)
@@ -351,13 +324,13 @@ def slots(keys: np.ndarray, krows: np.ndarray) -> Slots | None:
 
 def chunk_rows(b: np.ndarray, ws: np.ndarray, pow_: np.ndarray, inv_pow: np.ndarray, keys: np.ndarray,
                krows: np.ndarray, table: Slots | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`chunk_rows_numpy`, compiled when ready (the same rows, starts, ends and hashes: integers, exact);
-    with ``table`` (:func:`slots` of this index), looked up in it."""
+    """:func:`chunk_rows_numpy`, compiled when ready (the same rows, starts, ends and hashes: integers, exact),
+    looked up in ``table`` (:func:`slots` of this index: the caller keeps it; made here when missing or stale)."""
     if _compiled is None:
         return chunk_rows_numpy(b, ws, pow_, inv_pow, keys, krows)
-    if table is not None and table.keys is keys:
-        return _compiled.chunk_rows_slots(b, ws, pow_, table.slot_keys, table.slot_rows)
-    return _compiled.chunk_rows(b, ws, pow_, inv_pow, keys, krows)
+    if table is None or table.keys is not keys:
+        table = slots(keys, krows)
+    return _compiled.chunk_rows(b, ws, pow_, table.slot_keys, table.slot_rows)
 
 
 def row_sum_numpy(table: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, float]:
@@ -385,12 +358,18 @@ def row_sum(table: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> tuple[n
     return _compiled.row_sum(table, weights, rows)
 
 
+def standardised(f: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Features in training's standard deviations, clipped to ±:data:`FEATURE_CLIP` (no value far outside
+    training moves a linear predictor further than one at its edge would)."""
+    return np.clip((f - mean) / scale, -FEATURE_CLIP, FEATURE_CLIP)
+
+
 def prompt_vector_numpy(vec: np.ndarray, sq: float, counts: np.ndarray, n_tokens: int, n_chars: int, newlines: int,
                         total_chars: int, n_turns: int, has_system: bool, has_image: bool, feat_mean: np.ndarray,
                         feat_scale: np.ndarray, tail: np.ndarray, standardise: bool = True) -> np.ndarray:
     """A prompt's vector from its parts (float32): ``vec``, the weighted sum of its segments' rows, divided by its
     norm (``sq``: ``vec @ vec``; ``vec`` may be divided in place); the hand features of the last user message (its
-    token ``counts`` and statistics), ``encoder.standardised`` by ``feat_mean``/``feat_scale`` (``standardise``
+    token ``counts`` and statistics), :func:`standardised` by ``feat_mean``/``feat_scale`` (``standardise``
     False: as measured, for training); then ``tail``."""
     norm = math.sqrt(sq)  # rounded to float32 by the division: float32's own square root, exactly
     if norm > 0:
@@ -403,7 +382,7 @@ def prompt_vector_numpy(vec: np.ndarray, sq: float, counts: np.ndarray, n_tokens
         punct * 100.0 / n, newlines * 100.0 / max(n_chars, 1), float(has_system), float(has_image),
     ], np.float32)
     if standardise:
-        f = np.clip((f - feat_mean) / feat_scale, -FEATURE_CLIP, FEATURE_CLIP)  # encoder.standardised
+        f = standardised(f, feat_mean, feat_scale)
     return np.concatenate((vec, f, tail))
 
 
@@ -452,7 +431,6 @@ class _Compiled(NamedTuple):
     row_sum: Any
     prompt_vector: Any
     slots: Any
-    chunk_rows_slots: Any
 
 
 _compiled: _Compiled | None = None  # numba's dispatchers, once compiled
@@ -506,7 +484,7 @@ def compile_now() -> bool:
         try:
             jit = numba.njit(cache=True, nogil=True, error_model="numpy")
             fns = _Compiled(jit(_decide_loops), jit(_chunk_rows_loops), jit(_row_sum_loops), jit(_prompt_vector_loops),
-                            jit(_slots_loops), jit(_chunk_rows_slots_loops))
+                            jit(_slots_loops))
             _exercise(fns)
         except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile leaves the numpy one serving
             log.warning("router kernel: numba could not compile it (%s); the numpy kernel serves", exc)
@@ -525,9 +503,8 @@ def _exercise(fns: _Compiled) -> None:
     fns.decide(z(3), 1.0, z(3, 10), z(10), z(2, 3), 2, np.ones(10), z(2), z(2, 2), np.array([0], np.int64), z(1, 3),
                z(1), z(2, 1), z(2), z(2, t=f64), z(2, t=f64), z(2, t=f64), 10.0, 0, 1.0, 0.01, 0.02, 0.9)
     u64 = np.ones(4, np.uint64)
-    fns.chunk_rows(np.frombuffer(b"a b", np.uint8), np.zeros(256, np.bool_), u64, u64, u64, np.zeros(4, np.intp))
     sk, sr = fns.slots(u64, np.zeros(4, np.intp), 4)
-    fns.chunk_rows_slots(np.frombuffer(b"a b", np.uint8), np.zeros(256, np.bool_), u64, sk, sr)
+    fns.chunk_rows(np.frombuffer(b"a b", np.uint8), np.zeros(256, np.bool_), u64, sk, sr)
     fns.row_sum(z(2, 3), z(2), np.zeros(1, np.intp))
     shared = z(7)
     shared.flags.writeable = False  # as the encoder's cached row sums and the router's request part are
